@@ -1,0 +1,8 @@
+//! zcap: records packet streams into compressed, time-indexed, tamper-evident pcap archives.
+//!
+//! Data flows one way: a receive backend (`rx`) fills the `area` and lends [`area::Chunk`]s;
+//! the `writer` frames them (`stream`), compresses and persists them into the `archive`, and
+//! only then drops the chunks, which returns their buffers to the backend.
+
+pub mod area;
+pub mod stream;

@@ -1,0 +1,761 @@
+//! Record framing over a byte stream that arrives in arbitrary pieces.
+//!
+//! [`Framer`] is fed the bytes of one stream (a PCAP-over-IP connection or an input file) in
+//! whatever pieces the receive path produced, and reports each *unit* — a pcap file header or
+//! record, a pcapng block — when its last byte arrives, with its stream offset and, for
+//! packets, its timestamp. It never copies packet bytes: a unit's head (at most 28 bytes) is
+//! copied only when it straddles two pieces, and whole blocks are copied only for the file
+//! header, section headers and interface descriptions, which every segment repeats.
+//!
+//! Leniency follows libpcap: a caplen above the snaplen is kept and counted; a caplen above
+//! 262144, a block with a bad length, a packet on an undeclared interface or a stream that
+//! ends inside a unit is an error naming the byte offset.
+
+pub mod pcap;
+pub mod pcapng;
+
+use pcapng::Interface;
+
+/// A framing error: where in the stream and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte offset {offset}: {reason}")]
+pub struct FrameError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// The container format of a stream, known after its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Pcap(pcap::FileHeader),
+    PcapNg { big_endian: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitKind {
+    /// Part of the section's header: the pcap file header, or a pcapng SHB/IDB before the
+    /// section's first other block. Kept in [`Framer::header`], not in data frames.
+    Header,
+    /// A pcapng SHB that starts a new section after data: the writer starts a new segment.
+    /// Its bytes become the new [`Framer::header`].
+    Section,
+    /// A pcapng IDB after data began: stays in the data and is appended to the header so
+    /// that later segments declare it too.
+    LateInterface,
+    /// A packet record or block.
+    Packet { ts_ns: i64 },
+    /// Any other pcapng block (statistics, name resolution, custom, unknown): kept as is.
+    Other,
+}
+
+/// One complete unit: `len` bytes starting at stream offset `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub kind: UnitKind,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Unit {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Lenient-but-counted oddities, reported when a stream ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Warnings {
+    /// Records whose captured length exceeds the declared snaplen (kept unchanged).
+    pub caplen_over_snaplen: u64,
+    /// pcapng blocks of a type this version does not know (kept unchanged).
+    pub unknown_blocks: u64,
+}
+
+const HEAD_MAX: usize = 28;
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Detect,
+    Pcap(pcap::FileHeader),
+    PcapNg { big_endian: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    PcapFileHeader,
+    Record { ts_ns: i64 },
+    Block { block_type: u32, ts_ns: i64, copy: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cur {
+    start: u64,
+    total: u64,
+    done: u64,
+    what: Pending,
+    tail: [u8; 4],
+}
+
+/// The framing state machine of one stream. See the module docs.
+#[derive(Debug)]
+pub struct Framer {
+    pos: u64,
+    mode: Mode,
+    head: [u8; HEAD_MAX],
+    head_have: usize,
+    cur: Option<Cur>,
+    block: Vec<u8>,
+    in_data: bool,
+    header: Vec<u8>,
+    ifaces: Vec<Interface>,
+    last_ts: i64,
+    packets: u64,
+    warnings: Warnings,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Framer {
+    pub fn new() -> Framer {
+        Framer {
+            pos: 0,
+            mode: Mode::Detect,
+            head: [0; HEAD_MAX],
+            head_have: 0,
+            cur: None,
+            block: Vec::new(),
+            in_data: false,
+            header: Vec::new(),
+            ifaces: Vec::new(),
+            last_ts: 0,
+            packets: 0,
+            warnings: Warnings::default(),
+        }
+    }
+
+    /// Stream offset of the next byte to be fed.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn format(&self) -> Option<Format> {
+        match self.mode {
+            Mode::Detect => None,
+            Mode::Pcap(fh) => Some(Format::Pcap(fh)),
+            Mode::PcapNg { big_endian } => Some(Format::PcapNg { big_endian }),
+        }
+    }
+
+    /// The bytes every segment of the current section starts with: the pcap file header, or
+    /// the SHB followed by every IDB declared so far.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Interfaces of the current pcapng section (empty for pcap).
+    pub fn interfaces(&self) -> &[Interface] {
+        &self.ifaces
+    }
+
+    /// Link types of the current section, in interface order.
+    pub fn linktypes(&self) -> Vec<u32> {
+        match self.mode {
+            Mode::Pcap(fh) => vec![fh.linktype],
+            _ => self.ifaces.iter().map(|i| i.linktype as u32).collect(),
+        }
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    pub fn warnings(&self) -> Warnings {
+        self.warnings
+    }
+
+    /// Consumes a prefix of `data` and returns how many bytes it took and the unit that
+    /// ended there, if any. Call repeatedly until all of `data` is consumed.
+    pub fn step(&mut self, data: &[u8]) -> Result<(usize, Option<Unit>), FrameError> {
+        if self.cur.is_some() {
+            return self.continue_body(data);
+        }
+        if self.head_have == 0 {
+            let need = self.head_need(data)?;
+            if data.len() >= need {
+                return self.start_unit(data, true);
+            }
+        }
+        // Slow path: the head straddles pieces; gather it (at most HEAD_MAX bytes).
+        let mut used = 0;
+        loop {
+            let need = self.head_need(&self.head[..self.head_have])?;
+            if self.head_have >= need {
+                break;
+            }
+            let take = (need - self.head_have).min(data.len() - used);
+            if take == 0 {
+                self.pos += used as u64;
+                return Ok((used, None));
+            }
+            self.head[self.head_have..self.head_have + take]
+                .copy_from_slice(&data[used..used + take]);
+            self.head_have += take;
+            used += take;
+        }
+        self.pos += used as u64;
+        let head = self.head;
+        let have = self.head_have;
+        self.head_have = 0;
+        let (_, unit) = self.start_unit(&head[..have], false)?;
+        Ok((used, unit))
+    }
+
+    /// Checks the stream ended on a unit boundary. Call at end of input.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.pos == 0 && self.head_have == 0 {
+            return Err(FrameError {
+                offset: 0,
+                reason: "empty stream: no bytes before the end".into(),
+            });
+        }
+        if let Some(cur) = &self.cur {
+            return Err(self.err(
+                cur.start,
+                format!(
+                    "truncated {}: the stream ends after {} of its {} bytes",
+                    self.unit_noun(),
+                    cur.done,
+                    cur.total
+                ),
+            ));
+        }
+        if self.head_have > 0 {
+            return Err(self.err(
+                self.pos - self.head_have as u64,
+                format!(
+                    "truncated {} header: the stream ends after {} bytes of it",
+                    self.unit_noun(),
+                    self.head_have
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn unit_noun(&self) -> &'static str {
+        match self.mode {
+            Mode::PcapNg { .. } => "block",
+            Mode::Pcap(_) => "record",
+            Mode::Detect => "file header",
+        }
+    }
+
+    fn err(&self, offset: u64, reason: String) -> FrameError {
+        FrameError { offset, reason }
+    }
+
+    /// Bytes of head needed given the head bytes seen so far (`seen` may be longer).
+    fn head_need(&self, seen: &[u8]) -> Result<usize, FrameError> {
+        Ok(match self.mode {
+            Mode::Detect => {
+                if seen.len() < 4 {
+                    4
+                } else {
+                    let magic = [seen[0], seen[1], seen[2], seen[3]];
+                    match pcap::sniff(magic).map_err(|r| self.err(self.pos, r))? {
+                        Some(_) => pcap::FILE_HEADER_LEN,
+                        None if u32::from_le_bytes(magic) == pcapng::SHB => 12,
+                        None => {
+                            return Err(self.err(
+                                self.pos,
+                                format!(
+                                    "not a pcap or pcapng stream: magic {magic:02x?} matches neither"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+            Mode::Pcap(_) => pcap::RECORD_HEADER_LEN,
+            Mode::PcapNg { big_endian } => {
+                if seen.len() < 4 {
+                    8
+                } else {
+                    pcapng::head_len(pcap::rd32(seen, big_endian)).max(8)
+                }
+            }
+        })
+    }
+
+    /// Begins the unit whose head is at the front of `src`. With `in_place`, `src` is the
+    /// caller's data (nothing consumed yet); otherwise it is the gathered head (already
+    /// consumed and counted in `pos`).
+    fn start_unit(&mut self, src: &[u8], in_place: bool) -> Result<(usize, Option<Unit>), FrameError> {
+        let start = if in_place {
+            self.pos
+        } else {
+            self.pos - src.len() as u64
+        };
+        let (total, what) = self.size_unit(src, start)?;
+        let head_len = self.head_need(src)?;
+        let copy = matches!(what, Pending::PcapFileHeader | Pending::Block { copy: true, .. });
+        if copy {
+            self.block.clear();
+        }
+        let mut cur = Cur {
+            start,
+            total,
+            done: 0,
+            what,
+            tail: [0; 4],
+        };
+        if in_place {
+            let avail = (src.len() as u64).min(total) as usize;
+            self.absorb(&mut cur, &src[..avail]);
+            self.pos += avail as u64;
+            if cur.done == total {
+                return Ok((avail, Some(self.complete(cur)?)));
+            }
+            self.cur = Some(cur);
+            Ok((avail, None))
+        } else {
+            // A zero-length record is complete with its head alone.
+            self.absorb(&mut cur, &src[..head_len.min(total as usize)]);
+            if cur.done == total {
+                return Ok((0, Some(self.complete(cur)?)));
+            }
+            self.cur = Some(cur);
+            Ok((0, None))
+        }
+    }
+
+    fn continue_body(&mut self, data: &[u8]) -> Result<(usize, Option<Unit>), FrameError> {
+        let mut cur = self.cur.take().expect("unit in progress");
+        let n = ((cur.total - cur.done) as usize).min(data.len());
+        self.absorb(&mut cur, &data[..n]);
+        self.pos += n as u64;
+        if cur.done == cur.total {
+            Ok((n, Some(self.complete(cur)?)))
+        } else {
+            self.cur = Some(cur);
+            Ok((n, None))
+        }
+    }
+
+    /// Accounts for `bytes` of the current unit: copies them if the unit is kept whole, and
+    /// catches the trailing length word of a pcapng block.
+    fn absorb(&mut self, cur: &mut Cur, bytes: &[u8]) {
+        if matches!(cur.what, Pending::PcapFileHeader | Pending::Block { copy: true, .. }) {
+            self.block.extend_from_slice(bytes);
+        }
+        if let Pending::Block { .. } = cur.what {
+            let tail_start = cur.total - 4;
+            let end = cur.done + bytes.len() as u64;
+            if end > tail_start {
+                let from = tail_start.max(cur.done);
+                for p in from..end {
+                    cur.tail[(p - tail_start) as usize] = bytes[(p - cur.done) as usize];
+                }
+            }
+        }
+        cur.done += bytes.len() as u64;
+    }
+
+    /// Reads a unit's head: its total length and what it is. Validates everything the head
+    /// alone can tell.
+    fn size_unit(&mut self, head: &[u8], start: u64) -> Result<(u64, Pending), FrameError> {
+        match self.mode {
+            Mode::Detect => {
+                if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) == pcapng::SHB {
+                    let be = pcapng::section_order(head).map_err(|r| self.err(start, r))?;
+                    self.mode = Mode::PcapNg { big_endian: be };
+                    self.size_unit(head, start)
+                } else {
+                    Ok((pcap::FILE_HEADER_LEN as u64, Pending::PcapFileHeader))
+                }
+            }
+            Mode::Pcap(fh) => {
+                let r = pcap::Record::new_checked(head, &fh).expect("16-byte head");
+                let caplen = r.caplen();
+                if caplen > pcap::MAX_CAPLEN {
+                    return Err(self.err(
+                        start,
+                        format!(
+                            "record claims a captured length of {caplen} bytes, above the maximum {}",
+                            pcap::MAX_CAPLEN
+                        ),
+                    ));
+                }
+                if caplen > fh.snaplen {
+                    self.warnings.caplen_over_snaplen += 1;
+                }
+                Ok((r.total_len() as u64, Pending::Record { ts_ns: r.ts_ns() }))
+            }
+            Mode::PcapNg { big_endian } => {
+                let mut be = big_endian;
+                if pcap::rd32(head, be) == pcapng::SHB {
+                    be = pcapng::section_order(head).map_err(|r| self.err(start, r))?;
+                    if be != big_endian && self.pos > 0 {
+                        // libpcap refuses a section of the other byte order; so do we.
+                        return Err(self.err(
+                            start,
+                            "a new pcapng section changes byte order mid-stream".into(),
+                        ));
+                    }
+                }
+                let b = pcapng::Block::new_checked(head, be).map_err(|r| self.err(start, r))?;
+                let block_type = b.block_type();
+                let mut ts_ns = 0;
+                match block_type {
+                    pcapng::EPB | pcapng::OPB | pcapng::SPB => {
+                        let caplen = b.check_packet().map_err(|r| self.err(start, r))?;
+                        let iface_no = b.interface();
+                        let iface = *self.ifaces.get(iface_no as usize).ok_or_else(|| {
+                            self.err(
+                                start,
+                                format!(
+                                    "packet on interface {iface_no}, but the section declares {} interface(s)",
+                                    self.ifaces.len()
+                                ),
+                            )
+                        })?;
+                        if iface.snaplen != 0 && caplen > iface.snaplen {
+                            self.warnings.caplen_over_snaplen += 1;
+                        }
+                        ts_ns = if block_type == pcapng::SPB {
+                            self.last_ts
+                        } else {
+                            iface.ts_ns(b.raw_ts())
+                        };
+                    }
+                    pcapng::SHB | pcapng::IDB | 4 | 5 | 9 | 0x0A | 0xBAD | 0x4000_0BAD => {}
+                    _ => self.warnings.unknown_blocks += 1,
+                }
+                let copy = matches!(block_type, pcapng::SHB | pcapng::IDB);
+                Ok((
+                    b.total_len() as u64,
+                    Pending::Block {
+                        block_type,
+                        ts_ns,
+                        copy,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn complete(&mut self, cur: Cur) -> Result<Unit, FrameError> {
+        let kind = match cur.what {
+            Pending::PcapFileHeader => {
+                let fh = pcap::FileHeader::parse(&self.block).map_err(|r| self.err(cur.start, r))?;
+                self.mode = Mode::Pcap(fh);
+                self.header.clear();
+                self.header.extend_from_slice(&self.block);
+                UnitKind::Header
+            }
+            Pending::Record { ts_ns } => {
+                self.last_ts = ts_ns;
+                self.packets += 1;
+                self.in_data = true;
+                UnitKind::Packet { ts_ns }
+            }
+            Pending::Block {
+                block_type, ts_ns, ..
+            } => {
+                let Mode::PcapNg { big_endian } = self.mode else {
+                    unreachable!("blocks only in pcapng mode")
+                };
+                let trailer = pcap::rd32(&cur.tail, big_endian) as u64;
+                if trailer != cur.total {
+                    return Err(self.err(
+                        cur.start,
+                        format!(
+                            "block of type 0x{block_type:08x} ends with length {trailer}, but starts with {}",
+                            cur.total
+                        ),
+                    ));
+                }
+                match block_type {
+                    pcapng::SHB => {
+                        pcapng::check_shb_version(&self.block, big_endian)
+                            .map_err(|r| self.err(cur.start, r))?;
+                        let kind = if cur.start == 0 {
+                            UnitKind::Header
+                        } else {
+                            UnitKind::Section
+                        };
+                        self.ifaces.clear();
+                        self.header.clear();
+                        self.header.extend_from_slice(&self.block);
+                        self.in_data = false;
+                        kind
+                    }
+                    pcapng::IDB => {
+                        let iface = Interface::parse(&self.block, big_endian)
+                            .map_err(|r| self.err(cur.start, r))?;
+                        self.ifaces.push(iface);
+                        self.header.extend_from_slice(&self.block);
+                        if self.in_data {
+                            UnitKind::LateInterface
+                        } else {
+                            UnitKind::Header
+                        }
+                    }
+                    pcapng::EPB | pcapng::OPB | pcapng::SPB => {
+                        self.last_ts = ts_ns;
+                        self.packets += 1;
+                        self.in_data = true;
+                        UnitKind::Packet { ts_ns }
+                    }
+                    _ => {
+                        self.in_data = true;
+                        UnitKind::Other
+                    }
+                }
+            }
+        };
+        Ok(Unit {
+            kind,
+            start: cur.start,
+            len: cur.total,
+        })
+    }
+}
+
+/// Frames a whole in-memory stream (tests, readers of decompressed frames).
+pub fn frame_all(bytes: &[u8]) -> Result<(Framer, Vec<Unit>), FrameError> {
+    let mut f = Framer::new();
+    let mut units = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let (n, u) = f.step(&bytes[pos..])?;
+        pos += n;
+        units.extend(u);
+    }
+    f.finish()?;
+    Ok((f, units))
+}
+
+#[cfg(test)]
+pub(crate) mod testdata {
+    //! Small hand-built streams for framing tests.
+
+    pub fn pcap(be: bool, nanos: bool, snaplen: u32, records: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let mut v = Vec::new();
+        p32(&mut v, if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 });
+        v.extend(if be { [0, 2, 0, 4] } else { [2, 0, 4, 0] });
+        p32(&mut v, 0);
+        p32(&mut v, 0);
+        p32(&mut v, snaplen);
+        p32(&mut v, 1);
+        for (sec, frac, data) in records {
+            p32(&mut v, *sec);
+            p32(&mut v, *frac);
+            p32(&mut v, data.len() as u32);
+            p32(&mut v, data.len() as u32 + 4);
+            v.extend_from_slice(data);
+        }
+        v
+    }
+
+    pub fn block(be: bool, t: u32, body: &[u8]) -> Vec<u8> {
+        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let mut body = body.to_vec();
+        body.resize(body.len().div_ceil(4) * 4, 0);
+        let len = 12 + body.len() as u32;
+        let mut v = Vec::new();
+        p32(&mut v, t);
+        p32(&mut v, len);
+        v.extend(body);
+        p32(&mut v, len);
+        v
+    }
+
+    pub fn shb(be: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend(if be { 0x1A2B3C4Du32.to_be_bytes() } else { 0x1A2B3C4Du32.to_le_bytes() });
+        body.extend(if be { [0, 1, 0, 0] } else { [1, 0, 0, 0] });
+        body.extend((-1i64).to_le_bytes());
+        block(be, 0x0A0D0D0A, &body)
+    }
+
+    pub fn idb(be: bool, lt: u16) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend(if be { lt.to_be_bytes() } else { lt.to_le_bytes() });
+        body.extend([0, 0]);
+        body.extend(if be { 65535u32.to_be_bytes() } else { 65535u32.to_le_bytes() });
+        block(be, 1, &body)
+    }
+
+    pub fn epb(be: bool, iface: u32, ts: u64, data: &[u8]) -> Vec<u8> {
+        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let mut body = Vec::new();
+        p32(&mut body, iface);
+        p32(&mut body, (ts >> 32) as u32);
+        p32(&mut body, ts as u32);
+        p32(&mut body, data.len() as u32);
+        p32(&mut body, data.len() as u32);
+        body.extend_from_slice(data);
+        block(be, 6, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdata::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds(units: &[Unit]) -> Vec<UnitKind> {
+        units.iter().map(|u| u.kind).collect()
+    }
+
+    #[test]
+    fn pcap_units_and_timestamps() {
+        let s = pcap(false, false, 4, &[(1, 2, b"abcd"), (3, 4, b"xyz12")]);
+        let (f, units) = frame_all(&s).unwrap();
+        assert_eq!(
+            kinds(&units),
+            vec![
+                UnitKind::Header,
+                UnitKind::Packet { ts_ns: 1_000_002_000 },
+                UnitKind::Packet { ts_ns: 3_000_004_000 }
+            ]
+        );
+        assert_eq!(units[2].end(), s.len() as u64);
+        assert_eq!(f.warnings().caplen_over_snaplen, 1, "5 bytes over a snaplen of 4");
+        assert_eq!(f.header(), &s[..24]);
+    }
+
+    #[test]
+    fn pcapng_two_interfaces_late_idb_and_unknown_block() {
+        for be in [false, true] {
+            let mut s = shb(be);
+            s.extend(idb(be, 1));
+            s.extend(epb(be, 0, 5_000_000, b"hello"));
+            s.extend(idb(be, 101));
+            s.extend(block(be, 0x1234, b"??"));
+            s.extend(epb(be, 1, 6_000_000, b"world!"));
+            let (f, units) = frame_all(&s).unwrap();
+            assert_eq!(
+                kinds(&units),
+                vec![
+                    UnitKind::Header,
+                    UnitKind::Header,
+                    UnitKind::Packet { ts_ns: 5_000_000_000 },
+                    UnitKind::LateInterface,
+                    UnitKind::Other,
+                    UnitKind::Packet { ts_ns: 6_000_000_000 },
+                ]
+            );
+            assert_eq!(f.linktypes(), vec![1, 101]);
+            assert_eq!(f.warnings().unknown_blocks, 1);
+            assert_eq!(f.header().len(), shb(be).len() + 2 * idb(be, 1).len());
+        }
+    }
+
+    #[test]
+    fn errors_name_the_offset() {
+        let e = frame_all(b"GARBAGE!").unwrap_err();
+        assert_eq!(e.offset, 0);
+        assert!(e.reason.contains("not a pcap"), "{e}");
+
+        let mut s = pcap(false, false, 65535, &[(1, 2, b"abcd")]);
+        let good = s.len() as u64;
+        s.extend(pcap(false, false, 0, &[(1, 1, &[0u8; 8])])[24..].iter());
+        s[good as usize + 8..good as usize + 12].copy_from_slice(&300_000u32.to_le_bytes());
+        let e = frame_all(&s).unwrap_err();
+        assert_eq!(e.offset, good);
+        assert!(e.reason.contains("300000"), "{e}");
+
+        let s = pcap(true, true, 65535, &[(1, 2, b"abcd")]);
+        let e = frame_all(&s[..s.len() - 1]).unwrap_err();
+        assert_eq!(e.offset, 24);
+        assert!(e.reason.contains("truncated record"), "{e}");
+
+        assert!(frame_all(b"").unwrap_err().reason.contains("empty stream"));
+
+        let mut s = shb(false);
+        s.extend(idb(false, 1));
+        let at = s.len() as u64;
+        s.extend(epb(false, 3, 0, b"x"));
+        let e = frame_all(&s).unwrap_err();
+        assert_eq!(e.offset, at);
+        assert!(e.reason.contains("interface 3"), "{e}");
+
+        let mut s = shb(false);
+        let mut b = idb(false, 1);
+        let n = b.len();
+        b[n - 4] = 99;
+        s.extend(b);
+        let e = frame_all(&s).unwrap_err();
+        assert!(e.reason.contains("ends with length 99"), "{e}");
+    }
+
+    #[test]
+    fn second_section_is_reported() {
+        let mut s = shb(false);
+        s.extend(idb(false, 1));
+        s.extend(epb(false, 0, 1, b"a"));
+        let second = s.len() as u64;
+        s.extend(shb(false));
+        s.extend(idb(false, 105));
+        s.extend(epb(false, 0, 2, b"b"));
+        let (f, units) = frame_all(&s).unwrap();
+        assert_eq!(units[3].kind, UnitKind::Section);
+        assert_eq!(units[3].start, second);
+        assert_eq!(units[4].kind, UnitKind::Header);
+        assert_eq!(f.linktypes(), vec![105]);
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut s = shb(true);
+        s.extend(idb(true, 1));
+        s.extend(idb(true, 228));
+        for i in 0..40u32 {
+            s.extend(epb(true, i % 2, i as u64 * 1000, &vec![i as u8; (i * 7 % 61) as usize]));
+            if i % 9 == 0 {
+                s.extend(block(true, 5, &[0; 8]));
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..97, 1..200), ng in any::<bool>()) {
+            let s = if ng {
+                sample()
+            } else {
+                let recs: Vec<(u32, u32, Vec<u8>)> = (0..50u32).map(|i| (i, i * 3, vec![i as u8; (i * 13 % 70) as usize])).collect();
+                let refs: Vec<(u32, u32, &[u8])> = recs.iter().map(|(a, b, c)| (*a, *b, &c[..])).collect();
+                pcap(false, true, 65535, &refs)
+            };
+            let (_, want) = frame_all(&s).unwrap();
+            let mut f = Framer::new();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut i = 0;
+            while pos < s.len() {
+                let end = (pos + cuts[i % cuts.len()]).min(s.len());
+                i += 1;
+                let piece = &s[pos..end];
+                let mut p = 0;
+                while p < piece.len() {
+                    let (n, u) = f.step(&piece[p..]).unwrap();
+                    prop_assert!(n > 0, "every step makes progress");
+                    p += n;
+                    got.extend(u);
+                }
+                pos = end;
+            }
+            f.finish().unwrap();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
