@@ -4,5 +4,6 @@
 //! the `writer` frames them (`stream`), compresses and persists them into the `archive`, and
 //! only then drops the chunks, which returns their buffers to the backend.
 
+pub mod archive;
 pub mod area;
 pub mod stream;

@@ -1,0 +1,244 @@
+//! The manifest: an append-only JSON-lines log in which every line carries the SHA-256 of
+//! everything before its own `hash` field and the previous line's hash (docs/ARCHIVE.md).
+//! This module is the only writer and the only chain checker.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "manifest.jsonl";
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HASH_SEP: &str = ",\"hash\":\"";
+
+/// One manifest operation. Field names are the on-disk names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Entry {
+    Create {
+        format: u32,
+        zcap: String,
+        host: String,
+        created: String,
+    },
+    Segment(SegmentEntry),
+    Stream {
+        stream: String,
+        event: String,
+        packets: u64,
+        bytes: u64,
+        error: Option<String>,
+        #[serde(default)]
+        warnings: serde_json::Map<String, serde_json::Value>,
+    },
+    Delete {
+        path: String,
+        reason: String,
+    },
+    Repair {
+        what: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub stream: String,
+    pub seq: u64,
+    pub path: String,
+    pub format: String,
+    pub linktypes: Vec<u32>,
+    #[serde(default)]
+    pub nanos: bool,
+    pub bytes: u64,
+    pub raw: u64,
+    pub packets: u64,
+    pub frames: u64,
+    pub first_ns: Option<i64>,
+    pub last_ns: Option<i64>,
+    pub stream_off: u64,
+    #[serde(default)]
+    pub cont: bool,
+    pub sha256: String,
+    pub time: String,
+    #[serde(default)]
+    pub repaired: bool,
+}
+
+/// A parsed manifest line with its chain fields.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub number: usize,
+    pub entry: Entry,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// Renders `entry` as one manifest line (with newline) chained to `prev`; returns the line and
+/// its hash.
+pub fn render(entry: &Entry, prev: &str) -> (String, String) {
+    let mut v = serde_json::to_value(entry).expect("manifest entries serialize");
+    v.as_object_mut()
+        .expect("entries are objects")
+        .insert("prev".into(), prev.into());
+    let body = serde_json::to_string(&v).expect("serialize");
+    let body = &body[..body.len() - 1]; // drop the closing brace
+    let hash = hex(&Sha256::digest(body.as_bytes()));
+    (format!("{body}{HASH_SEP}{hash}\"}}\n"), hash)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Appends chained entries to an archive's manifest.
+pub struct Writer {
+    file: File,
+    head: String,
+}
+
+impl Writer {
+    /// Opens the manifest of `dir` for appending, creating it (with its `create` line) if
+    /// missing. A torn last line is an error: run `zcap verify --repair` first.
+    pub fn open(dir: &Path, create: impl FnOnce() -> Entry) -> io::Result<Writer> {
+        let path = dir.join(FILE);
+        let existing = std::fs::read_to_string(&path).or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(String::new())
+            } else {
+                Err(e)
+            }
+        })?;
+        let head = match parse(&existing) {
+            Ok(lines) => lines.last().map(|l| l.hash.clone()),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}; run `zcap verify --repair {}`", path.display(), dir.display()),
+                ))
+            }
+        };
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut w = Writer {
+            file,
+            head: head.clone().unwrap_or_else(|| GENESIS.to_string()),
+        };
+        if head.is_none() {
+            w.append(&create())?;
+        }
+        Ok(w)
+    }
+
+    /// Appends one entry and fsyncs the manifest.
+    pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
+        let (line, hash) = render(entry, &self.head);
+        self.file.write_all(line.as_bytes())?;
+        self.file.sync_data()?;
+        self.head = hash;
+        Ok(())
+    }
+
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+}
+
+/// Why a manifest does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("manifest line {line} is torn or not valid JSON ({reason})")]
+    Torn { line: usize, reason: String, last: bool },
+    #[error("manifest line {line} was altered: its hash does not match its contents")]
+    Hash { line: usize },
+    #[error("manifest line {line} does not chain to line {}: an entry was altered, removed or inserted", line - 1)]
+    Chain { line: usize },
+}
+
+/// Parses and checks the whole chain. Line numbers are 1-based.
+pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
+    let mut out = Vec::new();
+    let mut prev = GENESIS.to_string();
+    let n_lines = text.split_inclusive('\n').count();
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let number = i + 1;
+        let last = number == n_lines;
+        let torn = |reason: String| ChainError::Torn { line: number, reason, last };
+        let Some(line) = raw.strip_suffix('\n') else {
+            return Err(torn("no newline at its end".into()));
+        };
+        let Some(cut) = line.rfind(HASH_SEP) else {
+            return Err(torn("no hash field".into()));
+        };
+        let body = &line[..cut];
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| torn(e.to_string()))?;
+        let hash = v.get("hash").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        let line_prev = v.get("prev").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        if hex(&Sha256::digest(body.as_bytes())) != hash {
+            return Err(ChainError::Hash { line: number });
+        }
+        if line_prev != prev {
+            return Err(ChainError::Chain { line: number });
+        }
+        let entry: Entry = serde_json::from_value(v).map_err(|e| torn(e.to_string()))?;
+        prev = hash.clone();
+        out.push(Line {
+            number,
+            entry,
+            prev: line_prev,
+            hash,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads and checks the manifest of an archive directory.
+pub fn read(dir: &Path) -> io::Result<Result<Vec<Line>, ChainError>> {
+    let path: PathBuf = dir.join(FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        io::Error::new(e.kind(), format!("{}: {e} (is {} a zcap archive?)", path.display(), dir.display()))
+    })?;
+    Ok(parse(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create() -> Entry {
+        Entry::Create { format: 1, zcap: "0.1.0".into(), host: "h".into(), created: "2026-01-01T00:00:00Z".into() }
+    }
+
+    #[test]
+    fn chain_detects_edits_insertions_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), create).unwrap();
+        w.append(&Entry::Delete { path: "a".into(), reason: "max-bytes".into() }).unwrap();
+        w.append(&Entry::Repair { what: "x".into() }).unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        let lines = parse(&text).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].prev, GENESIS);
+        assert_eq!(lines[2].prev, lines[1].hash);
+
+        let edited = text.replacen("max-bytes", "max-age", 1);
+        assert_eq!(parse(&edited).unwrap_err(), ChainError::Hash { line: 2 });
+
+        // Re-hash the edited line so only the chain can tell.
+        let mut ls: Vec<String> = edited.lines().map(String::from).collect();
+        let v: serde_json::Value = serde_json::from_str(&ls[1]).unwrap();
+        let e: Entry = serde_json::from_value(v.clone()).unwrap();
+        ls[1] = render(&e, v["prev"].as_str().unwrap()).0.trim_end().to_string();
+        let rehashed = ls.join("\n") + "\n";
+        assert_eq!(parse(&rehashed).unwrap_err(), ChainError::Chain { line: 3 });
+
+        let torn = &text[..text.len() - 5];
+        assert!(matches!(parse(torn).unwrap_err(), ChainError::Torn { line: 3, last: true, .. }));
+
+        // Reopening continues the chain.
+        let mut w = Writer::open(dir.path(), create).unwrap();
+        w.append(&Entry::Repair { what: "y".into() }).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert_eq!(parse(&text).unwrap().len(), 4);
+    }
+}

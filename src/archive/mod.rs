@@ -1,0 +1,75 @@
+//! The archive format (docs/ARCHIVE.md): directory layout and naming, the manifest, the
+//! segment index trailer. The writer produces archives through these types; readers,
+//! `verify` and retention consume them. Nothing here touches the receive path.
+
+pub mod index;
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+/// Format version written to the manifest's `create` line.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// File name of segment `seq` of a stream in the given container format.
+pub fn segment_name(seq: u64, pcapng: bool) -> String {
+    format!("{seq:06}.{}.zst", if pcapng { "pcapng" } else { "pcap" })
+}
+
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Path of a stream's directory inside the archive.
+pub fn stream_dir(archive: &Path, stream: &str) -> PathBuf {
+    archive.join(stream)
+}
+
+/// Makes a stream-name-safe string: `[A-Za-z0-9._-]`, everything else becomes `_`.
+pub fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    let s = s.trim_start_matches('.');
+    if s.is_empty() { "stream".into() } else { s.into() }
+}
+
+/// UTC time as `YYYYmmddTHHMMSSZ`, for stream names.
+pub fn compact_time(t: std::time::SystemTime) -> String {
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-25T08:15:30Z
+    s.replace(['-', ':'], "")
+}
+
+/// Host name for the manifest's `create` line.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our local buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The `create` entry for a new archive.
+pub fn create_entry() -> manifest::Entry {
+    manifest::Entry::Create {
+        format: FORMAT_VERSION,
+        zcap: env!("CARGO_PKG_VERSION").into(),
+        host: hostname(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_name(7, false), "000007.pcap.zst");
+        assert_eq!(segment_name(1234567, true), "1234567.pcapng.zst");
+        assert_eq!(sanitize("10.0.0.1:5000/x y"), "10.0.0.1_5000_x_y");
+        assert_eq!(sanitize("../.."), "_..");
+        assert_eq!(compact_time(std::time::UNIX_EPOCH), "19700101T000000Z");
+    }
+}
