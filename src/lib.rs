@@ -2,8 +2,17 @@
 //!
 //! Data flows one way: a receive backend (`rx`) fills the `area` and lends [`area::Chunk`]s;
 //! the `writer` frames them (`stream`), compresses and persists them into the `archive`, and
-//! only then drops the chunks, which returns their buffers to the backend.
+//! only then drops the chunks, which returns their buffers to the backend. Readers (`ls`,
+//! `cat`, `verify`, `replay`) work from the archive alone.
 
 pub mod archive;
 pub mod area;
+pub mod cli;
+pub mod demo;
+pub mod doctor;
+pub mod record;
+pub mod replay;
+pub mod rx;
 pub mod stream;
+pub mod units;
+pub mod writer;

@@ -4,6 +4,9 @@
 
 pub mod index;
 pub mod manifest;
+pub mod read;
+pub mod verify;
+pub mod retention;
 
 use std::path::{Path, PathBuf};
 
@@ -71,5 +74,28 @@ mod tests {
         assert_eq!(sanitize("10.0.0.1:5000/x y"), "10.0.0.1_5000_x_y");
         assert_eq!(sanitize("../.."), "_..");
         assert_eq!(compact_time(std::time::UNIX_EPOCH), "19700101T000000Z");
+    }
+}
+
+/// Takes the archive's writer lock (`.lock`, flock exclusive, non-blocking). `None` when
+/// another recorder holds it.
+pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(Some(f))
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
     }
 }

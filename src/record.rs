@@ -1,0 +1,101 @@
+//! `zcap record`: wires a source (a capture file, or the network engine's backends) to the
+//! writer thread, handles SIGINT/SIGTERM (stop taking new data, drain, finalize) and prints
+//! the summary. Owns no data path of its own.
+
+use crate::area::Area;
+use crate::cli::RecordArgs;
+use crate::rx::{self, RxStats};
+use crate::units::human_bytes;
+use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
+use anyhow::Context;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Events in flight between backends and the writer. The area bounds memory; this only
+/// bounds the queue of chunk descriptors.
+const EVENT_QUEUE: usize = 65_536;
+
+pub fn writer_config(a: &RecordArgs) -> Config {
+    Config {
+        segment_size: a.segment_size,
+        segment_time: a.segment_time,
+        frame_size: a.frame_size,
+        compress: a.compress,
+        max_bytes: a.max_bytes,
+        max_age: a.max_age,
+        ..Config::new(&a.output)
+    }
+}
+
+/// Runs `zcap record`. Returns false when a stream ended with an error (bad input), which
+/// the CLI maps to exit status 1 for `--read`.
+pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
+    if a.buf_size == 0 || a.buf_size > a.area_size {
+        anyhow::bail!("--buf-size must be between 1 byte and --area-size");
+    }
+    let stats = Arc::new(WriterStats::default());
+    let w = Writer::open(writer_config(a), Arc::clone(&stats))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let (tx, events) = sync_channel(EVENT_QUEUE);
+    let writer_stop = Arc::clone(&stop);
+    let writer = std::thread::Builder::new()
+        .name("zcap-writer".into())
+        .spawn(move || {
+            let r = writer::run(w, events);
+            // A dead writer must not leave a backend waiting for buffers forever.
+            writer_stop.store(true, Ordering::Relaxed);
+            r
+        })?;
+    let started = Instant::now();
+    let rx_stats = RxStats::default();
+    let source = if let Some(path) = &a.read {
+        let area = Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
+        let (input, label): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
+            (Box::new(std::io::stdin().lock()), "stdin".into())
+        } else {
+            let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let stem = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = stem.trim_end_matches(".pcapng").trim_end_matches(".pcap").to_string();
+            (Box::new(f), stem)
+        };
+        let name = a.stream_name.clone().unwrap_or_else(|| {
+            format!("{label}-{}", crate::archive::compact_time(std::time::SystemTime::now()))
+        });
+        let r = rx::file::run(input, name, 1, &area, a.buf_size as usize, &tx, &rx_stats, &stop);
+        drop(tx);
+        r.map(|_| ()).map_err(anyhow::Error::from)
+    } else {
+        rx::engine::run(a, tx, &stop, &rx_stats).map_err(anyhow::Error::from)
+    };
+    let reports = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .context("writing the archive")?;
+    source.context("receiving")?;
+    summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
+    Ok(reports.iter().all(|r| r.error.is_none()))
+}
+
+fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f64) {
+    let raw = s.raw_bytes.load(Ordering::Relaxed);
+    let stored = s.stored_bytes.load(Ordering::Relaxed);
+    let packets = s.packets.load(Ordering::Relaxed);
+    let bad = reports.iter().filter(|r| r.error.is_some()).count();
+    eprintln!(
+        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{}",
+        reports.len(),
+        human_bytes(raw),
+        human_bytes(stored),
+        if stored > 0 { raw as f64 / stored as f64 } else { 0.0 },
+        s.segments.load(Ordering::Relaxed),
+        raw as f64 / secs.max(1e-9) / 1e6,
+        a.output.display(),
+        if bad > 0 { format!("; {bad} stream(s) ended with an error (see above)") } else { String::new() },
+    );
+}

@@ -1,0 +1,95 @@
+//! The `file` source: reads one capture (a file or stdin) into area buffers with read(2) and
+//! lends them to the writer — the same chunks and release path as the network backends, so
+//! `record --read` exercises the writer exactly as live capture does.
+
+use super::{Event, Events, RxStats, Stop};
+use crate::area::{Area, ReleaseToken, StreamId};
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Reads `input` to its end in `buf_size` pieces of `area` and sends them as stream `stream`.
+/// Blocks (waiting on the area's wake fd) when every buffer is lent out: the writer's pace
+/// sets ours. Returns the number of bytes read.
+pub fn run(
+    mut input: impl Read,
+    name: String,
+    stream: StreamId,
+    area: &Arc<Area>,
+    buf_size: usize,
+    events: &Events,
+    stats: &RxStats,
+    stop: &Stop,
+) -> io::Result<u64> {
+    let nbufs = (area.len() / buf_size).max(1);
+    let mut free: Vec<usize> = (0..nbufs).rev().collect();
+    let (mut back, mut aborts) = (Vec::new(), Vec::new());
+    let send = |ev: Event| events.send(ev).map_err(|_| io::Error::other("writer stopped"));
+    send(Event::Open { stream, name })?;
+    let mut total = 0u64;
+    let mut error = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        area.clear_wake();
+        area.take_returns(&mut back, &mut aborts);
+        free.extend(back.drain(..).map(|t| t.id as usize));
+        if !aborts.is_empty() {
+            break; // the writer found the stream malformed; it has logged why
+        }
+        let Some(i) = free.pop() else {
+            stats.add(&stats.starved, 1);
+            wait_readable(area.wake_fd());
+            continue;
+        };
+        // SAFETY: buffer `i` is on our free list: not lent, not aliased, and only we write it.
+        let buf = unsafe { area.fill_slice(i * buf_size, buf_size) };
+        let n = match input.read(buf) {
+            Ok(0) => {
+                free.push(i);
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                free.push(i);
+                continue;
+            }
+            Err(e) => {
+                free.push(i);
+                error = Some(format!("read failed after {total} bytes: {e}"));
+                break;
+            }
+        };
+        total += n as u64;
+        stats.add(&stats.bytes, n as u64);
+        stats.add(&stats.chunks, 1);
+        // SAFETY: read(2) finished writing these n bytes; buffer `i` stays off the free list
+        // until its token comes back through the area's return queue.
+        let chunk = unsafe {
+            area.lend(
+                stream,
+                i * buf_size,
+                n,
+                ReleaseToken {
+                    id: i as u64,
+                    len: n as u32,
+                },
+            )
+        };
+        send(Event::Data(chunk))?;
+    }
+    send(Event::End { stream, error })?;
+    Ok(total)
+}
+
+/// Waits until `fd` is readable (or 100 ms pass, so a stop request is noticed).
+pub(crate) fn wait_readable(fd: std::os::fd::RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, 100) };
+}

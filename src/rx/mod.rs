@@ -1,0 +1,52 @@
+//! Receive backends: where stream bytes enter the area. Every backend turns its source
+//! (accepted or connected TCP sockets, an input file) into [`Event`]s on one channel to the
+//! writer, lends the bytes as area chunks, and takes the buffers back when the writer drops
+//! the chunks (`Area::take_returns`). Backends never parse, compress or persist.
+//!
+//! - `zcrx`: io_uring zero-copy receive into the area (NIC queue with a memory provider);
+//! - `ring`: io_uring multishot recv into a provided-buffer ring carved from the area;
+//! - `recv`: plain recv(2) + epoll into area buffers, for hosts without io_uring;
+//! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`).
+
+pub mod engine;
+pub mod file;
+
+use crate::area::{Chunk, StreamId};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+
+/// What a backend tells the writer.
+#[derive(Debug)]
+pub enum Event {
+    /// A stream begins. `name` is unique in the archive (peer or file, plus start time).
+    Open { stream: StreamId, name: String },
+    /// Stream bytes, in order for that stream.
+    Data(Chunk),
+    /// The stream ended: `None` for an orderly end, or the transport error in words.
+    End {
+        stream: StreamId,
+        error: Option<String>,
+    },
+}
+
+pub type Events = SyncSender<Event>;
+
+/// Counters the backends update and the stats line reads.
+#[derive(Debug, Default)]
+pub struct RxStats {
+    pub bytes: AtomicU64,
+    pub chunks: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub streams_open: AtomicU64,
+    /// Times the backend had no free buffer to post (backpressure engaged).
+    pub starved: AtomicU64,
+}
+
+impl RxStats {
+    pub fn add(&self, field: &AtomicU64, n: u64) {
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Set by SIGINT/SIGTERM (or a test); backends stop accepting, end their streams and return.
+pub type Stop = AtomicBool;
