@@ -264,20 +264,43 @@ mod tests {
 
     #[test]
     fn record_defaults_and_units() {
-        let c = Cli::try_parse_from(["zcap", "record", "-C", "1GiB", "--compress", "none", "-G", "5m"]).unwrap();
-        let Command::Record(r) = c.command else { panic!() };
+        let c = Cli::try_parse_from([
+            "zcap",
+            "record",
+            "-C",
+            "1GiB",
+            "--compress",
+            "none",
+            "-G",
+            "5m",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!()
+        };
         assert_eq!(r.segment_size, 1 << 30);
         assert_eq!(r.compress, Compress::None);
         assert_eq!(r.segment_time, Some(Duration::from_secs(300)));
         assert_eq!(r.output, PathBuf::from(DEFAULT_ARCHIVE));
         assert_eq!(r.area_size, 64 << 20);
-        assert!(Cli::try_parse_from(["zcap", "record", "-r", "x", "--listen", "1.2.3.4:5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["zcap", "record", "-r", "x", "--listen", "1.2.3.4:5"]).is_err()
+        );
         assert!(Cli::try_parse_from(["zcap", "record", "--compress", "gzip"]).is_err());
     }
 
     #[test]
     fn replay_needs_a_destination() {
         assert!(Cli::try_parse_from(["zcap", "replay", "a"]).is_err());
-        assert!(Cli::try_parse_from(["zcap", "replay", "a", "--to", "127.0.0.1:1", "--until", "5"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "zcap",
+            "replay",
+            "a",
+            "--to",
+            "127.0.0.1:1",
+            "--until",
+            "5"
+        ])
+        .is_ok());
     }
 }

@@ -40,7 +40,8 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let w = Writer::open(writer_config(a), Arc::clone(&stats))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     let (tx, events) = sync_channel(EVENT_QUEUE);
     let writer_stop = Arc::clone(&stop);
@@ -55,19 +56,39 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let rx_stats = RxStats::default();
     let source = if let Some(path) = &a.read {
-        let area = Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
+        let area =
+            Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
         let (input, label): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
             (Box::new(std::io::stdin().lock()), "stdin".into())
         } else {
-            let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let stem = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let stem = stem.trim_end_matches(".pcapng").trim_end_matches(".pcap").to_string();
+            let f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let stem = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = stem
+                .trim_end_matches(".pcapng")
+                .trim_end_matches(".pcap")
+                .to_string();
             (Box::new(f), stem)
         };
         let name = a.stream_name.clone().unwrap_or_else(|| {
-            format!("{label}-{}", crate::archive::compact_time(std::time::SystemTime::now()))
+            format!(
+                "{label}-{}",
+                crate::archive::compact_time(std::time::SystemTime::now())
+            )
         });
-        let r = rx::file::run(input, name, 1, &area, a.buf_size as usize, &tx, &rx_stats, &stop);
+        let r = rx::file::run(
+            input,
+            name,
+            1,
+            &area,
+            a.buf_size as usize,
+            &tx,
+            &rx_stats,
+            &stop,
+        );
         drop(tx);
         r.map(|_| ()).map_err(anyhow::Error::from)
     } else {

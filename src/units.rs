@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// `10MB` (decimal). Case-insensitive units.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -22,7 +24,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        u => return Err(format!("`{s}`: unknown size unit `{u}` (use KiB, MiB, GiB, TiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{u}` (use KiB, MiB, GiB, TiB, KB, MB, GB)"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
@@ -34,7 +40,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 90s, 5m, 1h"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 90s, 5m, 1h"))
 }
 
 /// A point in time as nanoseconds since the epoch: RFC 3339 (`2026-11-25T10:02:00Z`, with
@@ -44,8 +51,11 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(secs) = t.parse::<f64>() {
         return Ok((secs * 1e9).round() as i64);
     }
-    let st = humantime::parse_rfc3339_weak(t)
-        .map_err(|e| format!("`{s}` is not a time ({e}); use RFC 3339 like 2026-11-25T10:02:00Z, or epoch seconds"))?;
+    let st = humantime::parse_rfc3339_weak(t).map_err(|e| {
+        format!(
+            "`{s}` is not a time ({e}); use RFC 3339 like 2026-11-25T10:02:00Z, or epoch seconds"
+        )
+    })?;
     Ok(system_to_ns(st))
 }
 
@@ -94,7 +104,9 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("1.5k"), Ok(1536));
         assert_eq!(parse_size("10MB"), Ok(10_000_000));
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
         assert!(parse_size("MiB").is_err());
     }
 

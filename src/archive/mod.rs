@@ -5,8 +5,8 @@
 pub mod index;
 pub mod manifest;
 pub mod read;
-pub mod verify;
 pub mod retention;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +29,20 @@ pub fn stream_dir(archive: &Path, stream: &str) -> PathBuf {
 pub fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let s = s.trim_start_matches('.');
-    if s.is_empty() { "stream".into() } else { s.into() }
+    if s.is_empty() {
+        "stream".into()
+    } else {
+        s.into()
+    }
 }
 
 /// UTC time as `YYYYmmddTHHMMSSZ`, for stream names.
@@ -63,20 +73,6 @@ pub fn create_entry() -> manifest::Entry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(segment_name(7, false), "000007.pcap.zst");
-        assert_eq!(segment_name(1234567, true), "1234567.pcapng.zst");
-        assert_eq!(sanitize("10.0.0.1:5000/x y"), "10.0.0.1_5000_x_y");
-        assert_eq!(sanitize("../.."), "_..");
-        assert_eq!(compact_time(std::time::UNIX_EPOCH), "19700101T000000Z");
-    }
-}
-
 /// Takes the archive's writer lock (`.lock`, flock exclusive, non-blocking). `None` when
 /// another recorder holds it.
 pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
@@ -97,5 +93,19 @@ pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
         } else {
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_name(7, false), "000007.pcap.zst");
+        assert_eq!(segment_name(1234567, true), "1234567.pcapng.zst");
+        assert_eq!(sanitize("10.0.0.1:5000/x y"), "10.0.0.1_5000_x_y");
+        assert_eq!(sanitize("../.."), "_..");
+        assert_eq!(compact_time(std::time::UNIX_EPOCH), "19700101T000000Z");
     }
 }

@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+#[allow(clippy::too_many_arguments)] // one backend's whole context; grouping it hides nothing
 /// Reads `input` to its end in `buf_size` pieces of `area` and sends them as stream `stream`.
 /// Blocks (waiting on the area's wake fd) when every buffer is lent out: the writer's pace
 /// sets ours. Returns the number of bytes read.
@@ -24,7 +25,11 @@ pub fn run(
     let nbufs = (area.len() / buf_size).max(1);
     let mut free: Vec<usize> = (0..nbufs).rev().collect();
     let (mut back, mut aborts) = (Vec::new(), Vec::new());
-    let send = |ev: Event| events.send(ev).map_err(|_| io::Error::other("writer stopped"));
+    let send = |ev: Event| {
+        events
+            .send(ev)
+            .map_err(|_| io::Error::other("writer stopped"))
+    };
     send(Event::Open { stream, name })?;
     let mut total = 0u64;
     let mut error = None;
@@ -32,15 +37,19 @@ pub fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        area.clear_wake();
         area.take_returns(&mut back, &mut aborts);
         free.extend(back.drain(..).map(|t| t.id as usize));
         if !aborts.is_empty() {
             break; // the writer found the stream malformed; it has logged why
         }
         let Some(i) = free.pop() else {
-            stats.add(&stats.starved, 1);
-            wait_readable(area.wake_fd());
+            // Clear the wake-up, then look again, so a release between the two is not lost.
+            area.clear_wake();
+            area.take_returns(&mut back, &mut aborts);
+            if back.is_empty() && aborts.is_empty() {
+                stats.add(&stats.starved, 1);
+                wait_readable(area.wake_fd());
+            }
             continue;
         };
         // SAFETY: buffer `i` is on our free list: not lent, not aliased, and only we write it.

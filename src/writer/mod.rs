@@ -198,7 +198,11 @@ impl StreamState {
         if *cx.held_total as usize > area.len() / 2 {
             self.cut(cx)?;
         }
-        let held_bytes = self.held.back().map_or(0, |h| h.end()).saturating_sub(self.frame.end);
+        let held_bytes = self
+            .held
+            .back()
+            .map_or(0, |h| h.end())
+            .saturating_sub(self.frame.end);
         if held_bytes as usize > area.len() / 2 {
             let at = self.frame.end;
             self.fail(
@@ -293,9 +297,15 @@ impl StreamState {
                 ..FrameEntry::default()
             };
             seg.push_frame(&parts, entry, cx.enc)?;
-            cx.stats.packets.fetch_add(f.packets as u64, Ordering::Relaxed);
-            cx.stats.raw_bytes.fetch_add(f.end - f.start, Ordering::Relaxed);
-            cx.stats.stored_bytes.fetch_add(seg.len - before, Ordering::Relaxed);
+            cx.stats
+                .packets
+                .fetch_add(f.packets as u64, Ordering::Relaxed);
+            cx.stats
+                .raw_bytes
+                .fetch_add(f.end - f.start, Ordering::Relaxed);
+            cx.stats
+                .stored_bytes
+                .fetch_add(seg.len - before, Ordering::Relaxed);
             cx.stats.frames.fetch_add(1, Ordering::Relaxed);
             self.frame = OpenFrame::at(f.end);
         }
@@ -312,7 +322,11 @@ impl StreamState {
     }
 
     fn release(&mut self, cx: &mut Ctx) {
-        while self.held.front().is_some_and(|h| h.end() <= self.frame.start) {
+        while self
+            .held
+            .front()
+            .is_some_and(|h| h.end() <= self.frame.start)
+        {
             let h = self.held.pop_front().expect("checked");
             *cx.held_total -= h.chunk.len() as u64;
         }
@@ -369,13 +383,12 @@ impl StreamState {
         self.segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
         cx.retention.add(rel, bytes, now);
-        let deleted = cx.retention.enforce(
-            &cx.cfg.dir,
-            cx.manifest,
-            cx.cfg.max_bytes,
-            cx.cfg.max_age,
-        )?;
-        cx.stats.deleted_segments.fetch_add(deleted, Ordering::Relaxed);
+        let deleted =
+            cx.retention
+                .enforce(&cx.cfg.dir, cx.manifest, cx.cfg.max_bytes, cx.cfg.max_age)?;
+        cx.stats
+            .deleted_segments
+            .fetch_add(deleted, Ordering::Relaxed);
         Ok(())
     }
 
@@ -595,9 +608,10 @@ impl Writer {
         let mut cx = ctx!(self);
         for st in self.streams.values_mut() {
             let idle = !st.frame.is_empty() && now - st.last_data >= cx.cfg.idle_flush;
-            let old = st.seg.as_ref().is_some_and(|s| {
-                cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t)
-            });
+            let old = st
+                .seg
+                .as_ref()
+                .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
             if idle || old {
                 if let Err(e) = st.cut(&mut cx) {
                     return Err(WriterError::Io {
@@ -649,3 +663,6 @@ pub fn run(mut w: Writer, events: Receiver<Event>) -> Result<Vec<StreamReport>, 
     }
     w.close()
 }
+
+#[cfg(test)]
+mod tests;

@@ -51,8 +51,10 @@ impl Encoder {
         let cctx = match mode {
             Compress::Zstd(level) => {
                 let mut c = CCtx::create();
-                let e = |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
-                c.set_parameter(CParameter::CompressionLevel(level)).map_err(e)?;
+                let e =
+                    |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
+                c.set_parameter(CParameter::CompressionLevel(level))
+                    .map_err(e)?;
                 c.set_parameter(CParameter::ChecksumFlag(true)).map_err(e)?;
                 Some(c)
             }
@@ -75,7 +77,8 @@ impl Encoder {
         let raw: usize = parts.iter().map(|p| p.len()).sum();
         match self.cctx.as_mut() {
             Some(cctx) => {
-                let zerr = |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
+                let zerr =
+                    |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
                 cctx.reset(ResetDirective::SessionOnly).map_err(zerr)?;
                 self.out.clear();
                 self.out.reserve(zstd_safe::compress_bound(raw) + 64);
@@ -83,20 +86,27 @@ impl Encoder {
                 for p in parts {
                     let mut ib = InBuffer::around(p);
                     while ib.pos() < p.len() {
-                        cctx.compress_stream2(&mut ob, &mut ib, zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue)
-                            .map_err(zerr)?;
+                        cctx.compress_stream2(
+                            &mut ob,
+                            &mut ib,
+                            zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+                        )
+                        .map_err(zerr)?;
                     }
                 }
                 loop {
                     let mut empty = InBuffer::around(&[]);
                     let left = cctx
-                        .compress_stream2(&mut ob, &mut empty, zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end)
+                        .compress_stream2(
+                            &mut ob,
+                            &mut empty,
+                            zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+                        )
                         .map_err(zerr)?;
                     if left == 0 {
                         break;
                     }
                 }
-                drop(ob);
                 seg.write(&[&self.out])?;
                 Ok(self.out.len() as u64)
             }
@@ -113,7 +123,8 @@ impl Encoder {
                     let size = (raw - b * RAW_BLOCK_MAX).min(RAW_BLOCK_MAX) as u32;
                     let last = (b + 1 == nblocks) as u32;
                     let h = (size << 3) | last;
-                    self.block_heads.push([h as u8, (h >> 8) as u8, (h >> 16) as u8]);
+                    self.block_heads
+                        .push([h as u8, (h >> 8) as u8, (h >> 16) as u8]);
                 }
                 let mut iov: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2 * nblocks + 1);
                 iov.push(&head);
@@ -182,7 +193,11 @@ impl SegmentFile {
             raw: header.len() as u64,
             opened: Instant::now(),
             trailer: Trailer {
-                flags: if cont { crate::archive::index::FLAG_CONT } else { 0 },
+                flags: if cont {
+                    crate::archive::index::FLAG_CONT
+                } else {
+                    0
+                },
                 header_raw_len: header.len() as u32,
                 stream_off,
                 ..Trailer::default()
@@ -204,7 +219,10 @@ impl SegmentFile {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(io::Error::new(e.kind(), format!("{}: {e}", self.partial.display())))
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", self.partial.display()),
+                    ))
                 }
             };
             IoSlice::advance_slices(&mut rest, n);
@@ -218,7 +236,12 @@ impl SegmentFile {
 
     /// Appends one data frame holding `parts`, described by `entry` (offset and lengths are
     /// filled in here).
-    pub fn push_frame(&mut self, parts: &[&[u8]], mut entry: FrameEntry, enc: &mut Encoder) -> io::Result<()> {
+    pub fn push_frame(
+        &mut self,
+        parts: &[&[u8]],
+        mut entry: FrameEntry,
+        enc: &mut Encoder,
+    ) -> io::Result<()> {
         entry.offset = self.len;
         entry.raw_len = parts.iter().map(|p| p.len() as u32).sum();
         entry.comp_len = enc.frame(parts, self)? as u32;
@@ -258,10 +281,26 @@ mod tests {
         for mode in [Compress::Zstd(1), Compress::None] {
             let dir = tempfile::tempdir().unwrap();
             let mut enc = Encoder::new(mode).unwrap();
-            let mut seg = SegmentFile::create(dir.path(), "000001.pcap.zst", 1, b"HEADER", false, 6, &mut enc).unwrap();
-            seg.push_frame(&[&big[..1000], &big[1000..]], FrameEntry::default(), &mut enc).unwrap();
-            seg.push_frame(&[b"tail"], FrameEntry::default(), &mut enc).unwrap();
-            seg.push_frame(&[], FrameEntry::default(), &mut enc).unwrap();
+            let mut seg = SegmentFile::create(
+                dir.path(),
+                "000001.pcap.zst",
+                1,
+                b"HEADER",
+                false,
+                6,
+                &mut enc,
+            )
+            .unwrap();
+            seg.push_frame(
+                &[&big[..1000], &big[1000..]],
+                FrameEntry::default(),
+                &mut enc,
+            )
+            .unwrap();
+            seg.push_frame(&[b"tail"], FrameEntry::default(), &mut enc)
+                .unwrap();
+            seg.push_frame(&[], FrameEntry::default(), &mut enc)
+                .unwrap();
             let (path, len, sha) = seg.finalize().unwrap();
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len() as u64, len);
@@ -274,7 +313,10 @@ mod tests {
             assert_eq!(t.frames.len(), 3);
             assert_eq!(t.frames[0].raw_len, 300_000);
             let f = t.frames[1];
-            let one = zstd::stream::decode_all(&bytes[f.offset as usize..(f.offset + f.comp_len as u64) as usize]).unwrap();
+            let one = zstd::stream::decode_all(
+                &bytes[f.offset as usize..(f.offset + f.comp_len as u64) as usize],
+            )
+            .unwrap();
             assert_eq!(one, b"tail", "each frame decodes on its own");
         }
     }
@@ -283,6 +325,9 @@ mod tests {
     fn compress_spec_parses() {
         assert_eq!("zstd:3".parse::<Compress>(), Ok(Compress::Zstd(3)));
         assert_eq!("none".parse::<Compress>(), Ok(Compress::None));
-        assert!("lz4".parse::<Compress>().unwrap_err().contains("unknown compression"));
+        assert!("lz4"
+            .parse::<Compress>()
+            .unwrap_err()
+            .contains("unknown compression"));
     }
 }
