@@ -83,8 +83,14 @@ enum Mode {
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     PcapFileHeader,
-    Record { ts_ns: i64 },
-    Block { block_type: u32, ts_ns: i64, copy: bool },
+    Record {
+        ts_ns: i64,
+    },
+    Block {
+        block_type: u32,
+        ts_ns: i64,
+        copy: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +113,7 @@ pub struct Framer {
     block: Vec<u8>,
     in_data: bool,
     header: Vec<u8>,
+    prev_header: Vec<u8>,
     ifaces: Vec<Interface>,
     last_ts: i64,
     packets: u64,
@@ -130,6 +137,7 @@ impl Framer {
             block: Vec::new(),
             in_data: false,
             header: Vec::new(),
+            prev_header: Vec::new(),
             ifaces: Vec::new(),
             last_ts: 0,
             packets: 0,
@@ -154,6 +162,11 @@ impl Framer {
     /// the SHB followed by every IDB declared so far.
     pub fn header(&self) -> &[u8] {
         &self.header
+    }
+
+    /// The header of the section before the current one (after a [`UnitKind::Section`]).
+    pub fn previous_header(&self) -> &[u8] {
+        &self.prev_header
     }
 
     /// Interfaces of the current pcapng section (empty for pcap).
@@ -273,8 +286,8 @@ impl Framer {
                             return Err(self.err(
                                 self.pos,
                                 format!(
-                                    "not a pcap or pcapng stream: magic {magic:02x?} matches neither"
-                                ),
+                                "not a pcap or pcapng stream: magic {magic:02x?} matches neither"
+                            ),
                             ))
                         }
                     }
@@ -294,7 +307,11 @@ impl Framer {
     /// Begins the unit whose head is at the front of `src`. With `in_place`, `src` is the
     /// caller's data (nothing consumed yet); otherwise it is the gathered head (already
     /// consumed and counted in `pos`).
-    fn start_unit(&mut self, src: &[u8], in_place: bool) -> Result<(usize, Option<Unit>), FrameError> {
+    fn start_unit(
+        &mut self,
+        src: &[u8],
+        in_place: bool,
+    ) -> Result<(usize, Option<Unit>), FrameError> {
         let start = if in_place {
             self.pos
         } else {
@@ -302,7 +319,10 @@ impl Framer {
         };
         let (total, what) = self.size_unit(src, start)?;
         let head_len = self.head_need(src)?;
-        let copy = matches!(what, Pending::PcapFileHeader | Pending::Block { copy: true, .. });
+        let copy = matches!(
+            what,
+            Pending::PcapFileHeader | Pending::Block { copy: true, .. }
+        );
         if copy {
             self.block.clear();
         }
@@ -349,7 +369,10 @@ impl Framer {
     /// Accounts for `bytes` of the current unit: copies them if the unit is kept whole, and
     /// catches the trailing length word of a pcapng block.
     fn absorb(&mut self, cur: &mut Cur, bytes: &[u8]) {
-        if matches!(cur.what, Pending::PcapFileHeader | Pending::Block { copy: true, .. }) {
+        if matches!(
+            cur.what,
+            Pending::PcapFileHeader | Pending::Block { copy: true, .. }
+        ) {
             self.block.extend_from_slice(bytes);
         }
         if let Pending::Block { .. } = cur.what {
@@ -451,7 +474,8 @@ impl Framer {
     fn complete(&mut self, cur: Cur) -> Result<Unit, FrameError> {
         let kind = match cur.what {
             Pending::PcapFileHeader => {
-                let fh = pcap::FileHeader::parse(&self.block).map_err(|r| self.err(cur.start, r))?;
+                let fh =
+                    pcap::FileHeader::parse(&self.block).map_err(|r| self.err(cur.start, r))?;
                 self.mode = Mode::Pcap(fh);
                 self.header.clear();
                 self.header.extend_from_slice(&self.block);
@@ -489,6 +513,7 @@ impl Framer {
                             UnitKind::Section
                         };
                         self.ifaces.clear();
+                        std::mem::swap(&mut self.header, &mut self.prev_header);
                         self.header.clear();
                         self.header.extend_from_slice(&self.block);
                         self.in_data = false;
@@ -545,7 +570,8 @@ pub(crate) mod testdata {
     //! Small hand-built streams for framing tests.
 
     pub fn pcap(be: bool, nanos: bool, snaplen: u32, records: &[(u32, u32, &[u8])]) -> Vec<u8> {
-        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let p32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut v = Vec::new();
         p32(&mut v, if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 });
         v.extend(if be { [0, 2, 0, 4] } else { [2, 0, 4, 0] });
@@ -564,7 +590,8 @@ pub(crate) mod testdata {
     }
 
     pub fn block(be: bool, t: u32, body: &[u8]) -> Vec<u8> {
-        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let p32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut body = body.to_vec();
         body.resize(body.len().div_ceil(4) * 4, 0);
         let len = 12 + body.len() as u32;
@@ -578,7 +605,11 @@ pub(crate) mod testdata {
 
     pub fn shb(be: bool) -> Vec<u8> {
         let mut body = Vec::new();
-        body.extend(if be { 0x1A2B3C4Du32.to_be_bytes() } else { 0x1A2B3C4Du32.to_le_bytes() });
+        body.extend(if be {
+            0x1A2B3C4Du32.to_be_bytes()
+        } else {
+            0x1A2B3C4Du32.to_le_bytes()
+        });
         body.extend(if be { [0, 1, 0, 0] } else { [1, 0, 0, 0] });
         body.extend((-1i64).to_le_bytes());
         block(be, 0x0A0D0D0A, &body)
@@ -586,14 +617,23 @@ pub(crate) mod testdata {
 
     pub fn idb(be: bool, lt: u16) -> Vec<u8> {
         let mut body = Vec::new();
-        body.extend(if be { lt.to_be_bytes() } else { lt.to_le_bytes() });
+        body.extend(if be {
+            lt.to_be_bytes()
+        } else {
+            lt.to_le_bytes()
+        });
         body.extend([0, 0]);
-        body.extend(if be { 65535u32.to_be_bytes() } else { 65535u32.to_le_bytes() });
+        body.extend(if be {
+            65535u32.to_be_bytes()
+        } else {
+            65535u32.to_le_bytes()
+        });
         block(be, 1, &body)
     }
 
     pub fn epb(be: bool, iface: u32, ts: u64, data: &[u8]) -> Vec<u8> {
-        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let p32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut body = Vec::new();
         p32(&mut body, iface);
         p32(&mut body, (ts >> 32) as u32);
@@ -623,12 +663,20 @@ mod tests {
             kinds(&units),
             vec![
                 UnitKind::Header,
-                UnitKind::Packet { ts_ns: 1_000_002_000 },
-                UnitKind::Packet { ts_ns: 3_000_004_000 }
+                UnitKind::Packet {
+                    ts_ns: 1_000_002_000
+                },
+                UnitKind::Packet {
+                    ts_ns: 3_000_004_000
+                }
             ]
         );
         assert_eq!(units[2].end(), s.len() as u64);
-        assert_eq!(f.warnings().caplen_over_snaplen, 1, "5 bytes over a snaplen of 4");
+        assert_eq!(
+            f.warnings().caplen_over_snaplen,
+            1,
+            "5 bytes over a snaplen of 4"
+        );
         assert_eq!(f.header(), &s[..24]);
     }
 
@@ -647,10 +695,14 @@ mod tests {
                 vec![
                     UnitKind::Header,
                     UnitKind::Header,
-                    UnitKind::Packet { ts_ns: 5_000_000_000 },
+                    UnitKind::Packet {
+                        ts_ns: 5_000_000_000
+                    },
                     UnitKind::LateInterface,
                     UnitKind::Other,
-                    UnitKind::Packet { ts_ns: 6_000_000_000 },
+                    UnitKind::Packet {
+                        ts_ns: 6_000_000_000
+                    },
                 ]
             );
             assert_eq!(f.linktypes(), vec![1, 101]);
@@ -718,7 +770,12 @@ mod tests {
         s.extend(idb(true, 1));
         s.extend(idb(true, 228));
         for i in 0..40u32 {
-            s.extend(epb(true, i % 2, i as u64 * 1000, &vec![i as u8; (i * 7 % 61) as usize]));
+            s.extend(epb(
+                true,
+                i % 2,
+                i as u64 * 1000,
+                &vec![i as u8; (i * 7 % 61) as usize],
+            ));
             if i % 9 == 0 {
                 s.extend(block(true, 5, &[0; 8]));
             }

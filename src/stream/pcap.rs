@@ -162,9 +162,8 @@ mod tests {
 
     fn header(magic: u32, be: bool, snaplen: u32, lt: u32) -> Vec<u8> {
         let mut v = Vec::new();
-        let p32 = |v: &mut Vec<u8>, x: u32| {
-            v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() })
-        };
+        let p32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         p32(&mut v, magic);
         v.extend(if be { [0, 2, 0, 4] } else { [2, 0, 4, 0] });
         p32(&mut v, 0);
@@ -183,7 +182,10 @@ mod tests {
             (MAGIC_NANOS, true, true),
         ] {
             let fh = FileHeader::parse(&header(magic, be, 65535, 101)).unwrap();
-            assert_eq!((fh.big_endian, fh.nanos, fh.snaplen, fh.linktype), (be, nanos, 65535, 101));
+            assert_eq!(
+                (fh.big_endian, fh.nanos, fh.snaplen, fh.linktype),
+                (be, nanos, 65535, 101)
+            );
             assert_eq!(fh.version, (2, 4));
         }
     }
@@ -205,7 +207,10 @@ mod tests {
             0, 0, 0, 10, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 9, 0xaa, 0xbb, 0xcc,
         ];
         let r = Record::new_checked(&rec[..], &fh_be).unwrap();
-        assert_eq!((r.ts_sec(), r.ts_frac(), r.caplen(), r.origlen()), (10, 5, 3, 9));
+        assert_eq!(
+            (r.ts_sec(), r.ts_frac(), r.caplen(), r.origlen()),
+            (10, 5, 3, 9)
+        );
         assert_eq!(r.ts_ns(), 10_000_000_005);
         assert_eq!(r.data(), Some(&[0xaa, 0xbb, 0xcc][..]));
         let fh_le = FileHeader::parse(&header(MAGIC_MICROS, false, 100, 1)).unwrap();

@@ -263,8 +263,10 @@ mod tests {
     use super::*;
 
     fn idb(be: bool, lt: u16, snap: u32, opts: &[(u16, &[u8])]) -> Vec<u8> {
-        let p16 = |v: &mut Vec<u8>, x: u16| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
-        let p32 = |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let p16 =
+            |v: &mut Vec<u8>, x: u16| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let p32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut body = Vec::new();
         p16(&mut body, lt);
         p16(&mut body, 0);
@@ -287,14 +289,25 @@ mod tests {
     #[test]
     fn interface_options_set_resolution_and_offset() {
         for be in [false, true] {
-            let off = if be { 5i64.to_be_bytes() } else { 5i64.to_le_bytes() };
+            let off = if be {
+                5i64.to_be_bytes()
+            } else {
+                5i64.to_le_bytes()
+            };
             let b = idb(be, 105, 1000, &[(9, &[9]), (14, &off), (0, &[])]);
             let i = Interface::parse(&b, be).unwrap();
-            assert_eq!((i.linktype, i.snaplen, i.tsresol, i.tsoffset), (105, 1000, 9, 5));
+            assert_eq!(
+                (i.linktype, i.snaplen, i.tsresol, i.tsoffset),
+                (105, 1000, 9, 5)
+            );
             assert_eq!(i.ts_ns(7), 5_000_000_007);
         }
         let i = Interface::parse(&idb(false, 1, 0, &[]), false).unwrap();
-        assert_eq!(i.ts_ns(1_500_000), 1_500_000_000, "default resolution is microseconds");
+        assert_eq!(
+            i.ts_ns(1_500_000),
+            1_500_000_000,
+            "default resolution is microseconds"
+        );
         let i = Interface::parse(&idb(false, 1, 0, &[(9, &[0x80 | 10])]), false).unwrap();
         assert_eq!(i.ts_ns(1024), 1_000_000_000, "power-of-two resolution");
     }
@@ -303,15 +316,26 @@ mod tests {
     fn block_lengths_are_checked() {
         let mut h = vec![6, 0, 0, 0, 30, 0, 0, 0];
         h.resize(28, 0);
-        assert!(Block::new_checked(&h, false).unwrap_err().contains("bad length 30"));
+        assert!(Block::new_checked(&h, false)
+            .unwrap_err()
+            .contains("bad length 30"));
         h[4] = 32;
         let b = Block::new_checked(&h, false).unwrap();
         assert_eq!(b.check_packet().unwrap(), 0);
         h[20] = 1;
-        let e = Block::new_checked(&h, false).unwrap().check_packet().unwrap_err();
+        let e = Block::new_checked(&h, false)
+            .unwrap()
+            .check_packet()
+            .unwrap_err();
         assert!(e.contains("claims 1 captured"), "{e}");
-        assert!(section_order(&[0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a]) == Ok(false));
-        assert!(section_order(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 28, 0x1a, 0x2b, 0x3c, 0x4d]) == Ok(true));
+        assert!(
+            section_order(&[0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a])
+                == Ok(false)
+        );
+        assert!(
+            section_order(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 28, 0x1a, 0x2b, 0x3c, 0x4d])
+                == Ok(true)
+        );
         assert!(section_order(&[0; 12]).is_err());
     }
 }

@@ -160,6 +160,8 @@ struct StreamState {
     failed: Option<String>,
     last_data: Instant,
     segments: u64,
+    /// Segments finalized since the current pcapng section began.
+    section_segments: u64,
 }
 
 impl StreamState {
@@ -230,7 +232,13 @@ impl StreamState {
             }
             UnitKind::Section => {
                 self.cut(cx)?;
+                if self.seg.is_none() && self.section_segments == 0 {
+                    // The section that just ended had no blocks after its header: keep it.
+                    let hdr = self.framer.previous_header().to_vec();
+                    self.open_segment(&hdr, u.start, cx)?;
+                }
                 self.finish_segment(cx)?;
+                self.section_segments = 0;
                 self.cont = false;
                 self.frame = OpenFrame::at(u.end());
                 self.release(cx);
@@ -245,17 +253,8 @@ impl StreamState {
                     } else {
                         hdr
                     };
-                    self.seq += 1;
-                    let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
-                    self.seg = Some(SegmentFile::create(
-                        &self.dir,
-                        &archive::segment_name(self.seq, pcapng),
-                        self.seq,
-                        hdr,
-                        self.cont,
-                        self.frame.start,
-                        cx.enc,
-                    )?);
+                    let hdr = hdr.to_vec();
+                    self.open_segment(&hdr, self.frame.start, cx)?;
                 }
                 self.frame.end = u.end();
                 match kind {
@@ -272,6 +271,21 @@ impl StreamState {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn open_segment(&mut self, header: &[u8], stream_off: u64, cx: &mut Ctx) -> io::Result<()> {
+        self.seq += 1;
+        let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
+        self.seg = Some(SegmentFile::create(
+            &self.dir,
+            &archive::segment_name(self.seq, pcapng),
+            self.seq,
+            header,
+            self.cont,
+            stream_off,
+            cx.enc,
+        )?);
         Ok(())
     }
 
@@ -381,6 +395,7 @@ impl StreamState {
             repaired: false,
         }))?;
         self.segments += 1;
+        self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
         cx.retention.add(rel, bytes, now);
         let deleted =
@@ -429,19 +444,11 @@ impl StreamState {
             });
         }
         self.cut(cx)?;
-        if self.segments == 0 && self.seg.is_none() && !self.framer.header().is_empty() {
-            // A valid capture with no packets: keep its header so `cat` gives it back.
-            self.seq += 1;
-            let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
-            self.seg = Some(SegmentFile::create(
-                &self.dir,
-                &archive::segment_name(self.seq, pcapng),
-                self.seq,
-                self.framer.header(),
-                false,
-                self.frame.start,
-                cx.enc,
-            )?);
+        if self.section_segments == 0 && self.seg.is_none() && !self.framer.header().is_empty() {
+            // A valid capture (or last section) with no packets: keep its header so `cat`
+            // gives it back.
+            let hdr = self.framer.header().to_vec();
+            self.open_segment(&hdr, self.frame.start, cx)?;
         }
         self.finish_segment(cx)?;
         self.release_all(cx);
@@ -597,6 +604,7 @@ impl Writer {
                 failed: None,
                 last_data: Instant::now(),
                 segments: 0,
+                section_segments: 0,
             },
         );
         Ok(())
@@ -607,7 +615,8 @@ impl Writer {
         let now = Instant::now();
         let mut cx = ctx!(self);
         for st in self.streams.values_mut() {
-            let idle = !st.frame.is_empty() && now - st.last_data >= cx.cfg.idle_flush;
+            let idle = !st.frame.is_empty()
+                && now.saturating_duration_since(st.last_data) >= cx.cfg.idle_flush;
             let old = st
                 .seg
                 .as_ref()

@@ -203,6 +203,17 @@ fn a_new_section_starts_a_new_segment() {
 }
 
 #[test]
+fn an_empty_section_is_kept() {
+    let mut s = testdata::shb(false);
+    s.extend(testdata::idb(false, 1));
+    s.extend(testdata::shb(false));
+    s.extend(testdata::idb(false, 101));
+    s.extend(testdata::epb(false, 0, 2, b"only"));
+    let run = record(&[(&s, &[11])], |_| {});
+    assert_eq!(concat(&segments(&run, "s0")), s);
+}
+
+#[test]
 fn bad_input_keeps_every_complete_record_and_releases() {
     let mut s = pcap_stream(500);
     let good = s.len();
