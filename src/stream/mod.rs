@@ -783,7 +783,64 @@ mod tests {
         s
     }
 
+    /// Feeds `s` in pieces of `cut` bytes; returns units until the first error.
+    fn feed(s: &[u8], cut: usize) -> (Vec<Unit>, Option<FrameError>) {
+        let mut f = Framer::new();
+        let mut units = Vec::new();
+        for piece in s.chunks(cut.max(1)) {
+            let mut p = 0;
+            while p < piece.len() {
+                match f.step(&piece[p..]) {
+                    Ok((n, u)) => {
+                        assert!(n > 0, "no progress");
+                        p += n;
+                        units.extend(u);
+                    }
+                    Err(e) => return (units, Some(e)),
+                }
+            }
+        }
+        (units, f.finish().err())
+    }
+
     proptest! {
+        /// Garbage or damaged streams never panic the framer; the units it reports before an
+        /// error tile the stream from offset 0 and the error lies at or after their end.
+        #[test]
+        fn mutated_streams_never_panic_and_units_tile(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in 1usize..300,
+            ng in any::<bool>(),
+            truncate in any::<Option<usize>>(),
+        ) {
+            let mut s = if ng { sample() } else { pcap(true, false, 100, &[(1, 2, b"abc"), (3, 4, &[0u8; 150])]) };
+            for (at, b) in flips {
+                let i = at % s.len();
+                s[i] = b;
+            }
+            if let Some(t) = truncate {
+                s.truncate(t % (s.len() + 1));
+            }
+            let (units, err) = feed(&s, cut);
+            let mut end = 0;
+            for u in &units {
+                prop_assert_eq!(u.start, end);
+                end = u.end();
+            }
+            prop_assert!(end <= s.len() as u64);
+            if let Some(e) = err {
+                prop_assert!(e.offset >= end, "error at {} before the last unit ends at {}", e.offset, end);
+                prop_assert!(e.offset <= s.len() as u64);
+            } else {
+                prop_assert_eq!(end, s.len() as u64);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), cut in 1usize..64) {
+            let _ = feed(&bytes, cut);
+        }
+
         #[test]
         fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..97, 1..200), ng in any::<bool>()) {
             let s = if ng {
