@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests (`mod common;` in a file under tests/).
+//!
+//! Stock tools (tcpdump, tshark, zstd) are the oracle. A test that needs one calls
+//! [`need_tool`] first and returns early when it is missing; with the `CI` environment
+//! variable set a missing tool is a failure instead, because CI installs them all
+//! (see `.ci/run`). [`need_root`] works the same way for tests that need euid 0.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `Command` for the zcap binary cargo built for these tests.
+pub fn zcap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zcap"))
+}
+
+/// Path of a committed capture under fixtures/ (see fixtures/README.md); panics if absent.
+pub fn fixture(name: &str) -> PathBuf {
+    let p = repo().join("fixtures").join(name);
+    assert!(p.is_file(), "fixture {} does not exist", p.display());
+    p
+}
+
+/// What tools/gen-pcap.py reported on stderr.
+#[derive(Debug, Default, Clone)]
+pub struct Generated {
+    /// Byte offset of the first bad unit, for `--corrupt` runs.
+    pub corrupt_offset: Option<u64>,
+    /// Packet records before the bad unit, for `--corrupt` runs.
+    pub good_records: Option<u64>,
+    pub stderr: String,
+}
+
+/// Runs `python3 tools/gen-pcap.py ARGS -o OUT` and panics if it fails.
+///
+/// For `--corrupt KIND` runs the returned value carries the offset and record count the
+/// generator printed (`gen-pcap: corrupt=KIND offset=N good_records=M`).
+pub fn gen(args: &[&str], out: &Path) -> Generated {
+    let script = repo().join("tools").join("gen-pcap.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "gen-pcap.py {args:?} failed ({}):\n{stderr}",
+        output.status
+    );
+    let mut g = Generated {
+        stderr,
+        ..Default::default()
+    };
+    if let Some(line) = g
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("gen-pcap: corrupt="))
+    {
+        for field in line.split_whitespace() {
+            if let Some(v) = field.strip_prefix("offset=") {
+                g.corrupt_offset = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("good_records=") {
+                g.good_records = v.parse().ok();
+            }
+        }
+        assert!(
+            g.corrupt_offset.is_some() && g.good_records.is_some(),
+            "cannot parse the generator's corruption report: {line}"
+        );
+    }
+    g
+}
+
+/// The running test's name, for SKIP lines.
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("test")
+        .to_string()
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Prints the SKIP line and returns false, or panics under CI where nothing may be skipped.
+fn skip(reason: &str) -> bool {
+    let test = test_name();
+    if in_ci() {
+        panic!("{test}: {reason}, and CI is set: CI must run every test");
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "SKIP {test}: {reason}");
+    false
+}
+
+/// Finds an executable named `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// True when the tool is on PATH. Otherwise prints
+/// `SKIP <test>: <tool> not installed (CI installs it)` and returns false —
+/// or panics if the `CI` environment variable is set.
+pub fn need_tool(name: &str) -> bool {
+    which(name).is_some() || skip(&format!("{name} not installed (CI installs it)"))
+}
+
+/// True when running as root (euid 0). Otherwise prints `SKIP <test>: needs root` and
+/// returns false — or panics if the `CI` environment variable is set.
+pub fn need_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    euid == 0 || skip(&format!("needs root (euid is {euid})"))
+}
+
+/// Runs a command to completion and panics, showing its output, unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Packets tcpdump reads from a pcap or pcapng file (`tcpdump -r F -nn -q`), asserting that
+/// tcpdump exits 0, i.e. read the whole file without complaint.
+///
+/// Counts the lines that start a packet (hex-dump continuation lines, which tcpdump prints
+/// for link types it cannot decode, start with a tab). libpcap 1.10 refuses pcapng files
+/// whose interfaces have different link types; count those with [`tshark_count`].
+pub fn tcpdump_count(path: &Path) -> usize {
+    let out = run_ok(
+        Command::new("tcpdump")
+            .arg("-r")
+            .arg(path)
+            .args(["-nn", "-q"]),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+        .count()
+}
+
+/// Packets tshark reads from a capture file, asserting that tshark exits 0.
+pub fn tshark_count(path: &Path) -> usize {
+    let out = run_ok(Command::new("tshark").arg("-r").arg(path).args([
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+/// Decompresses a file with the stock zstd CLI (`zstd -dc`), asserting that it exits 0.
+pub fn zstd_decompress(path: &Path) -> Vec<u8> {
+    run_ok(Command::new("zstd").args(["-q", "-d", "-c"]).arg(path)).stdout
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A fresh temporary directory, removed when the value is dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("zcap-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
