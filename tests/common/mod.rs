@@ -149,23 +149,17 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// Packets tcpdump reads from a pcap or pcapng file (`tcpdump -r F -nn -q`), asserting that
-/// tcpdump exits 0, i.e. read the whole file without complaint.
-///
-/// Counts the lines that start a packet (hex-dump continuation lines, which tcpdump prints
-/// for link types it cannot decode, start with a tab). libpcap 1.10 refuses pcapng files
-/// whose interfaces have different link types; count those with [`tshark_count`].
+/// Packets tcpdump reads from a pcap or pcapng file (`tcpdump -r F --count`), asserting that
+/// tcpdump exits 0, i.e. read the whole file without complaint. libpcap 1.10 refuses pcapng
+/// files whose interfaces have different link types; count those with [`tshark_count`].
 pub fn tcpdump_count(path: &Path) -> usize {
-    let out = run_ok(
-        Command::new("tcpdump")
-            .arg("-r")
-            .arg(path)
-            .args(["-nn", "-q"]),
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
-        .count()
+    // `--count` prints only "N packets", whatever the payloads look like.
+    let out = run_ok(Command::new("tcpdump").arg("-r").arg(path).arg("--count"));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_suffix(" packets").or(l.strip_suffix(" packet")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("tcpdump --count printed no count for {}: {text}", path.display()))
 }
 
 /// Packets tshark reads from a capture file, asserting that tshark exits 0.
