@@ -1,0 +1,1456 @@
+#!/usr/bin/env python3
+"""zcap benchmark harness: zcap side by side with its peers, same input, same run.
+
+Started by tools/bench/run. Standard library only. What it does, in order:
+
+1. installs the peers it needs with apt-get (unless --no-install) and builds zcap --release
+   (unless --zcap PATH is given);
+2. generates two corpora with tools/gen-pcap.py: a realistic size mix with partly
+   compressible payloads, and all-1514-byte frames with random payloads; splits each into 8
+   parts for the 8-sender cases;
+3. ingest: streams each corpus over loopback TCP (PCAP-over-IP) into every receiver -- socat
+   to /dev/null and to a file (ceilings), zstd -1 reading the socket, tcpdump -r - -w with and
+   without -C, dumpcap -i - with a -b filesize ring, zcap record --listen for each rx backend
+   and compression, with 1 and 8 senders -- and runs zstd -1 -T1/-T2 and zcap record -r over
+   the corpus file;
+4. replay: zcap replay --topspeed against socat and a sendfile sender (and tcpreplay onto lo,
+   for reference) into the same /dev/null receiver;
+5. query (--query): builds an archive of generated traffic spanning hours and times
+   zcap cat --from/--to of one minute against zstd -dc | editcap -A/-B, cold cache;
+6. prints one markdown report (also written as results.md) and writes results.json.
+
+Every child runs in its own process group and is killed when the harness exits; every wait
+has a deadline; all traffic goes to 127.0.0.1.
+
+Measurements per run: wall time from the sender's first connected byte to the receiver's
+exit (file jobs: from spawn to exit), CPU seconds (user+sys from wait4 rusage, which includes
+the receiver's threads and any children it waited for, e.g. both sides of a pipeline), peak
+RSS (ru_maxrss: the largest single process), bytes on disk of the output (du), and for the
+query benchmark bytes read from the block device (ru_inblock * 512) after evicting the
+archive from the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+GEN = os.path.join(REPO, "tools", "gen-pcap.py")
+
+MB = 1e6
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Peers the harness runs and the Debian packages that bring them.
+TOOLS = {
+    "socat": "socat",
+    "tcpdump": "tcpdump",
+    "dumpcap": "wireshark-common",
+    "editcap": "wireshark-common",
+    "mergecap": "wireshark-common",
+    "tshark": "tshark",
+    "zstd": "zstd",
+    "tcpreplay": "tcpreplay",
+    "/usr/bin/time": "time",
+}
+# Needed for every run; the others only disable their own cases.
+REQUIRED = ("socat", "zstd")
+
+START_EPOCH = 1764057600  # 2025-11-25T08:00:00Z, gen-pcap's default
+
+
+def log(msg: str) -> None:
+    print(f"zbench: {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg: str) -> None:
+    log(f"error: {msg}")
+    sys.exit(2)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1G, 64M, 512K)")
+    mult = 1024 ** ("kmgt".index(m.group(2).lower()) + 1) if m.group(2) else 1
+    return int(float(m.group(1)) * mult)
+
+
+def human(n: float) -> str:
+    for unit, div in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+# --------------------------------------------------------------------------------------
+# Children: every process the harness starts is registered here and killed on exit.
+
+CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def spawn(argv, *, stdin=None, stdout=None, stderr=None, shell=False, env=None) -> subprocess.Popen:
+    p = subprocess.Popen(
+        argv,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=stderr if stderr is not None else subprocess.DEVNULL,
+        shell=shell,
+        start_new_session=True,  # its own process group: killpg reaches pipelines too
+        env=env,
+    )
+    CHILDREN[p.pid] = p
+    return p
+
+
+TIME = "/usr/bin/time"
+
+
+def measured(argv: list[str], rss_path: str) -> list[str]:
+    """Wraps argv in GNU time for its peak RSS. ru_maxrss from our own wait4 would be wrong:
+    a child forked (or vforked) from this Python process inherits its RSS high-water mark
+    across exec, so every tool would look at least as big as the harness. GNU time is small,
+    so the mark it passes on is too."""
+    if not have(TIME):
+        return argv
+    rm(rss_path)
+    return [TIME, "-f", "%M", "-o", rss_path, *argv]
+
+
+def read_rss(rss_path: str, ru) -> tuple[int, bool]:
+    """Peak RSS in KiB, and whether it is exact (from GNU time) or the inflated wait4 value."""
+    try:
+        with open(rss_path) as f:
+            last = f.read().strip().splitlines()[-1]
+        return int(last), True
+    except (OSError, ValueError, IndexError):
+        return ru.ru_maxrss, False
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    if p.returncode is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(p.pid, os.WNOHANG)
+            except ChildProcessError:
+                p.returncode = -1
+                return
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.02)
+
+
+def kill_all() -> None:
+    for p in list(CHILDREN.values()):
+        kill_group(p)
+    CHILDREN.clear()
+
+
+def _on_signal(signum, _frame):
+    kill_all()
+    log(f"stopped by signal {signum}")
+    sys.exit(128 + signum)
+
+
+class Timeout(Exception):
+    pass
+
+
+def exited(p: subprocess.Popen) -> bool:
+    """True once the child has exited, without reaping it (its rusage stays collectable)."""
+    try:
+        return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def wait_rusage(p: subprocess.Popen, timeout: float):
+    """Waits for the child (bounded), reaps it with wait4. Returns (exit_time, rc, rusage)."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        while not exited(p):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                kill_group(p)
+                CHILDREN.pop(p.pid, None)
+                raise Timeout(f"pid {p.pid} still running after {timeout:.0f} s; killed")
+            if fd is not None:
+                select.select([fd], [], [], min(left, 1.0))
+            else:
+                time.sleep(min(left, 0.005))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    t = time.monotonic()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    CHILDREN.pop(p.pid, None)
+    return t, p.returncode, ru
+
+
+# --------------------------------------------------------------------------------------
+# Sockets and files.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:port (or 0.0.0.0)? Read from /proc so that the
+    check does not itself open a connection the receiver would take for the stream."""
+    want = f":{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 3 and parts[1].endswith(want) and parts[3] == "0A":
+                        return True
+        except OSError:
+            pass
+    return False
+
+
+def wait_listening(port: int, p: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not listening(port):
+        if exited(p):
+            raise RuntimeError("receiver exited before listening")
+        if time.monotonic() > deadline:
+            raise Timeout(f"nothing listens on port {port} after {timeout:.0f} s")
+        time.sleep(0.005)
+
+
+def du(path: str) -> int:
+    """Bytes allocated on disk under path (what du reports)."""
+    total = 0
+    if os.path.isfile(path):
+        return os.stat(path).st_blocks * 512
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def apparent(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def evict(paths) -> None:
+    """Drops the files' pages from the page cache (clean pages only: sync first)."""
+    os.sync()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def rm(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def pcap_scan(path: str):
+    """Record offsets of a little/big-endian pcap file: (count, [offsets], header bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = struct.unpack_from("<I", data, 0)[0]
+    if magic in (0xA1B2C3D4, 0xA1B23C4D):
+        fmt = "<I"
+    elif magic in (0xD4C3B2A1, 0x4D3CB2A1):
+        fmt = ">I"
+    else:
+        raise ValueError(f"{path}: not a pcap file (magic {magic:#x})")
+    offs = []
+    pos, n = 24, len(data)
+    unpack = struct.Struct(fmt).unpack_from
+    while pos + 16 <= n:
+        offs.append(pos)
+        pos += 16 + unpack(data, pos + 8)[0]
+    if pos != n:
+        raise ValueError(f"{path}: truncated record at byte {offs[-1] if offs else 24}")
+    return len(offs), offs, data[:24]
+
+
+def pcap_records(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(24)
+        return f.read()
+
+
+# --------------------------------------------------------------------------------------
+# The sender (a separate process: `zbench.py _send PORT FILE...`), one thread per file,
+# each streaming its file with sendfile(2) over its own connection.
+
+
+def cmd_send(argv) -> int:
+    port = int(argv[0])
+    files = argv[1:]
+    out = [None] * len(files)
+    errors = []
+
+    def one(i: int, path: str) -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                s = socket.socket()
+                try:
+                    s.connect(("127.0.0.1", port))
+                    break
+                except ConnectionRefusedError:
+                    s.close()
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            t0 = time.monotonic()
+            sent = 0
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                while sent < size:
+                    n = os.sendfile(s.fileno(), f.fileno(), sent, min(size - sent, 1 << 30))
+                    if n == 0:
+                        break
+                    sent += n
+            s.shutdown(socket.SHUT_WR)
+            t1 = time.monotonic()
+            s.close()
+            out[i] = (t0, t1, sent)
+        except Exception as e:  # reported to the harness as one JSON line
+            errors.append(f"{path}: {e}")
+
+    threads = [threading.Thread(target=one, args=(i, f)) for i, f in enumerate(files)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = [o for o in out if o]
+    print(json.dumps({
+        "t0": min((o[0] for o in done), default=None),
+        "t1": max((o[1] for o in done), default=None),
+        "bytes": sum(o[2] for o in done),
+        "errors": errors,
+    }), flush=True)
+    return 1 if errors else 0
+
+
+# --------------------------------------------------------------------------------------
+# Install and build.
+
+
+def have(tool: str) -> bool:
+    return os.path.exists(tool) if tool.startswith("/") else shutil.which(tool) is not None
+
+
+def install_peers(args) -> None:
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if not have(tool)})
+    need_build_tools = args.zcap is None and not have("cc")
+    if need_build_tools:
+        missing += ["build-essential", "pkg-config", "ca-certificates", "curl"]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not have("apt-get"):
+        log(f"not root or no apt-get; cannot install {' '.join(missing)} (cases that need them are skipped)")
+        return
+    log(f"installing with apt-get: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # wireshark-common asks whether non-root users may capture; answer for it.
+    pre = subprocess.run(["debconf-set-selections"], input=b"wireshark-common wireshark-common/install-setuid boolean false\n",
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if pre.returncode != 0:
+        log("debconf-set-selections failed; continuing (the install is non-interactive anyway)")
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, stdout=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                   env=env, check=True, stdout=sys.stderr)
+
+
+def cargo_bin() -> str | None:
+    c = shutil.which("cargo")
+    if c:
+        return c
+    home = os.path.expanduser("~/.cargo/bin/cargo")
+    return home if os.path.exists(home) else None
+
+
+def build_zcap(args) -> str:
+    if args.zcap:
+        if not os.access(args.zcap, os.X_OK):
+            die(f"--zcap {args.zcap}: not an executable")
+        return os.path.abspath(args.zcap)
+    cargo = cargo_bin()
+    if cargo is None:
+        if args.no_install or os.geteuid() != 0:
+            die("cargo not found; install Rust (https://rustup.rs) or pass --zcap PATH")
+        log("installing Rust with rustup (minimal profile)")
+        subprocess.run("curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal",
+                       shell=True, check=True, stdout=sys.stderr)
+        cargo = cargo_bin()
+        if cargo is None:
+            die("rustup ran but cargo is still missing")
+    log("building zcap --release")
+    r = subprocess.run([cargo, "build", "--release", "--bin", "zcap"], cwd=REPO, stdout=sys.stderr)
+    if r.returncode != 0:
+        die("cargo build --release failed")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    if not os.path.isabs(target):
+        target = os.path.join(REPO, target)
+    path = os.path.join(target, "release", "zcap")
+    if not os.access(path, os.X_OK):
+        die(f"built, but {path} is missing")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Corpora.
+
+
+class Corpus:
+    def __init__(self, name: str, title: str, path: str, packets: int, size: int, parts: list[str]):
+        self.name, self.title, self.path = name, title, path
+        self.packets, self.size, self.parts = packets, size, parts
+
+
+CORPORA = {
+    "realistic": ("realistic mix (60-100 / 576 / 1514 byte frames, partly compressible payloads)",
+                  ["--mix", "realistic", "--payload", "mixed"]),
+    "full": ("all 1514-byte frames, random payloads", ["--mix", "full", "--payload", "random"]),
+}
+
+
+def make_corpus(args, name: str) -> Corpus:
+    title, gen_args = CORPORA[name]
+    cdir = os.path.join(args.workdir, "corpus")
+    os.makedirs(cdir, exist_ok=True)
+    path = os.path.join(cdir, f"{name}-{args.size}.pcap")
+    meta_path = path + ".json"
+    meta = None
+    if os.path.exists(meta_path) and os.path.exists(path):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if meta.get("gen_args") != gen_args or not all(os.path.exists(p) for p in meta["parts"]):
+                meta = None
+        except (OSError, ValueError, KeyError):
+            meta = None
+    if meta is None:
+        if not os.path.exists(GEN):
+            die(f"{GEN} is missing (the capture generator)")
+        log(f"generating the {name} corpus ({human(args.size)})")
+        r = subprocess.run([sys.executable, GEN, "--format", "pcap", *gen_args, "--bytes", str(args.size),
+                            "--seed", "1", "-o", path], stdout=sys.stderr)
+        if r.returncode != 0:
+            die(f"gen-pcap.py failed for the {name} corpus")
+        count, offs, header = pcap_scan(path)
+        size = os.path.getsize(path)
+        parts = []
+        # 8 parts of about equal size, cut at record boundaries, each a whole pcap stream.
+        cuts = [24]
+        for k in range(1, args.senders):
+            want = 24 + (size - 24) * k // args.senders
+            lo, hi = 0, len(offs)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if offs[mid] < want:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cuts.append(offs[lo] if lo < len(offs) else size)
+        cuts.append(size)
+        with open(path, "rb") as src:
+            for k in range(args.senders):
+                ppath = f"{path[:-5]}.part{k + 1}.pcap"
+                with open(ppath, "wb") as dst:
+                    dst.write(header)
+                    dst.flush()
+                    off, left = cuts[k], cuts[k + 1] - cuts[k]
+                    while left > 0:
+                        n = os.copy_file_range(src.fileno(), dst.fileno(), left, off)
+                        if n == 0:
+                            break
+                        off += n
+                        left -= n
+                parts.append(ppath)
+        meta = {"gen_args": gen_args, "packets": count, "size": size, "parts": parts}
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+    return Corpus(name, title, path, meta["packets"], meta["size"], meta["parts"])
+
+
+# --------------------------------------------------------------------------------------
+# Cases.
+
+
+class Case:
+    """One thing to measure. kind: 'listen' (the receiver listens itself), 'stdin' (the
+    harness accepts and hands the socket to the receiver as stdin), 'file' (no network)."""
+
+    def __init__(self, cid, label, kind, argv, *, needs=(), senders=1, stdout_file=None,
+                 zcap=False, peer=False, check=None, group="ingest"):
+        self.cid, self.label, self.kind, self.argv = cid, label, kind, argv
+        self.needs, self.senders, self.stdout_file = needs, senders, stdout_file
+        self.zcap, self.peer, self.check, self.group = zcap, peer, check, group
+
+
+def ingest_cases(args, zcap: str, seg_bytes: int) -> list[Case]:
+    seg_mb = max(1, seg_bytes // 1_000_000)
+    seg_kb = seg_mb * 1000
+    cases = [
+        Case("socat-null", "socat → /dev/null (ceiling)", "listen",
+             ["socat", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+             needs=("socat",), stdout_file="/dev/null", peer=True),
+        Case("socat-file", "socat → file (ceiling)", "listen",
+             ["socat", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+             needs=("socat",), stdout_file="{out}/capture.pcap", peer=True, check="bytes"),
+        Case("zstd-sock", "zstd -1 (socket → file)", "stdin",
+             ["zstd", "-1", "-q", "-c"],
+             needs=("zstd",), stdout_file="{out}/capture.pcap.zst", peer=True),
+        Case("tcpdump", "tcpdump -r - -w", "stdin",
+             ["tcpdump", "-Z", "root", "-r", "-", "-w", "{out}/capture.pcap"],
+             needs=("tcpdump",), peer=True, check="bytes"),
+        Case("tcpdump-C", f"tcpdump -r - -w -C {seg_mb}", "stdin",
+             ["tcpdump", "-Z", "root", "-r", "-", "-w", "{out}/capture.pcap", "-C", str(seg_mb)],
+             needs=("tcpdump",), peer=True, check="bytes"),
+        Case("dumpcap", f"dumpcap -i - -b filesize:{seg_kb}", "stdin",
+             ["dumpcap", "-q", "-i", "-", "-w", "{out}/capture.pcapng", "-b", f"filesize:{seg_kb}"],
+             needs=("dumpcap",), peer=True, check="dumpcap"),
+    ]
+    for senders in (1, args.senders):
+        for rx in ("ring", "recv"):
+            for comp in ("zstd:1", "none"):
+                tag = "zstd1" if comp != "none" else "none"
+                suffix = f"-x{senders}" if senders > 1 else ""
+                cases.append(Case(
+                    f"zcap-{rx}-{tag}{suffix}",
+                    f"zcap --rx {rx} --compress {comp}" + (f", {senders} senders" if senders > 1 else ""),
+                    "listen",
+                    [zcap, "record", "--listen", "127.0.0.1:{port}", "--rx", rx, "--compress", comp,
+                     "--max-streams", str(senders), "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
+                    senders=senders, zcap=True, check="zcap"))
+    cases += [
+        Case("zstd-T1", "zstd -1 -T1 FILE (compression ceiling)", "file",
+             ["zstd", "-1", "-T1", "-q", "-c", "{corpus}"],
+             needs=("zstd",), stdout_file="{out}/corpus.zst", peer=True),
+        Case("zstd-T2", "zstd -1 -T2 FILE", "file",
+             ["zstd", "-1", "-T2", "-q", "-c", "{corpus}"],
+             needs=("zstd",), stdout_file="{out}/corpus.zst", peer=True),
+        Case("zcap-read-zstd1", "zcap record -r FILE --compress zstd:1", "file",
+             [zcap, "record", "-r", "{corpus}", "--compress", "zstd:1", "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
+             zcap=True, check="zcap"),
+        Case("zcap-read-none", "zcap record -r FILE --compress none", "file",
+             [zcap, "record", "-r", "{corpus}", "--compress", "none", "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
+             zcap=True, check="zcap"),
+    ]
+    return cases
+
+
+# Peers in the ratio table, in column order.
+RATIO_PEERS = ["socat-null", "socat-file", "zstd-sock", "tcpdump", "tcpdump-C", "dumpcap", "zstd-T1"]
+
+
+def missing_result(reason: str, status: str = "missing") -> dict:
+    return {"status": status, "reason": reason}
+
+
+def zcap_missing(stderr_text: str) -> str | None:
+    m = re.search(r"(\S[^\n]*not built yet[^\n]*)", stderr_text)
+    return m.group(1).strip() if m else None
+
+
+def tail(path: str, n: int = 400) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - n))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def fmt_argv(argv, subst) -> list[str]:
+    return [a.format(**subst) for a in argv]
+
+
+def run_sender(port: int, files: list[str], errpath: str) -> subprocess.Popen:
+    return spawn([sys.executable, os.path.abspath(__file__), "_send", str(port), *files],
+                 stdout=subprocess.PIPE, stderr=open(errpath, "ab"))
+
+
+def read_sender(p: subprocess.Popen, timeout: float) -> dict:
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        raise Timeout("sender did not finish")
+    CHILDREN.pop(p.pid, None)
+    try:
+        return json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"t0": None, "errors": ["sender printed nothing"]}
+
+
+def check_output(case: Case, corpus: Corpus, out: str, errpath: str) -> str | None:
+    """Returns None when the output holds every packet, else what is wrong."""
+    if case.check == "bytes":
+        files = sorted(os.listdir(out))
+        got = apparent(out) - 24 * max(0, len(files) - 1)
+        want = corpus.size
+        return None if got == want else f"output has {got} record bytes, input {want}"
+    if case.check == "dumpcap":
+        m = re.search(r"Packets captured: (\d+)", tail(errpath, 4000))
+        got = int(m.group(1)) if m else -1
+        return None if got == corpus.packets else f"dumpcap captured {got} of {corpus.packets} packets"
+    if case.check == "zcap":
+        got = 0
+        try:
+            with open(os.path.join(out, "archive", "manifest.jsonl")) as f:
+                for line in f:
+                    e = json.loads(line)
+                    if e.get("op") == "segment":
+                        got += e.get("packets", 0)
+        except (OSError, ValueError) as e:
+            return f"manifest: {e}"
+        return None if got == corpus.packets else f"archive holds {got} of {corpus.packets} packets"
+    return None
+
+
+def run_once(args, case: Case, corpus: Corpus, run_no: int) -> dict:
+    out = os.path.join(args.workdir, "out", case.cid)
+    rm(out)
+    os.makedirs(out)
+    errpath = os.path.join(args.workdir, "out", f"{case.cid}.stderr")
+    rm(errpath)
+    port = free_port()
+    subst = {"port": port, "out": out, "corpus": corpus.path}
+    rss_path = os.path.join(args.workdir, "out", f"{case.cid}.rss")
+    argv = measured(fmt_argv(case.argv, subst), rss_path)
+    stdout = open(case.stdout_file.format(**subst), "wb") if case.stdout_file else None
+    err = open(errpath, "wb")
+    files = corpus.parts if case.senders > 1 else [corpus.path]
+    nbytes = sum(os.path.getsize(f) for f in files) if case.kind != "file" else corpus.size
+    timeout = 120 + nbytes / MB  # at least 1 MB/s, or it is broken
+    load = os.getloadavg()[0]
+    os.sync()  # earlier runs' dirty pages must not be written back during this one
+    recv = sender = None
+    t0 = None
+    try:
+        if case.kind == "listen":
+            recv = spawn(argv, stdout=stdout, stderr=err)
+            wait_listening(port, recv, 30)
+            sender = run_sender(port, files, errpath)
+        elif case.kind == "stdin":
+            with socket.socket() as ls:
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                ls.bind(("127.0.0.1", port))
+                ls.listen(1)
+                ls.settimeout(30)
+                sender = run_sender(port, files, errpath)
+                try:
+                    conn, _ = ls.accept()
+                except socket.timeout:
+                    raise Timeout("the sender never connected")
+                with conn:
+                    conn.setblocking(True)
+                    recv = spawn(argv, stdin=conn.fileno(), stdout=stdout, stderr=err)
+        else:
+            t0 = time.monotonic()
+            recv = spawn(argv, stdout=stdout, stderr=err)
+        t_exit, rc, ru = wait_rusage(recv, timeout)
+        t_sync0 = time.monotonic()
+        os.sync()
+        sync_s = time.monotonic() - t_sync0
+        if sender is not None:
+            s = read_sender(sender, 60)
+            if s.get("errors"):
+                raise RuntimeError("sender: " + "; ".join(s["errors"]))
+            t0 = s["t0"]
+            nbytes = s["bytes"]
+    except (Timeout, RuntimeError) as e:
+        for p in (recv, sender):
+            if p is not None:
+                kill_group(p)
+                CHILDREN.pop(p.pid, None)
+        text = tail(errpath)
+        missing = zcap_missing(text) if case.zcap else None
+        if missing:
+            return missing_result(missing)
+        return {"status": "failed", "reason": f"{e}: {text[-300:]}"}
+    finally:
+        if stdout:
+            stdout.close()
+        err.close()
+    text = tail(errpath)
+    if rc != 0:
+        missing = zcap_missing(text) if case.zcap else None
+        rm(out)
+        if missing:
+            return missing_result(missing)
+        return {"status": "failed", "reason": f"exit status {rc}: {text[-300:]}"}
+    problem = check_output(case, corpus, out, errpath)
+    wall = t_exit - t0
+    cpu = ru.ru_utime + ru.ru_stime
+    rss, rss_exact = read_rss(rss_path, ru)
+    res = {
+        "status": "ok" if problem is None else "wrong",
+        "reason": problem,
+        "run": run_no,
+        "wall_s": wall,
+        "sync_s": sync_s,
+        "bytes": nbytes,
+        "packets": corpus.packets,
+        "mb_s": nbytes / MB / wall,
+        "mb_s_durable": nbytes / MB / (wall + sync_s),
+        "pkt_s": corpus.packets / wall,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        "cpu_s": cpu,
+        "cpu_s_per_gb": cpu / (nbytes / 1e9),
+        "maxrss_kib": rss,
+        "maxrss_exact": rss_exact,
+        "written_bytes": du(out),
+        "loadavg_1m_before": load,
+    }
+    rm(out)
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# Statistics and the report.
+
+SUMMARY_FIELDS = ["mb_s", "mb_s_durable", "pkt_s", "wall_s", "cpu_s", "cpu_s_per_gb", "maxrss_kib",
+                  "written_bytes", "read_bytes", "out_bytes"]
+
+
+def summarize(runs: list[dict]) -> dict:
+    ok = [r for r in runs if r.get("status") in ("ok", "wrong")]
+    s = {"runs": len(ok)}
+    bad = [r for r in runs if r.get("status") not in ("ok",)]
+    if bad:
+        s["status"] = bad[0]["status"]
+        s["reason"] = bad[0].get("reason")
+    else:
+        s["status"] = "ok"
+    for k in SUMMARY_FIELDS:
+        vals = [r[k] for r in ok if r.get(k) is not None]
+        if vals:
+            s[k] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+    return s
+
+
+def med(s: dict, k: str):
+    v = s.get(k)
+    return v["median"] if v else None
+
+
+def f3(x: float) -> str:
+    if x is None:
+        return "–"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def spread(s: dict, k: str, scale: float = 1.0) -> str:
+    v = s.get(k)
+    if not v:
+        return "–"
+    lo, m, hi = v["min"] / scale, v["median"] / scale, v["max"] / scale
+    if s.get("runs", 0) <= 1 or f3(lo) == f3(hi):
+        return f3(m)
+    return f"{f3(m)} ({f3(lo)}–{f3(hi)})"
+
+
+def status_cell(s: dict) -> str | None:
+    if s["status"] == "ok":
+        return None
+    reason = (s.get("reason") or "").replace("|", "/").replace("\n", " ")
+    return f"{s['status']}: {reason[:120]}"
+
+
+def md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def ingest_table(cases: list[Case], summ: dict) -> list[str]:
+    lines = [
+        "| case | MB/s | MB/s incl. sync | packets/s | CPU s | CPU s/GB | peak RSS MiB | on disk MB | ÷ socat→file |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = med(summ.get("socat-file", {}), "mb_s")
+    for c in cases:
+        s = summ.get(c.cid)
+        if s is None:
+            continue
+        bad = status_cell(s)
+        if bad and not s.get("mb_s"):
+            lines.append(f"| {md_cell(c.label)} | {bad} |  |  |  |  |  |  |  |")
+            continue
+        m = med(s, "mb_s")
+        ratio = f"{m / base:.2f}×" if base and m else "–"
+        label = md_cell(c.label + (f" ⚠ {bad}" if bad else ""))
+        lines.append(
+            f"| {label} | {spread(s, 'mb_s')} | {f3(med(s, 'mb_s_durable'))} | {f3(med(s, 'pkt_s'))} | "
+            f"{spread(s, 'cpu_s')} | {f3(med(s, 'cpu_s_per_gb'))} | {spread(s, 'maxrss_kib', 1024)} | "
+            f"{f3(med(s, 'written_bytes') / MB) if med(s, 'written_bytes') is not None else '–'} | {ratio} |")
+    return lines
+
+
+def ratio_table(cases: list[Case], summ: dict) -> list[str]:
+    peers = [p for p in RATIO_PEERS if med(summ.get(p, {}), "mb_s")]
+    zc = [c for c in cases if c.zcap and med(summ.get(c.cid, {}), "mb_s")]
+    if not peers or not zc:
+        return []
+    labels = {c.cid: c.label for c in cases}
+    lines = ["| zcap case | " + " | ".join(md_cell(labels[p]) for p in peers) + " |",
+             "| --- |" + " ---: |" * len(peers)]
+    for c in zc:
+        m = med(summ[c.cid], "mb_s")
+        cells = [f"{m / med(summ[p], 'mb_s'):.2f}×" for p in peers]
+        lines.append(f"| {md_cell(c.label)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def machine_info(args, zcap: str | None) -> dict:
+    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            info["cpu"] = m.group(1).strip() if m else platform.machine()
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            m = re.search(r"^MemTotal:\s*(\d+) kB", f.read(), re.M)
+            info["memory"] = human(int(m.group(1)) * 1024) if m else None
+    except OSError:
+        pass
+    try:
+        st = os.stat(args.workdir)
+        dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts[2] == dev:
+                    sep = parts.index("-")
+                    info["disk"] = f"{parts[sep + 2]} ({parts[sep + 1]}) at {parts[4]}"
+        name = os.path.basename(os.path.realpath(f"/sys/dev/block/{dev}"))
+        base = re.sub(r"\d+$", "", name) if not os.path.exists(f"/sys/block/{name}") else name
+        rot = f"/sys/block/{base}/queue/rotational"
+        if os.path.exists(rot):
+            with open(rot) as f:
+                info["disk"] = info.get("disk", name) + (", rotational" if f.read().strip() == "1" else ", non-rotational")
+        model = f"/sys/block/{base}/device/model"
+        if os.path.exists(model):
+            with open(model) as f:
+                info["disk"] += f", {f.read().strip()}"
+        tot = shutil.disk_usage(args.workdir)
+        info["disk"] += f", {human(tot.total)}"
+    except (OSError, ValueError, IndexError):
+        pass
+    info["loadavg_start"] = list(os.getloadavg())
+    versions = {}
+    probes = {
+        "zcap": ([zcap, "--version"] if zcap else None),
+        "tcpdump": ["tcpdump", "--version"],
+        "dumpcap": ["dumpcap", "-v"],
+        "socat": ["socat", "-V"],
+        "zstd": ["zstd", "-V"],
+        "tcpreplay": ["tcpreplay", "-V"],
+    }
+    for name, argv in probes.items():
+        if not argv or not have(argv[0]):
+            continue
+        try:
+            r = subprocess.run(argv, capture_output=True, timeout=10)
+            text = (r.stdout + r.stderr).decode(errors="replace")
+            m = re.search(r"\bv?(\d+\.\d+(?:\.\d+)*)", text)
+            if m:
+                versions[name] = m.group(1) + (" (debug build)" if "(debug)" in text else "")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    info["versions"] = versions
+    try:
+        r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, timeout=10)
+        info["git"] = r.stdout.decode().strip()
+        r = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, timeout=10)
+        if r.stdout.strip():
+            info["git"] += " (with uncommitted changes)"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Replay benchmark.
+
+
+def run_replay(args, zcap: str, corpus: Corpus, archive: str | None) -> tuple[list[dict], dict]:
+    senders = [
+        ("sendfile", "sendfile(2) sender (lower bound)", None),
+        ("socat", "socat -u FILE TCP:…", ["socat", "-u", corpus.path, "TCP:127.0.0.1:{port}"]),
+        ("zcap-file", "zcap replay FILE --topspeed", [zcap, "replay", corpus.path, "--to", "127.0.0.1:{port}", "--topspeed"]),
+    ]
+    if archive:
+        senders.append(("zcap-archive", "zcap replay ARCHIVE --topspeed (zstd:1)",
+                        [zcap, "replay", archive, "--to", "127.0.0.1:{port}", "--topspeed"]))
+    results = {}
+    meta = []
+    for sid, label, argv in senders:
+        meta.append({"id": sid, "label": label})
+        runs = []
+        for i in range(args.runs):
+            runs.append(replay_once(args, sid, argv, corpus, i + 1))
+            note_run(f"replay {sid}", i, args.runs, runs[-1])
+            if runs[-1]["status"] == "missing":
+                break
+        results[sid] = runs
+    # tcpreplay injects the capture's frames onto an interface; there is no PCAP-over-IP
+    # stream to receive, so it is timed alone, for reference.
+    meta.append({"id": "tcpreplay", "label": "tcpreplay -i lo --topspeed (frames onto lo; no stream)"})
+    runs = []
+    if not have("tcpreplay"):
+        runs.append(missing_result("tcpreplay not installed", "unavailable"))
+    elif os.geteuid() != 0:
+        runs.append(missing_result("tcpreplay needs root (a raw socket on lo)", "unavailable"))
+    else:
+        for i in range(args.runs):
+            errpath = os.path.join(args.workdir, "out", "tcpreplay.stderr")
+            rss_path = errpath + ".rss"
+            with open(errpath, "wb") as err:
+                t0 = time.monotonic()
+                p = spawn(measured(["tcpreplay", "-q", "-i", "lo", "--topspeed", corpus.path], rss_path),
+                          stderr=err, stdout=err)
+                try:
+                    t1, rc, ru = wait_rusage(p, 120 + corpus.size / MB)
+                except Timeout as e:
+                    runs.append({"status": "failed", "reason": str(e)})
+                    break
+            if rc != 0:
+                runs.append({"status": "failed", "reason": tail(errpath)})
+                break
+            runs.append(replay_result(corpus, t1 - t0, ru, read_rss(rss_path, ru)[0], corpus.size, i + 1))
+            note_run("replay tcpreplay", i, args.runs, runs[-1])
+    results["tcpreplay"] = runs
+    return meta, results
+
+
+def replay_result(corpus: Corpus, wall: float, ru, rss: int, nbytes: int, run_no: int) -> dict:
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"status": "ok", "run": run_no, "wall_s": wall, "bytes": nbytes, "mb_s": nbytes / MB / wall,
+            "pkt_s": corpus.packets / wall, "cpu_s": cpu, "cpu_s_per_gb": cpu / (nbytes / 1e9),
+            "maxrss_kib": rss}
+
+
+def replay_once(args, sid, argv, corpus: Corpus, run_no: int) -> dict:
+    port = free_port()
+    os.makedirs(os.path.join(args.workdir, "out"), exist_ok=True)
+    errpath = os.path.join(args.workdir, "out", f"replay-{sid}.stderr")
+    rm(errpath)
+    recv_err = open(errpath + ".recv", "wb")
+    err = open(errpath, "wb")
+    timeout = 120 + corpus.size / MB
+    recv = sender = None
+    rss_path = errpath + ".rss"
+    try:
+        with open(os.devnull, "wb") as null:
+            recv = spawn(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+                         stdout=null, stderr=recv_err)
+        wait_listening(port, recv, 30)
+        if argv is None:
+            argv = [sys.executable, os.path.abspath(__file__), "_send", "{port}", corpus.path]
+        t0 = time.monotonic()
+        sender = spawn(measured([a.format(port=port) for a in argv], rss_path), stderr=err)
+        ts, src, sru = wait_rusage(sender, timeout)
+        if src != 0:
+            kill_group(recv)
+            CHILDREN.pop(recv.pid, None)
+            text = tail(errpath)
+            missing = zcap_missing(text) if sid.startswith("zcap") else None
+            if missing:
+                return missing_result(missing)
+            return {"status": "failed", "reason": f"exit status {src}: {text[-300:]}"}
+        tr, rrc, _ = wait_rusage(recv, 60)
+    except (Timeout, RuntimeError) as e:
+        for p in (recv, sender):
+            if p is not None:
+                kill_group(p)
+                CHILDREN.pop(p.pid, None)
+        return {"status": "failed", "reason": f"{e}: {tail(errpath)[-300:]}"}
+    finally:
+        err.close()
+        recv_err.close()
+    if rrc != 0:
+        return {"status": "failed", "reason": f"receiver exit status {rrc}: {tail(errpath + '.recv')[-300:]}"}
+    return replay_result(corpus, max(ts, tr) - t0, sru, read_rss(rss_path, sru)[0], corpus.size, run_no)
+
+
+def replay_table(meta, results) -> list[str]:
+    lines = ["| sender | MB/s | packets/s | sender CPU s | sender CPU s/GB | sender peak RSS MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for m in meta:
+        s = summarize(results.get(m["id"], []))
+        bad = status_cell(s)
+        if bad and not s.get("mb_s"):
+            lines.append(f"| {md_cell(m['label'])} | {bad} |  |  |  |  |")
+            continue
+        lines.append(f"| {md_cell(m['label'])} | {spread(s, 'mb_s')} | {f3(med(s, 'pkt_s'))} | {spread(s, 'cpu_s')} | "
+                     f"{f3(med(s, 'cpu_s_per_gb'))} | {spread(s, 'maxrss_kib', 1024)} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Query benchmark.
+
+
+def build_query_archive(args, zcap: str) -> tuple[str, dict]:
+    qdir = os.path.join(args.workdir, "query")
+    arch = os.path.join(qdir, f"archive-{args.query_size}")
+    meta_path = arch + ".json"
+    avg_record = 705  # gen-pcap's realistic mix: about 689 bytes a frame plus the 16-byte header
+    packets = max(1, args.query_size // avg_record)
+    rate = packets / args.query_span
+    if os.path.exists(meta_path) and os.path.isdir(arch):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("rate") == rate:
+            log(f"reusing the query archive {arch}")
+            return arch, meta
+    rm(arch)
+    os.makedirs(qdir, exist_ok=True)
+    log(f"building the query archive: {human(args.query_size)} of generated traffic at {rate:.0f} packets/s "
+        f"({args.query_span / 3600:.1f} h), zstd:1")
+    seg = "256MiB" if args.query_size >= 4 * GIB else f"{max(1, args.query_size // 16 // MIB)}MiB"
+    pipeline = (f"{sys.executable} {GEN} --format pcap --mix realistic --payload mixed --seed 2 "
+                f"--bytes {args.query_size} --rate {rate:.6f} --start {START_EPOCH} -o - | "
+                f"{zcap} record -r - --stream-name query -C {seg} --compress zstd:1 -o {arch}")
+    errpath = os.path.join(qdir, "build.stderr")
+    with open(errpath, "wb") as err:
+        p = spawn(["sh", "-c", "set -e; " + pipeline], stderr=err)
+        _, rc, _ = wait_rusage(p, 300 + args.query_size / MB)
+    if rc != 0:
+        die(f"building the query archive failed: {tail(errpath)}")
+    segs = []
+    with open(os.path.join(arch, "manifest.jsonl")) as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("op") == "segment":
+                segs.append({"path": e["path"], "first_ns": e["first_ns"], "last_ns": e["last_ns"],
+                             "bytes": e["bytes"], "raw": e["raw"], "packets": e["packets"]})
+    meta = {"rate": rate, "segments": segs, "raw": sum(s["raw"] for s in segs),
+            "stored": sum(s["bytes"] for s in segs), "packets": sum(s["packets"] for s in segs),
+            "first_ns": min(s["first_ns"] for s in segs), "last_ns": max(s["last_ns"] for s in segs)}
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    return arch, meta
+
+
+def stock_script(segs: list[str], a: int, b: int, out: str, tmp: str) -> str:
+    """The cheapest stock way to cut a time window out of zstd-compressed pcap segments:
+    zstd -dc each into editcap -A/-B (tcpdump's filters cannot test time), then mergecap -a
+    to concatenate when more than one segment was involved."""
+    q = lambda s: "'" + s.replace("'", "'\\''") + "'"
+    if len(segs) == 1:
+        return f"set -e; zstd -dcq {q(segs[0])} | editcap -A {a} -B {b} -F pcap - {q(out)}"
+    lines = ["set -e", f"mkdir -p {q(tmp)}"]
+    for i, s in enumerate(segs):
+        lines.append(f"zstd -dcq {q(s)} | editcap -A {a} -B {b} -F pcap - {q(tmp)}/part{i:06d}.pcap")
+    lines.append(f"mergecap -a -F pcap -w {q(out)} {q(tmp)}/part*.pcap")
+    return "; ".join(lines)
+
+
+def run_query(args, zcap: str) -> dict:
+    arch, meta = build_query_archive(args, zcap)
+    span_s = (meta["last_ns"] - meta["first_ns"]) / 1e9
+    a = int(meta["first_ns"] / 1e9 + span_s / 2)
+    b = a + args.query_window
+    a_ns, b_ns = a * 10**9, b * 10**9
+    all_segs = [os.path.join(arch, s["path"]) for s in meta["segments"]]
+    hit = [os.path.join(arch, s["path"]) for s in meta["segments"]
+           if s["first_ns"] <= b_ns and s["last_ns"] >= a_ns]
+    qout = os.path.join(args.workdir, "query", "out")
+    methods = [
+        ("zcap-cat", f"zcap cat ARCH --from {a} --to {b}", None),
+        ("stock-hit", f"zstd -dc SEG | editcap -A -B [| mergecap -a], the {len(hit)} segment(s) overlapping the window",
+         hit),
+        ("stock-all", f"the same over all {len(all_segs)} segments (no index to pick them)", all_segs),
+    ]
+    results = {}
+    outputs = {}
+    for mid, _label, segs in methods:
+        runs = []
+        for i in range(args.runs):
+            rm(qout)
+            os.makedirs(qout)
+            out = os.path.join(qout, "window.pcap")
+            errpath = os.path.join(args.workdir, "query", f"{mid}.stderr")
+            rss_path = errpath + ".rss"
+            evict([os.path.join(r, f) for r, _d, fs in os.walk(arch) for f in fs])
+            with open(errpath, "wb") as err:
+                if segs is None:
+                    argv = [zcap, "cat", arch, "--from", str(a), "--to", str(b)]
+                    stdout = open(out, "wb")
+                else:
+                    argv = ["sh", "-c", stock_script(segs, a, b, out, os.path.join(qout, "parts"))]
+                    stdout = None
+                t0 = time.monotonic()
+                p = spawn(measured(argv, rss_path), stdout=stdout, stderr=err)
+                try:
+                    t1, rc, ru = wait_rusage(p, 300 + meta["raw"] / MB / 20)
+                except Timeout as e:
+                    runs.append({"status": "failed", "reason": str(e)})
+                    break
+                finally:
+                    if stdout:
+                        stdout.close()
+            if rc != 0:
+                text = tail(errpath)
+                miss = zcap_missing(text) if mid == "zcap-cat" else None
+                runs.append(missing_result(miss) if miss else {"status": "failed", "reason": f"exit {rc}: {text[-300:]}"})
+                break
+            try:
+                count = pcap_scan(out)[0]
+            except (ValueError, OSError, struct.error) as e:
+                runs.append({"status": "wrong", "reason": f"output: {e}"})
+                break
+            runs.append({"status": "ok", "run": i + 1, "wall_s": t1 - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
+                         "read_bytes": ru.ru_inblock * 512, "maxrss_kib": read_rss(rss_path, ru)[0],
+                         "out_bytes": os.path.getsize(out), "packets": count})
+            note_run(f"query {mid}", i, args.runs, runs[-1])
+            if i == 0:
+                keep = os.path.join(args.workdir, "query", f"{mid}.pcap")
+                os.replace(out, keep)
+                outputs[mid] = keep
+        results[mid] = runs
+    rm(qout)
+    # The methods must agree on the records (headers may differ: mergecap rewrites them).
+    agree = {}
+    if "zcap-cat" in outputs:
+        ref = pcap_records(outputs["zcap-cat"])
+        for mid, path in outputs.items():
+            if mid != "zcap-cat":
+                agree[mid] = pcap_records(path) == ref
+    for path in outputs.values():
+        rm(path)
+    return {"archive": {"path": arch, "raw_bytes": meta["raw"], "stored_bytes": meta["stored"],
+                        "packets": meta["packets"], "segments": len(all_segs), "span_s": span_s,
+                        "window": [a, b], "segments_hit": len(hit)},
+            "methods": [{"id": m[0], "label": m[1]} for m in methods],
+            "runs": results, "same_records_as_zcap_cat": agree}
+
+
+def query_table(q: dict) -> list[str]:
+    lines = ["| method | wall s | CPU s | read from disk MB | peak RSS MiB | output MB | packets | same records as zcap cat |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for m in q["methods"]:
+        s = summarize(q["runs"].get(m["id"], []))
+        bad = status_cell(s)
+        if bad and not s.get("wall_s"):
+            lines.append(f"| {md_cell(m['label'])} | {bad} |  |  |  |  |  |  |")
+            continue
+        runs = [r for r in q["runs"][m["id"]] if r.get("status") == "ok"]
+        pk = runs[0]["packets"] if runs else "–"
+        same = q["same_records_as_zcap_cat"].get(m["id"])
+        same = "–" if m["id"] == "zcap-cat" else ("yes" if same else ("no" if same is not None else "–"))
+        lines.append(f"| {md_cell(m['label'])} | {spread(s, 'wall_s')} | {spread(s, 'cpu_s')} | "
+                     f"{spread(s, 'read_bytes', MB)} | {f3(med(s, 'maxrss_kib') / 1024)} | "
+                     f"{f3(med(s, 'out_bytes') / MB)} | {pk} | {same} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+
+
+def note_run(what: str, i: int, n: int, r: dict) -> None:
+    if r.get("status") not in ("ok", "wrong"):
+        log(f"{what}: {r['status']}: {(r.get('reason') or '')[:200]}")
+        return
+    bits = []
+    if "mb_s" in r:
+        bits.append(f"{r['mb_s']:.0f} MB/s")
+    if "wall_s" in r:
+        bits.append(f"{r['wall_s']:.2f} s")
+    if "cpu_s" in r:
+        bits.append(f"cpu {r['cpu_s']:.2f} s")
+    if "maxrss_kib" in r:
+        bits.append(f"rss {r['maxrss_kib'] / 1024:.0f} MiB")
+    if "read_bytes" in r:
+        bits.append(f"read {r['read_bytes'] / MB:.1f} MB")
+    if r.get("status") == "wrong":
+        bits.append(f"WRONG: {r.get('reason')}")
+    log(f"{what} run {i + 1}/{n}: " + ", ".join(bits))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="tools/bench/run",
+        description="Benchmark zcap side by side with socat, tcpdump, dumpcap, zstd and tcpreplay on the same "
+                    "input in the same run, and print one table.",
+        epilog="Results go to WORKDIR/results/<time>/results.{md,json}; the markdown is also printed. "
+               "Sizes take K/M/G suffixes (binary).")
+    p.add_argument("--size", type=parse_size, default=GIB, help="corpus size (default 1G)")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke run: 4 MiB corpora, 16 MiB query archive (query included)")
+    p.add_argument("--runs", type=int, default=3, help="runs of every case (default 3; medians need 3)")
+    p.add_argument("--no-install", action="store_true", help="do not apt-get anything; skip cases whose tool is missing")
+    p.add_argument("--zcap", metavar="PATH", help="use this zcap binary instead of building --release")
+    p.add_argument("--workdir", default="/tmp/zcap-bench", help="corpora, outputs and results (default /tmp/zcap-bench)")
+    p.add_argument("--keep", action="store_true", help="keep corpora and the query archive for the next run")
+    p.add_argument("--only", metavar="REGEX", help="run only the ingest cases whose id matches (see --list)")
+    p.add_argument("--list", action="store_true", help="list the case ids and exit")
+    p.add_argument("--corpus", default="realistic,full", help="which corpora: realistic,full (default both)")
+    p.add_argument("--senders", type=int, default=8, help="concurrent senders of the multi-sender cases (default 8)")
+    p.add_argument("--no-ingest", action="store_true", help="skip the ingest benchmark")
+    p.add_argument("--no-replay", action="store_true", help="skip the replay benchmark")
+    p.add_argument("--query", action="store_true", help="run the query benchmark (builds a --query-size archive)")
+    p.add_argument("--query-size", type=parse_size, default=10 * GIB, help="raw bytes of the query archive (default 10G)")
+    p.add_argument("--query-span", type=float, default=4 * 3600, help="seconds of traffic the query archive spans (default 4 h)")
+    p.add_argument("--query-window", type=int, default=60, help="seconds cut out by the query (default 60)")
+    p.add_argument("--segment-size", type=parse_size, default=None,
+                   help="rotation size for tcpdump -C, dumpcap -b filesize and zcap -C (default 256 MB, or size/4 when smaller)")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.size = 4 * MIB
+        a.query = True
+        a.query_size = 16 * MIB
+    if a.runs < 1 or a.runs > 100:
+        p.error("--runs must be 1..100")
+    if a.senders < 2 or a.senders > 64:
+        p.error("--senders must be 2..64")
+    if a.size < 64 * 1024:
+        p.error("--size must be at least 64K")
+    a.corpora = [c.strip() for c in a.corpus.split(",") if c.strip()]
+    for c in a.corpora:
+        if c not in CORPORA:
+            p.error(f"--corpus: unknown {c!r} (realistic, full)")
+    a.workdir = os.path.abspath(a.workdir)
+    if a.segment_size is None:
+        a.segment_size = min(256 * 1_000_000, max(1_000_000, a.size // 4))
+    return a
+
+
+def main(argv) -> int:
+    if argv and argv[0] == "_send":
+        return cmd_send(argv[1:])
+    args = parse_args(argv)
+    if args.list:
+        for c in ingest_cases(args, "zcap", args.segment_size):
+            print(f"{c.cid:22} {c.label}")
+        return 0
+    atexit.register(kill_all)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    if args.runs < 3:
+        log(f"--runs {args.runs}: fewer than 3 runs, medians are not meaningful")
+    if not args.no_install:
+        install_peers(args)
+    for t in REQUIRED:
+        if not have(t):
+            die(f"{t} is required (apt-get install {TOOLS[t]})")
+    zcap = build_zcap(args)
+    os.makedirs(args.workdir, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    resdir = os.path.join(args.workdir, "results", stamp)
+    os.makedirs(resdir, exist_ok=True)
+    info = machine_info(args, zcap)
+    report = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "ingest": {}, "replay": None,
+              "query": None, "commands": {}}
+    failures = 0
+    started = time.monotonic()
+    corpora = {}
+    try:
+        for name in args.corpora:
+            corpora[name] = make_corpus(args, name)
+        if not args.no_ingest:
+            cases = ingest_cases(args, zcap, args.segment_size)
+            if args.only:
+                cases = [c for c in cases if re.search(args.only, c.cid)]
+            for c in cases:
+                report["commands"][c.cid] = {"label": c.label, "kind": c.kind, "argv": c.argv,
+                                             "stdout": c.stdout_file, "senders": c.senders}
+            for name, corpus in corpora.items():
+                per = {}
+                for c in cases:
+                    runs = []
+                    absent = [t for t in c.needs if not have(t)]
+                    if absent:
+                        runs.append(missing_result(f"{', '.join(absent)} not installed", "unavailable"))
+                    else:
+                        for i in range(args.runs):
+                            r = run_once(args, c, corpus, i + 1)
+                            runs.append(r)
+                            note_run(f"[{name}] {c.cid}", i, args.runs, r)
+                            if r["status"] in ("missing", "failed"):
+                                break
+                    per[c.cid] = {"runs": runs, "summary": summarize(runs)}
+                    if per[c.cid]["summary"]["status"] in ("failed", "wrong"):
+                        failures += 1
+                report["ingest"][name] = {"corpus": {"title": corpus.title, "bytes": corpus.size,
+                                                     "packets": corpus.packets, "path": corpus.path},
+                                          "cases": per}
+        if not args.no_replay:
+            corpus = corpora.get("realistic") or next(iter(corpora.values()))
+            arch = os.path.join(args.workdir, "replay-archive")
+            rm(arch)
+            r = subprocess.run([zcap, "record", "-r", corpus.path, "-o", arch, "--compress", "zstd:1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120 + corpus.size / MB)
+            meta, results = run_replay(args, zcap, corpus, arch if r.returncode == 0 else None)
+            rm(arch)
+            report["replay"] = {"corpus": corpus.name, "senders": meta, "runs": results}
+            for m in meta:
+                if summarize(results.get(m["id"], []))["status"] in ("failed", "wrong"):
+                    failures += 1
+        if args.query:
+            report["query"] = run_query(args, zcap)
+            for m in report["query"]["methods"]:
+                if summarize(report["query"]["runs"].get(m["id"], []))["status"] in ("failed", "wrong"):
+                    failures += 1
+            if not all(report["query"]["same_records_as_zcap_cat"].values()):
+                failures += 1
+    finally:
+        kill_all()
+        rm(os.path.join(args.workdir, "out"))
+        if not args.keep:
+            rm(os.path.join(args.workdir, "corpus"))
+            rm(os.path.join(args.workdir, "query"))
+    info["loadavg_end"] = list(os.getloadavg())
+    report["elapsed_s"] = time.monotonic() - started
+    md = render(args, report)
+    with open(os.path.join(resdir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(resdir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    print(md)
+    log(f"results in {resdir}/results.md and results.json ({report['elapsed_s']:.0f} s)")
+    if failures:
+        log(f"{failures} case(s) failed or gave wrong output (see the table)")
+        return 1
+    return 0
+
+
+def render(args, report) -> str:
+    info = report["machine"]
+    out = ["# zcap benchmark results", ""]
+    out.append(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, zcap {info.get('versions', {}).get('zcap', '?')} "
+               f"(git {info.get('git', '?')}), {args.runs} run(s) per case; cells are median (min–max).")
+    out.append("")
+    out.append(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu', '?')}), {info.get('memory', '?')} RAM, "
+               f"Linux {info.get('kernel')}, disk {info.get('disk', '?')}; load average "
+               f"{info['loadavg_start'][0]:.2f} at the start, {info.get('loadavg_end', [0])[0]:.2f} at the end.")
+    out.append("Peers: " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items() if k != "zcap") + ".")
+    out.append("")
+    cases = ingest_cases(args, "zcap", args.segment_size)
+    if args.only:
+        cases = [c for c in cases if re.search(args.only, c.cid)]
+    for name, block in report["ingest"].items():
+        c = block["corpus"]
+        out.append(f"## Ingest: {c['title']}")
+        out.append("")
+        out.append(f"{human(c['bytes'])}, {c['packets']:,} packets, streamed over loopback TCP by one sendfile(2) "
+                   f"sender ({args.senders} for the multi-sender rows, each a 1/{args.senders} part); "
+                   f"file rows read the corpus from the page cache.")
+        out.append("")
+        summ = {cid: v["summary"] for cid, v in block["cases"].items()}
+        out += ingest_table(cases, summ)
+        out.append("")
+        rt = ratio_table(cases, summ)
+        if rt:
+            out.append("zcap ÷ peer, median MB/s (above 1: zcap is faster):")
+            out.append("")
+            out += rt
+            out.append("")
+    if report.get("replay"):
+        r = report["replay"]
+        out.append(f"## Replay: sending the {r['corpus']} corpus into socat → /dev/null")
+        out.append("")
+        out += replay_table(r["senders"], r["runs"])
+        out.append("")
+    if report.get("query"):
+        q = report["query"]
+        a = q["archive"]
+        out.append(f"## Query: one {args.query_window} s window out of {human(a['raw_bytes'])} "
+                   f"({a['packets']:,} packets over {a['span_s'] / 3600:.1f} h, {a['segments']} segments, "
+                   f"{human(a['stored_bytes'])} stored)")
+        out.append("")
+        out.append("Cold cache: the archive's pages are evicted (fsync + POSIX_FADV_DONTNEED) before every run.")
+        out.append("")
+        out += query_table(q)
+        out.append("")
+    out.append("## How each row was run")
+    out.append("")
+    out.append("- Wall time: from the sender's first connected byte to the receiver's exit after EOF "
+               "(file rows: spawn to exit). *MB/s incl. sync* adds a `sync` right after the exit: zcap "
+               "fsyncs every segment before it exits, the peers leave dirty pages behind.")
+    out.append("- CPU s: user+sys of the receiver from wait4 rusage (all its threads, and both sides of a "
+               "pipeline); peak RSS: ru_maxrss; on disk: du of the output. MB = 10^6 bytes.")
+    out.append("- `zstd -1 (socket → file)` and tcpdump/dumpcap get the accepted socket as stdin "
+               "(what `socat TCP-LISTEN:P EXEC:…,nofork` does); socat and zcap listen themselves.")
+    for cid, c in report["commands"].items():
+        argv = " ".join(c["argv"]).replace(report["machine"].get("zcap_path", "\0"), "zcap")
+        argv = re.sub(r"\S*/zcap ", "zcap ", argv + " ")
+        redirect = f" > {c['stdout']}" if c.get("stdout") else ""
+        stdin = " < accepted socket" if c["kind"] == "stdin" else ""
+        out.append(f"- `{cid}`: `{argv.strip()}{stdin}{redirect}`")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
