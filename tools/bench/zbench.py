@@ -545,10 +545,10 @@ def ingest_cases(args, zcap: str, seg_bytes: int) -> list[Case]:
     seg_kb = seg_mb * 1000
     cases = [
         Case("socat-null", "socat → /dev/null (ceiling)", "listen",
-             ["socat", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+             ["socat", "-b", "131072", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
              needs=("socat",), stdout_file="/dev/null", peer=True),
         Case("socat-file", "socat → file (ceiling)", "listen",
-             ["socat", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+             ["socat", "-b", "131072", "-u", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
              needs=("socat",), stdout_file="{out}/capture.pcap", peer=True, check="bytes"),
         Case("zstd-sock", "zstd -1 (socket → file)", "stdin",
              ["zstd", "-1", "-q", "-c"],
@@ -944,8 +944,8 @@ def machine_info(args, zcap: str | None) -> dict:
 
 def run_replay(args, zcap: str, corpus: Corpus, archive: str | None) -> tuple[list[dict], dict]:
     senders = [
-        ("sendfile", "sendfile(2) sender (lower bound)", None),
-        ("socat", "socat -u FILE TCP:…", ["socat", "-u", corpus.path, "TCP:127.0.0.1:{port}"]),
+        ("sendfile", "sendfile(2) sender (timed from its first byte)", None),
+        ("socat", "socat -b 131072 -u FILE TCP:…", ["socat", "-b", "131072", "-u", corpus.path, "TCP:127.0.0.1:{port}"]),
         ("zcap-file", "zcap replay FILE --topspeed", [zcap, "replay", corpus.path, "--to", "127.0.0.1:{port}", "--topspeed"]),
     ]
     if archive:
@@ -1011,14 +1011,21 @@ def replay_once(args, sid, argv, corpus: Corpus, run_no: int) -> dict:
     rss_path = errpath + ".rss"
     try:
         with open(os.devnull, "wb") as null:
-            recv = spawn(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
+            recv = spawn(["socat", "-b", "131072", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "STDOUT"],
                          stdout=null, stderr=recv_err)
         wait_listening(port, recv, 30)
         if argv is None:
             argv = [sys.executable, os.path.abspath(__file__), "_send", "{port}", corpus.path]
         t0 = time.monotonic()
-        sender = spawn(measured([a.format(port=port) for a in argv], rss_path), stderr=err)
+        sender = spawn(measured([a.format(port=port) for a in argv], rss_path), stderr=err,
+                       stdout=subprocess.PIPE if sid == "sendfile" else None)
         ts, src, sru = wait_rusage(sender, timeout)
+        if sid == "sendfile" and src == 0:
+            # The Python sender's start-up is not sending; time it from its first byte.
+            try:
+                t0 = json.loads(sender.stdout.read().decode().strip().splitlines()[-1])["t0"] or t0
+            except (ValueError, IndexError, KeyError):
+                pass
         if src != 0:
             kill_group(recv)
             CHILDREN.pop(recv.pid, None)
