@@ -1256,6 +1256,7 @@ def parse_args(argv):
     p.add_argument("--tiny", action="store_true",
                    help="smoke run: 4 MiB corpora, 16 MiB query archive (query included)")
     p.add_argument("--runs", type=int, default=3, help="runs of every case (default 3; medians need 3)")
+    p.add_argument("--warmup", type=int, default=1, help="discarded runs before the measured ones (default 1; 0 with --tiny)")
     p.add_argument("--no-install", action="store_true", help="do not apt-get anything; skip cases whose tool is missing")
     p.add_argument("--zcap", metavar="PATH", help="use this zcap binary instead of building --release")
     p.add_argument("--workdir", default="/tmp/zcap-bench", help="corpora, outputs and results (default /tmp/zcap-bench)")
@@ -1277,8 +1278,11 @@ def parse_args(argv):
         a.size = 4 * MIB
         a.query = True
         a.query_size = 16 * MIB
+        a.warmup = 0
     if a.runs < 1 or a.runs > 100:
         p.error("--runs must be 1..100")
+    if a.warmup < 0 or a.warmup > 10:
+        p.error("--warmup must be 0..10")
     if a.senders < 2 or a.senders > 64:
         p.error("--senders must be 2..64")
     if a.size < 64 * 1024:
@@ -1340,12 +1344,7 @@ def main(argv) -> int:
                     if absent:
                         runs.append(missing_result(f"{', '.join(absent)} not installed", "unavailable"))
                     else:
-                        for i in range(args.runs):
-                            r = run_once(args, c, corpus, i + 1)
-                            runs.append(r)
-                            note_run(f"[{name}] {c.cid}", i, args.runs, r)
-                            if r["status"] in ("missing", "failed"):
-                                break
+                        runs = measure_case(args, c, corpus, name)
                     per[c.cid] = {"runs": runs, "summary": summarize(runs)}
                     if per[c.cid]["summary"]["status"] in ("failed", "wrong"):
                         failures += 1
@@ -1392,11 +1391,29 @@ def main(argv) -> int:
     return 0
 
 
+def measure_case(args, c: Case, corpus: Corpus, name: str) -> list[dict]:
+    """Warm-up runs (discarded: on a VM the first touch of fresh memory is far slower than
+    the steady state), then the measured runs; stops at the first missing/failed run."""
+    for i in range(args.warmup):
+        r = run_once(args, c, corpus, 0)
+        note_run(f"[{name}] {c.cid} warm-up", i, args.warmup, r)
+        if r["status"] in ("missing", "failed"):
+            return [r]
+    runs = []
+    for i in range(args.runs):
+        r = run_once(args, c, corpus, i + 1)
+        runs.append(r)
+        note_run(f"[{name}] {c.cid}", i, args.runs, r)
+        if r["status"] in ("missing", "failed"):
+            break
+    return runs
+
+
 def render(args, report) -> str:
     info = report["machine"]
     out = ["# zcap benchmark results", ""]
     out.append(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, zcap {info.get('versions', {}).get('zcap', '?')} "
-               f"(git {info.get('git', '?')}), {args.runs} run(s) per case; cells are median (min–max).")
+               f"(git {info.get('git', '?')}), {args.runs} run(s) per case after {args.warmup} discarded warm-up run(s); cells are median (min–max).")
     out.append("")
     out.append(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu', '?')}), {info.get('memory', '?')} RAM, "
                f"Linux {info.get('kernel')}, disk {info.get('disk', '?')}; load average "
