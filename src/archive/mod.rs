@@ -2,10 +2,13 @@
 //! segment index trailer. The writer produces archives through these types; readers,
 //! `verify` and retention consume them. Nothing here touches the receive path.
 
+pub mod catalog;
 pub mod index;
 pub mod manifest;
 pub mod read;
+pub mod repair;
 pub mod retention;
+pub mod segment;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

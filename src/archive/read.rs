@@ -1,7 +1,726 @@
-//! Placeholder until the readers land (being written now).
-pub fn ls(_: &crate::cli::LsArgs) -> anyhow::Result<bool> {
-    anyhow::bail!("ls is not built yet")
+//! The archive readers behind `zcap ls` and `zcap cat` (docs/ARCHIVE.md, "Reading").
+//!
+//! `cat` of one stream writes that stream's own bytes: header frames and data frames are
+//! copied as they decompress, and with a time window only the frames the index says overlap
+//! it are decompressed, then only records inside it are kept. Several streams are merged by
+//! timestamp into one pcap (all pcap with one link type) or pcapng (one interface per stream
+//! and interface). Nothing here writes to the archive.
+
+use super::catalog::{scan_disk, Catalog};
+use super::index::FRAME_HAS_IDB;
+use super::manifest::SegmentEntry;
+use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
+use crate::cli::{CatArgs, LsArgs};
+use crate::stream::{pcap, pcapng, Format, UnitKind};
+use crate::units::human_bytes;
+use anyhow::{bail, Context};
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+const OUT_BUF: usize = 1 << 20;
+
+fn rfc3339(ns: Option<i64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) => {
+            let t = if ns >= 0 {
+                UNIX_EPOCH + Duration::from_nanos(ns as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+            };
+            humantime::format_rfc3339_micros(t).to_string()
+        }
+    }
 }
-pub fn cat(_: &crate::cli::CatArgs) -> anyhow::Result<bool> {
-    anyhow::bail!("cat is not built yet")
+
+fn ratio(raw: u64, stored: u64) -> f64 {
+    if stored == 0 {
+        0.0
+    } else {
+        raw as f64 / stored as f64
+    }
+}
+
+fn warn_chain(c: &Catalog) {
+    if let Err(e) = &c.chain {
+        eprintln!("zcap: warning: {e}; run `zcap verify {}`", c.dir.display());
+    }
+}
+
+/// One row of `zcap ls`.
+struct Row {
+    stream: String,
+    seq: Option<u64>,
+    path: String,
+    first: Option<i64>,
+    last: Option<i64>,
+    packets: Option<u64>,
+    stored: u64,
+    raw: Option<u64>,
+    status: String,
+    json: serde_json::Value,
+}
+
+/// `zcap ls DIR [--json]`.
+pub fn ls(a: &LsArgs) -> anyhow::Result<bool> {
+    let c = Catalog::load(&a.dir)?;
+    warn_chain(&c);
+    let disk = scan_disk(&a.dir).with_context(|| format!("reading {}", a.dir.display()))?;
+    let mut rows = Vec::new();
+    for name in c.stream_names() {
+        for e in c.stream_segments(&name) {
+            let status = if e.repaired { "repaired" } else { "ok" };
+            rows.push(Row {
+                stream: e.stream.clone(),
+                seq: Some(e.seq),
+                path: e.path.clone(),
+                first: e.first_ns,
+                last: e.last_ns,
+                packets: Some(e.packets),
+                stored: e.bytes,
+                raw: Some(e.raw),
+                status: status.into(),
+                json: serde_json::json!({
+                    "stream": e.stream,
+                    "seq": e.seq,
+                    "path": e.path,
+                    "format": e.format,
+                    "linktypes": e.linktypes,
+                    "nanos": e.nanos,
+                    "first": e.first_ns.map(|n| rfc3339(Some(n))),
+                    "last": e.last_ns.map(|n| rfc3339(Some(n))),
+                    "first_ns": e.first_ns,
+                    "last_ns": e.last_ns,
+                    "packets": e.packets,
+                    "frames": e.frames,
+                    "bytes": e.bytes,
+                    "raw": e.raw,
+                    "ratio": ratio(e.raw, e.bytes),
+                    "sha256": e.sha256,
+                    "status": status,
+                }),
+            });
+        }
+    }
+    for d in disk.iter().filter(|d| d.partial) {
+        let size = std::fs::metadata(a.dir.join(&d.rel))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        rows.push(Row {
+            stream: d.stream.clone(),
+            seq: Some(d.seq),
+            path: d.rel.clone(),
+            first: None,
+            last: None,
+            packets: None,
+            stored: size,
+            raw: None,
+            status: "partial".into(),
+            json: serde_json::json!({
+                "stream": d.stream,
+                "seq": d.seq,
+                "path": d.rel,
+                "format": if d.pcapng { "pcapng" } else { "pcap" },
+                "bytes": size,
+                "status": "partial",
+            }),
+        });
+    }
+    for e in c.stream_ends.iter().filter(|e| e.error.is_some()) {
+        let err = e.error.clone().unwrap_or_default();
+        rows.push(Row {
+            stream: e.stream.clone(),
+            seq: None,
+            path: String::new(),
+            first: None,
+            last: None,
+            packets: Some(e.packets),
+            stored: 0,
+            raw: None,
+            status: format!("error: {err}"),
+            json: serde_json::json!({
+                "stream": e.stream,
+                "status": "error",
+                "error": err,
+                "packets": e.packets,
+                "stream_bytes": e.bytes,
+            }),
+        });
+    }
+
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    if a.json {
+        for r in &rows {
+            serde_json::to_writer(&mut out, &r.json)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(true);
+    }
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.stream.clone(),
+                r.seq.map_or("-".into(), |s| s.to_string()),
+                rfc3339(r.first),
+                rfc3339(r.last),
+                r.packets.map_or("-".into(), |p| p.to_string()),
+                if r.path.is_empty() {
+                    "-".into()
+                } else {
+                    human_bytes(r.stored)
+                },
+                r.raw.map_or("-".into(), human_bytes),
+                match (r.raw, r.seq) {
+                    (Some(raw), Some(_)) => format!("{:.2}", ratio(raw, r.stored)),
+                    _ => "-".into(),
+                },
+                r.status.clone(),
+            ]
+        })
+        .collect();
+    let head = [
+        "STREAM", "SEQ", "FIRST", "LAST", "PACKETS", "STORED", "RAW", "RATIO", "STATUS",
+    ];
+    let mut w = head.map(str::len);
+    for c in &cells {
+        for (i, s) in c.iter().enumerate() {
+            w[i] = w[i].max(s.len());
+        }
+    }
+    let line = |out: &mut BufWriter<_>, c: &[&str]| -> io::Result<()> {
+        let mut s = String::new();
+        for (i, cell) in c.iter().enumerate() {
+            let right = matches!(i, 1 | 4 | 5 | 6 | 7);
+            if i + 1 == c.len() {
+                s.push_str(cell);
+            } else if right {
+                s.push_str(&format!("{cell:>width$}  ", width = w[i]));
+            } else {
+                s.push_str(&format!("{cell:<width$}  ", width = w[i]));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(&mut out, &head)?;
+    for c in &cells {
+        let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+        line(&mut out, &refs)?;
+    }
+    let live = &c.segments;
+    let (packets, stored, raw) = live.iter().fold((0, 0, 0), |(p, s, r), l| {
+        (p + l.entry.packets, s + l.entry.bytes, r + l.entry.raw)
+    });
+    let partials = disk.iter().filter(|d| d.partial).count();
+    let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
+    writeln!(
+        out,
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}",
+        live.len(),
+        c.stream_names().len(),
+        human_bytes(stored),
+        human_bytes(raw),
+        ratio(raw, stored),
+        if partials > 0 {
+            format!(", {partials} partial (run `zcap verify --repair` if no recorder is running)")
+        } else {
+            String::new()
+        },
+        if errors > 0 {
+            format!(", {errors} stream(s) ended with an error")
+        } else {
+            String::new()
+        },
+    )?;
+    out.flush()?;
+    Ok(true)
+}
+
+/// What `cat` selects: streams and an inclusive time window in nanoseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Stream names; empty selects every stream.
+    pub streams: Vec<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Selection {
+    fn windowed(&self) -> bool {
+        self.from.is_some() || self.to.is_some()
+    }
+    fn lo(&self) -> i64 {
+        self.from.unwrap_or(i64::MIN)
+    }
+    fn hi(&self) -> i64 {
+        self.to.unwrap_or(i64::MAX)
+    }
+    fn contains(&self, ts: i64) -> bool {
+        ts >= self.lo() && ts <= self.hi()
+    }
+    fn segment_overlaps(&self, e: &SegmentEntry) -> bool {
+        match (e.first_ns, e.last_ns) {
+            (Some(a), Some(b)) => b >= self.lo() && a <= self.hi(),
+            _ => !self.windowed(),
+        }
+    }
+}
+
+/// `zcap cat`: writes the selection to stdout (or `-w FILE`).
+pub fn cat(a: &CatArgs) -> anyhow::Result<bool> {
+    let sel = Selection {
+        streams: a.stream.clone(),
+        from: a.from,
+        to: a.to,
+    };
+    if let (Some(f), Some(t)) = (a.from, a.to) {
+        if f > t {
+            bail!("--from is after --to: the window is empty");
+        }
+    }
+    let stats = match &a.write {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = BufWriter::with_capacity(OUT_BUF, f);
+            let s = cat_to(&a.dir, &sel, &mut w)?;
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+            s
+        }
+        None => {
+            let stdout = io::stdout();
+            let mut w = BufWriter::with_capacity(OUT_BUF, stdout.lock());
+            let s = cat_to(&a.dir, &sel, &mut w)?;
+            w.flush().context("writing to stdout")?;
+            s
+        }
+    };
+    if a.stats {
+        eprintln!("frames decompressed: {}", stats.frames_decompressed);
+        eprintln!("header frames decompressed: {}", stats.header_frames);
+        eprintln!("segments read: {}", stats.segments);
+        eprintln!("bytes decompressed: {}", stats.raw_bytes);
+    }
+    Ok(true)
+}
+
+/// Writes the selected packets of the archive at `dir` to `out` and returns how much work it
+/// took. One stream: its own format, byte for byte; several: merged by timestamp.
+pub fn cat_to<W: Write>(dir: &Path, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
+    let c = Catalog::load(dir)?;
+    warn_chain(&c);
+    let known = c.stream_names();
+    let streams: Vec<String> = if sel.streams.is_empty() {
+        known
+            .iter()
+            .filter(|n| !c.stream_segments(n).is_empty())
+            .cloned()
+            .collect()
+    } else {
+        for s in &sel.streams {
+            if !known.contains(s) {
+                bail!(
+                    "no stream named `{s}` in {}; its streams are: {}",
+                    dir.display(),
+                    if known.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
+        let mut v = sel.streams.clone();
+        v.dedup();
+        v
+    };
+    let mut dec = Decoder::new();
+    match streams.len() {
+        0 => {
+            eprintln!("zcap: {} holds no segments", dir.display());
+        }
+        1 => cat_one(dir, &c, &streams[0], sel, &mut dec, out)?,
+        _ => cat_merged(dir, &c, &streams, sel, &mut dec, out)?,
+    }
+    Ok(dec.stats)
+}
+
+fn open_segment(dir: &Path, e: &SegmentEntry, dec: &mut Decoder) -> anyhow::Result<Segment> {
+    dec.stats.segments += 1;
+    Ok(Segment::open(&dir.join(&e.path))?)
+}
+
+/// One stream in its own format.
+fn cat_one<W: Write>(
+    dir: &Path,
+    c: &Catalog,
+    stream: &str,
+    sel: &Selection,
+    dec: &mut Decoder,
+    out: &mut W,
+) -> anyhow::Result<()> {
+    let all = c.stream_segments(stream);
+    let segs: Vec<&SegmentEntry> = all
+        .iter()
+        .copied()
+        .filter(|e| sel.segment_overlaps(e))
+        .collect();
+    let mut buf = Vec::new();
+    if segs.is_empty() {
+        // Nothing in the window: still a valid, empty capture.
+        if let Some(e) = all.first() {
+            let seg = open_segment(dir, e, dec)?;
+            seg.read_header(dec, &mut buf)?;
+            out.write_all(&buf).context("writing output")?;
+        }
+        return Ok(());
+    }
+    let windowed = sel.windowed();
+    let mut prev_seq: Option<u64> = None;
+    for e in segs {
+        let seg = open_segment(dir, e, dec)?;
+        let pcapng = e.format == "pcapng";
+        let mut parser = seg.parser(dec, &mut buf)?;
+        let gap = prev_seq.is_some_and(|p| p + 1 != e.seq);
+        // pcap has one header; a pcapng header frame starts a section, which must be
+        // repeated when the section changes or segments in between were skipped.
+        let emit_header = prev_seq.is_none() || (pcapng && (!e.cont || gap));
+        if emit_header {
+            out.write_all(&buf).context("writing output")?;
+        }
+        prev_seq = Some(e.seq);
+        for (i, f) in seg.trailer.frames.iter().enumerate() {
+            let overlap = !windowed || f.overlaps(sel.lo(), sel.hi());
+            let idb = pcapng && f.flags & FRAME_HAS_IDB != 0;
+            if !overlap && !idb {
+                continue;
+            }
+            seg.read_frame(i, dec, &mut buf)?;
+            if !windowed {
+                out.write_all(&buf).context("writing output")?;
+                continue;
+            }
+            let mut off = 0;
+            while let Some(r) = parser
+                .next(&buf, &mut off)
+                .map_err(|e| anyhow::anyhow!("{}: data frame {i}: {e}", seg.path().display()))?
+            {
+                let keep = match r.kind {
+                    UnitKind::Packet { ts_ns } => overlap && sel.contains(ts_ns),
+                    UnitKind::Header | UnitKind::LateInterface => true,
+                    UnitKind::Other => overlap,
+                    UnitKind::Section => bail!(
+                        "{}: data frame {i} holds a section header block",
+                        seg.path().display()
+                    ),
+                };
+                if keep {
+                    out.write_all(&buf[r.range]).context("writing output")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one stream's packets in order, for the merge.
+struct Cursor<'a> {
+    /// Index of the stream in the selection (its rank in ties).
+    index: usize,
+    name: String,
+    segs: Vec<&'a SegmentEntry>,
+    next_seg: usize,
+    seg: Option<Segment>,
+    parser: Option<Parser>,
+    /// pcapng sections seen so far (a non-continuation segment starts one).
+    section: u32,
+    next_frame: usize,
+    buf: Vec<u8>,
+    off: usize,
+    /// The current packet, in `buf`.
+    cur: Option<Rec>,
+}
+
+impl Cursor<'_> {
+    /// Moves to the next packet inside the window; false at the end of the stream.
+    fn advance(&mut self, dir: &Path, sel: &Selection, dec: &mut Decoder) -> anyhow::Result<bool> {
+        loop {
+            if let (Some(p), Some(seg)) = (self.parser.as_mut(), self.seg.as_ref()) {
+                let rec = p.next(&self.buf, &mut self.off).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: data frame {}: {e}",
+                        seg.path().display(),
+                        self.next_frame.saturating_sub(1)
+                    )
+                })?;
+                if let Some(r) = rec {
+                    match r.kind {
+                        UnitKind::Packet { ts_ns } if sel.contains(ts_ns) => {
+                            self.cur = Some(r);
+                            return Ok(true);
+                        }
+                        UnitKind::Section => bail!(
+                            "{}: a data frame holds a section header block",
+                            seg.path().display()
+                        ),
+                        _ => continue,
+                    }
+                }
+                // The frame is used up: load the next one that overlaps the window or
+                // declares interfaces.
+                let pcapng = matches!(p.format(), Some(Format::PcapNg { .. }));
+                let frames = &seg.trailer.frames;
+                let mut loaded = false;
+                while self.next_frame < frames.len() && !loaded {
+                    let (i, f) = (self.next_frame, frames[self.next_frame]);
+                    self.next_frame += 1;
+                    if f.overlaps(sel.lo(), sel.hi()) || (pcapng && f.flags & FRAME_HAS_IDB != 0) {
+                        seg.read_frame(i, dec, &mut self.buf)?;
+                        self.off = 0;
+                        loaded = true;
+                    }
+                }
+                if loaded {
+                    continue;
+                }
+                self.seg = None;
+                self.parser = None;
+            }
+            let Some(e) = self.segs.get(self.next_seg).copied() else {
+                self.cur = None;
+                return Ok(false);
+            };
+            self.next_seg += 1;
+            if !e.cont {
+                self.section += 1;
+            }
+            let seg = open_segment(dir, e, dec)?;
+            let parser = seg.parser(dec, &mut self.buf)?;
+            self.off = self.buf.len();
+            self.next_frame = 0;
+            self.seg = Some(seg);
+            self.parser = Some(parser);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let r = self.cur.as_ref().expect("a current packet");
+        &self.buf[r.range.clone()]
+    }
+
+    fn ts(&self) -> i64 {
+        self.cur.as_ref().and_then(Rec::ts_ns).unwrap_or(0)
+    }
+}
+
+/// A packet's fields, whatever container it came from.
+struct Pkt<'b> {
+    iface: u32,
+    origlen: u32,
+    data: &'b [u8],
+}
+
+fn packet_fields<'b>(fmt: Format, bytes: &'b [u8]) -> anyhow::Result<Pkt<'b>> {
+    match fmt {
+        Format::Pcap(fh) => {
+            let r = pcap::Record::new_checked(bytes, &fh)
+                .ok_or_else(|| anyhow::anyhow!("short pcap record"))?;
+            let origlen = r.origlen();
+            let data = bytes
+                .get(pcap::RECORD_HEADER_LEN..r.total_len())
+                .ok_or_else(|| anyhow::anyhow!("short pcap record"))?;
+            Ok(Pkt {
+                iface: 0,
+                origlen,
+                data,
+            })
+        }
+        Format::PcapNg { big_endian } => {
+            let b = pcapng::Block::new_checked(bytes, big_endian).map_err(anyhow::Error::msg)?;
+            let caplen = b.check_packet().map_err(anyhow::Error::msg)? as usize;
+            let rd = |o: usize| pcap::rd32(&bytes[o..o + 4], big_endian);
+            let (origlen, at) = match b.block_type() {
+                pcapng::SPB => (rd(8), 12),
+                _ => (rd(24), 28),
+            };
+            Ok(Pkt {
+                iface: b.interface(),
+                origlen,
+                data: &bytes[at..at + caplen],
+            })
+        }
+    }
+}
+
+fn pcap_err(e: pcap_file::PcapError) -> anyhow::Error {
+    match e {
+        pcap_file::PcapError::IoError(io) => anyhow::Error::new(io).context("writing output"),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Several streams merged by timestamp.
+fn cat_merged<W: Write>(
+    dir: &Path,
+    c: &Catalog,
+    streams: &[String],
+    sel: &Selection,
+    dec: &mut Decoder,
+    out: &mut W,
+) -> anyhow::Result<()> {
+    let mut all_pcap = true;
+    let mut linktypes: Vec<u32> = Vec::new();
+    let mut nanos = false;
+    for s in streams {
+        for e in c.stream_segments(s) {
+            all_pcap &= e.format == "pcap";
+            nanos |= e.nanos;
+            for &l in &e.linktypes {
+                if !linktypes.contains(&l) {
+                    linktypes.push(l);
+                }
+            }
+        }
+    }
+    let as_pcap = all_pcap && linktypes.len() <= 1;
+
+    let mut cursors: Vec<Cursor> = streams
+        .iter()
+        .enumerate()
+        .map(|(index, s)| Cursor {
+            index,
+            name: s.clone(),
+            segs: c
+                .stream_segments(s)
+                .into_iter()
+                .filter(|e| sel.segment_overlaps(e))
+                .collect(),
+            next_seg: 0,
+            seg: None,
+            parser: None,
+            section: 0,
+            next_frame: 0,
+            buf: Vec::new(),
+            off: 0,
+            cur: None,
+        })
+        .collect();
+    let mut heap = BinaryHeap::new();
+    for cur in cursors.iter_mut() {
+        if cur.advance(dir, sel, dec)? {
+            heap.push(Reverse((cur.ts(), cur.index)));
+        }
+    }
+
+    if as_pcap {
+        let snaplen = cursors
+            .iter()
+            .filter_map(|c| match c.parser.as_ref()?.format()? {
+                Format::Pcap(fh) => Some(fh.snaplen),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(pcap::MAX_CAPLEN);
+        let mut h = Vec::with_capacity(24);
+        h.extend(
+            if nanos {
+                pcap::MAGIC_NANOS
+            } else {
+                pcap::MAGIC_MICROS
+            }
+            .to_le_bytes(),
+        );
+        h.extend(2u16.to_le_bytes());
+        h.extend(4u16.to_le_bytes());
+        h.extend([0u8; 8]);
+        h.extend(snaplen.to_le_bytes());
+        h.extend(linktypes.first().copied().unwrap_or(1).to_le_bytes());
+        out.write_all(&h).context("writing output")?;
+        while let Some(Reverse((ts, i))) = heap.pop() {
+            let cur = &mut cursors[i];
+            let fmt = cur
+                .parser
+                .as_ref()
+                .and_then(Parser::format)
+                .expect("a packet came from a parsed segment");
+            let p = packet_fields(fmt, cur.bytes())?;
+            let sec = ts.div_euclid(1_000_000_000);
+            let frac = ts.rem_euclid(1_000_000_000);
+            let frac = if nanos { frac } else { frac / 1000 };
+            let mut rh = [0u8; 16];
+            rh[0..4].copy_from_slice(&(sec as u32).to_le_bytes());
+            rh[4..8].copy_from_slice(&(frac as u32).to_le_bytes());
+            rh[8..12].copy_from_slice(&(p.data.len() as u32).to_le_bytes());
+            rh[12..16].copy_from_slice(&p.origlen.to_le_bytes());
+            out.write_all(&rh).context("writing output")?;
+            out.write_all(p.data).context("writing output")?;
+            if cur.advance(dir, sel, dec)? {
+                heap.push(Reverse((cur.ts(), i)));
+            }
+        }
+        return Ok(());
+    }
+
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+    use pcap_file::pcapng::blocks::interface_description::{
+        InterfaceDescriptionBlock, InterfaceDescriptionOption,
+    };
+    let mut w = pcap_file::pcapng::PcapNgWriter::new(&mut *out).map_err(pcap_err)?;
+    let mut ifaces: HashMap<(usize, u32, u32), u32> = HashMap::new();
+    while let Some(Reverse((ts, i))) = heap.pop() {
+        let cur = &mut cursors[i];
+        let parser = cur
+            .parser
+            .as_ref()
+            .expect("a packet came from a parsed segment");
+        let fmt = parser.format().expect("a parsed segment has a format");
+        let p = packet_fields(fmt, cur.bytes())?;
+        let key = (cur.index, cur.section, p.iface);
+        let id = match ifaces.get(&key) {
+            Some(&id) => id,
+            None => {
+                let (linktype, snaplen) = match fmt {
+                    Format::Pcap(fh) => (fh.linktype, fh.snaplen),
+                    Format::PcapNg { .. } => {
+                        let ifc = parser.framer().interfaces()[p.iface as usize];
+                        (ifc.linktype as u32, ifc.snaplen)
+                    }
+                };
+                let idb = InterfaceDescriptionBlock {
+                    linktype: pcap_file::DataLink::from(linktype),
+                    snaplen,
+                    options: vec![
+                        InterfaceDescriptionOption::IfName(Cow::Owned(format!(
+                            "{}#{}",
+                            cur.name, p.iface
+                        ))),
+                        InterfaceDescriptionOption::IfTsResol(9),
+                    ],
+                };
+                w.write_pcapng_block(idb).map_err(pcap_err)?;
+                let id = ifaces.len() as u32;
+                ifaces.insert(key, id);
+                id
+            }
+        };
+        let epb = EnhancedPacketBlock {
+            interface_id: id,
+            timestamp: Duration::from_nanos(ts.max(0) as u64),
+            original_len: p.origlen,
+            data: Cow::Borrowed(p.data),
+            options: Vec::new(),
+        };
+        w.write_pcapng_block(epb).map_err(pcap_err)?;
+        if cur.advance(dir, sel, dec)? {
+            heap.push(Reverse((cur.ts(), i)));
+        }
+    }
+    Ok(())
 }

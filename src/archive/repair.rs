@@ -1,0 +1,367 @@
+//! `zcap verify --repair`: brings an archive back to consistency after a crash
+//! (docs/ARCHIVE.md, "Crash recovery"). It drops a torn last manifest line, recovers each
+//! `.partial` segment (the header frame and every following data frame that is whole,
+//! decompresses and parses as whole records; the rest is cut off), finalizes segments that
+//! were renamed but never logged, and records that interrupted streams ended. Every change is
+//! logged in the manifest. It never rewrites a manifest line that belongs to the chain and
+//! never touches a segment the manifest already finalized. The caller holds the archive lock.
+
+use super::catalog::{scan_disk, Catalog, DiskSegment};
+use super::index::{FrameEntry, Trailer, FLAG_CONT, FRAME_HAS_IDB};
+use super::manifest::{self, ChainError, Entry, SegmentEntry};
+use super::segment::{summarize_frame, Decoder, Parser, Segment};
+use super::verify::{scan_segment, sha256_file};
+use crate::stream::Format;
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::SystemTime;
+use zstd::zstd_safe;
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Runs every repair and returns what it did, one sentence each. Damage that is not crash
+/// debris (an altered line or segment) is left for `verify` to report.
+pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let path = dir.join(manifest::FILE);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let mut dropped = None;
+    match manifest::parse(&text) {
+        Ok(_) => {}
+        Err(ChainError::Torn {
+            line,
+            reason,
+            last: true,
+        }) => {
+            let keep: usize = text
+                .split_inclusive('\n')
+                .take(line - 1)
+                .map(str::len)
+                .sum();
+            let tmp = dir.join(format!("{}.repair-tmp", manifest::FILE));
+            let mut f =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&text.as_bytes()[..keep])?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("replacing {}", path.display()))?;
+            sync_dir(dir)?;
+            dropped = Some(format!(
+                "dropped torn manifest line {line} ({reason}; {} bytes)",
+                text.len() - keep
+            ));
+        }
+        Err(e) => {
+            // Not crash debris: leave the evidence for verify to report.
+            eprintln!(
+                "zcap: verify --repair: {e}; the chain cannot be repaired without rewriting history, so nothing was changed"
+            );
+            return Ok(done);
+        }
+    }
+    let mut w = manifest::Writer::open(dir, super::create_entry)?;
+    if let Some(what) = dropped {
+        w.append(&Entry::Repair { what: what.clone() })?;
+        done.push(what);
+    }
+
+    let cat = Catalog::load(dir)?;
+    let mut dec = Decoder::new();
+    for d in scan_disk(dir)? {
+        if d.partial {
+            let what = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
+            done.push(what);
+        } else if !cat.knows(&d.rel) {
+            if let Some(what) = finalize_orphan(dir, &d, &mut dec, &mut w)? {
+                done.push(what);
+            }
+        }
+    }
+
+    // Streams whose recorder died never got their `end` entry.
+    let cat = Catalog::load(dir)?;
+    for s in cat.stream_names() {
+        if cat.stream_ends.iter().any(|e| e.stream == s) {
+            continue;
+        }
+        let segs = cat.stream_segments(&s);
+        let packets = segs.iter().map(|e| e.packets).sum();
+        let bytes = segs.last().map_or(0, |e| {
+            Segment::open(&dir.join(&e.path))
+                .map(|seg| {
+                    seg.trailer.stream_off
+                        + seg
+                            .trailer
+                            .frames
+                            .iter()
+                            .map(|f| f.raw_len as u64)
+                            .sum::<u64>()
+                })
+                .unwrap_or(0)
+        });
+        w.append(&Entry::Stream {
+            stream: s.clone(),
+            event: "end".into(),
+            packets,
+            bytes,
+            error: Some(
+                "recording was interrupted: the recorder stopped without closing the stream; recovered by zcap verify --repair".into(),
+            ),
+            warnings: serde_json::Map::new(),
+        })?;
+        let what = format!("recorded the end of interrupted stream {s}");
+        w.append(&Entry::Repair { what: what.clone() })?;
+        done.push(what);
+    }
+    Ok(done)
+}
+
+/// The last live segment of a stream before `seq`, with its header bytes and header length
+/// if its file can be read.
+fn previous(
+    dir: &Path,
+    cat: &Catalog,
+    stream: &str,
+    seq: u64,
+    dec: &mut Decoder,
+) -> Option<(SegmentEntry, Option<Vec<u8>>, Option<u64>)> {
+    let e = cat
+        .stream_segments(stream)
+        .into_iter()
+        .rev()
+        .find(|e| e.seq < seq)?
+        .clone();
+    let mut hdr = Vec::new();
+    match Segment::open(&dir.join(&e.path)) {
+        Ok(seg) => {
+            let ok = seg.read_header(dec, &mut hdr).is_ok();
+            let hlen = seg.trailer.header_raw_len as u64;
+            Some((e, ok.then_some(hdr), Some(hlen)))
+        }
+        Err(_) => Some((e, None, None)),
+    }
+}
+
+/// Recovers one `.partial` segment, or removes it when no data frame is complete. Returns
+/// what was done.
+fn recover_partial(
+    dir: &Path,
+    cat: &Catalog,
+    d: &DiskSegment,
+    dec: &mut Decoder,
+    w: &mut manifest::Writer,
+) -> anyhow::Result<String> {
+    let path = dir.join(&d.rel);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let remove = |w: &mut manifest::Writer, why: &str| -> anyhow::Result<String> {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        sync_dir(path.parent().expect("segments live in stream directories"))?;
+        let what = format!("removed {}: {why}", d.rel);
+        w.append(&Entry::Repair { what: what.clone() })?;
+        Ok(what)
+    };
+
+    // The header frame.
+    let Ok(hlen) = zstd_safe::find_frame_compressed_size(&bytes) else {
+        return remove(w, "its header frame is incomplete");
+    };
+    let Ok(header) = zstd::stream::decode_all(&bytes[..hlen]) else {
+        return remove(w, "its header frame does not decompress");
+    };
+    let Ok(mut parser) = Parser::from_header(&header) else {
+        return remove(w, "its header frame is not a pcap or pcapng header");
+    };
+
+    // Whole data frames, in order, up to the first that is torn or bad.
+    let mut frames = Vec::new();
+    let mut off = hlen;
+    let mut linktypes = parser.framer().linktypes();
+    let mut raw = header.len() as u64;
+    let mut stop_reason = "the file ends on a frame boundary";
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        let Ok(n) = zstd_safe::find_frame_compressed_size(rest) else {
+            stop_reason = "a torn frame at its end";
+            break;
+        };
+        if rest.len() >= 4
+            && u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) & 0xFFFF_FFF0
+                == 0x184D_2A50
+        {
+            stop_reason = "a skippable frame where data was expected";
+            break;
+        }
+        let Ok(data) = zstd::stream::decode_all(&rest[..n]) else {
+            stop_reason = "a frame that does not decompress";
+            break;
+        };
+        let Ok(s) = summarize_frame(&mut parser, &data) else {
+            stop_reason = "a frame that does not hold whole records";
+            break;
+        };
+        frames.push(FrameEntry {
+            offset: off as u64,
+            comp_len: n as u32,
+            raw_len: data.len() as u32,
+            min_ns: s.min_ns,
+            max_ns: s.max_ns,
+            packets: s.packets,
+            flags: if s.has_idb { FRAME_HAS_IDB } else { 0 },
+        });
+        raw += data.len() as u64;
+        linktypes = parser.framer().linktypes();
+        off += n;
+    }
+    if frames.is_empty() {
+        return remove(w, "no complete data frame");
+    }
+
+    // Where the segment sits in its stream. A rotation repeats the previous segment's header
+    // (plus interfaces declared since); anything else starts the stream or a pcapng section.
+    let pcapng = matches!(parser.format(), Some(Format::PcapNg { .. }));
+    let prev = previous(dir, cat, &d.stream, d.seq, dec);
+    let cont = d.seq > 1
+        && (!pcapng
+            || prev
+                .as_ref()
+                .and_then(|p| p.1.as_ref())
+                .is_none_or(|ph| header.starts_with(ph)));
+    let prev_end = prev
+        .as_ref()
+        .map(|(e, _, hlen)| e.stream_off + e.raw - hlen.unwrap_or(header.len() as u64).min(e.raw));
+    let stream_off = match (prev_end, cont) {
+        (Some(end), true) => end,
+        (Some(end), false) => end + header.len() as u64,
+        (None, _) => header.len() as u64,
+    };
+    let trailer = Trailer {
+        flags: if cont { FLAG_CONT } else { 0 },
+        header_comp_len: hlen as u32,
+        header_raw_len: header.len() as u32,
+        stream_off,
+        frames,
+    };
+    let tail = trailer.encode();
+    let dropped = bytes.len() - off;
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.set_len(off as u64)?;
+        use std::io::Seek;
+        f.seek(io::SeekFrom::End(0))?;
+        f.write_all(&tail)?;
+        f.sync_all()?;
+    }
+    let final_rel = d
+        .rel
+        .strip_suffix(super::PARTIAL_SUFFIX)
+        .expect("a .partial name")
+        .to_string();
+    let final_path = dir.join(&final_rel);
+    if final_path.exists() {
+        anyhow::bail!(
+            "cannot finalize {}: {} already exists",
+            d.rel,
+            final_path.display()
+        );
+    }
+    std::fs::rename(&path, &final_path)
+        .with_context(|| format!("renaming {} to {}", path.display(), final_path.display()))?;
+    sync_dir(
+        final_path
+            .parent()
+            .expect("segments live in stream directories"),
+    )?;
+    let mut h = Sha256::new();
+    h.update(&bytes[..off]);
+    h.update(&tail);
+    let sha256 = manifest::hex(&h.finalize());
+    let range = trailer.time_range();
+    let nanos = matches!(parser.format(), Some(Format::Pcap(fh)) if fh.nanos);
+    w.append(&Entry::Segment(SegmentEntry {
+        stream: d.stream.clone(),
+        seq: d.seq,
+        path: final_rel.clone(),
+        format: if pcapng { "pcapng" } else { "pcap" }.into(),
+        linktypes,
+        nanos,
+        bytes: (off + tail.len()) as u64,
+        raw,
+        packets: trailer.packets(),
+        frames: trailer.frames.len() as u64,
+        first_ns: range.map(|r| r.0),
+        last_ns: range.map(|r| r.1),
+        stream_off,
+        cont,
+        sha256,
+        time: now(),
+        repaired: true,
+    }))?;
+    let what = format!(
+        "recovered {final_rel} from its .partial: {} data frame(s), {} packets kept; {dropped} trailing byte(s) cut ({stop_reason})",
+        trailer.frames.len(),
+        trailer.packets()
+    );
+    w.append(&Entry::Repair { what: what.clone() })?;
+    Ok(what)
+}
+
+/// Adds the manifest line of a finalized segment whose append was lost. A segment that does
+/// not check out is left alone (verify reports it).
+fn finalize_orphan(
+    dir: &Path,
+    d: &DiskSegment,
+    dec: &mut Decoder,
+    w: &mut manifest::Writer,
+) -> anyhow::Result<Option<String>> {
+    let path = dir.join(&d.rel);
+    let scan = match scan_segment(&path, dec) {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!(
+                "zcap: verify --repair: not adding {} to the manifest: {why}",
+                d.rel
+            );
+            return Ok(None);
+        }
+    };
+    let (sha256, bytes) = sha256_file(&path)?;
+    w.append(&Entry::Segment(SegmentEntry {
+        stream: d.stream.clone(),
+        seq: d.seq,
+        path: d.rel.clone(),
+        format: scan.format.into(),
+        linktypes: scan.linktypes,
+        nanos: scan.nanos,
+        bytes,
+        raw: scan.raw,
+        packets: scan.packets,
+        frames: scan.frames,
+        first_ns: scan.first_ns,
+        last_ns: scan.last_ns,
+        stream_off: scan.stream_off,
+        cont: scan.cont,
+        sha256,
+        time: now(),
+        repaired: false,
+    }))?;
+    let what = format!(
+        "added the missing manifest line of finalized segment {}",
+        d.rel
+    );
+    w.append(&Entry::Repair { what: what.clone() })?;
+    Ok(Some(what))
+}
