@@ -1409,6 +1409,46 @@ def measure_case(args, c: Case, corpus: Corpus, name: str) -> list[dict]:
     return runs
 
 
+def closing_figures(report) -> list[str]:
+    """The figures issues 2 and 3 ask for in their closing notes, medians, per corpus."""
+    out = []
+    for name, block in report["ingest"].items():
+        cases = block["cases"]
+        size = block["corpus"]["bytes"]
+
+        def get(cid, k):
+            c = cases.get(cid)
+            return med(c["summary"], k) if c and c["summary"]["status"] == "ok" else None
+
+        lines = []
+        for cid, what in (("zcap-read-zstd1", "record --read, zstd:1"), ("zcap-read-none", "record --read, none")):
+            mb, pk, disk = get(cid, "mb_s"), get(cid, "pkt_s"), get(cid, "written_bytes")
+            if mb:
+                lines.append(f"- {what}: {mb:,.0f} MB/s, {pk:,.0f} packets/s, stored ratio {size / disk:.2f}")
+        z = get("zstd-T1", "mb_s")
+        if z:
+            lines.append(f"- zstd -1 -T1 on the same file: {z:,.0f} MB/s, ratio {size / get('zstd-T1', 'written_bytes'):.2f}")
+        for senders in ("", "-x8"):
+            for rx in ("ring", "recv"):
+                for tag, comp in (("zstd1", "zstd:1"), ("none", "none")):
+                    cid = f"zcap-{rx}-{tag}{senders}"
+                    mb = get(cid, "mb_s")
+                    if mb:
+                        lines.append(f"- loopback --rx {rx} --compress {comp}, {8 if senders else 1} sender(s): "
+                                     f"{mb:,.0f} MB/s, {get(cid, 'pkt_s'):,.0f} packets/s, peak RSS "
+                                     f"{get(cid, 'maxrss_kib') / 1024:.0f} MiB, {get(cid, 'cpu_s_per_gb'):.2f} CPU s/GB")
+                    elif cid in cases:
+                        lines.append(f"- loopback --rx {rx} --compress {comp}, {8 if senders else 1} sender(s): "
+                                     f"{cases[cid]['summary']['status']}")
+        f = get("socat-file", "mb_s")
+        if f:
+            lines.append(f"- the same stream into socat → file: {f:,.0f} MB/s, "
+                         f"{get('socat-file', 'cpu_s_per_gb'):.2f} CPU s/GB")
+        if lines:
+            out += [f"### Closing-note figures, {name} corpus (medians)", ""] + lines + [""]
+    return out
+
+
 def render(args, report) -> str:
     info = report["machine"]
     out = ["# zcap benchmark results", ""]
@@ -1440,6 +1480,7 @@ def render(args, report) -> str:
             out.append("")
             out += rt
             out.append("")
+    out += closing_figures(report)
     if report.get("replay"):
         r = report["replay"]
         out.append(f"## Replay: sending the {r['corpus']} corpus into socat → /dev/null")
@@ -1457,6 +1498,8 @@ def render(args, report) -> str:
         out.append("")
         out += query_table(q)
         out.append("")
+    if not report["ingest"]:
+        return "\n".join(out)
     out.append("## How each row was run")
     out.append("")
     out.append("- Wall time: from the sender's first connected byte to the receiver's exit after EOF "
