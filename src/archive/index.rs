@@ -81,7 +81,12 @@ impl Trailer {
 
     /// Decodes the whole trailer frame (skippable header included).
     pub fn decode(frame: &[u8]) -> io::Result<Trailer> {
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("segment index trailer: {what}"));
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment index trailer: {what}"),
+            )
+        };
         if frame.len() < 8 + 44 {
             return Err(bad("too short"));
         }
@@ -139,12 +144,20 @@ pub fn read_trailer(file: &std::fs::File) -> io::Result<Trailer> {
     let len = file.metadata()?.len();
     let mut tail = [0u8; 12];
     if len < 12 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "segment is shorter than its index trailer"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "segment is shorter than its index trailer",
+        ));
     }
     file.read_exact_at(&mut tail, len - 12)?;
     let tlen = Trailer::frame_len_from_tail(&tail)
         .filter(|&t| t <= len)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "segment has no index trailer (unfinalized?)"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment has no index trailer (unfinalized?)",
+            )
+        })?;
     let mut buf = vec![0u8; tlen as usize];
     file.read_exact_at(&mut buf, len - tlen)?;
     Trailer::decode(&buf)
@@ -162,13 +175,35 @@ mod tests {
             header_raw_len: 24,
             stream_off: 1 << 40,
             frames: vec![
-                FrameEntry { offset: 33, comp_len: 100, raw_len: 1000, min_ns: -5, max_ns: 7, packets: 3, flags: 0 },
-                FrameEntry { offset: 133, comp_len: 9, raw_len: 9, min_ns: 0, max_ns: 0, packets: 0, flags: FRAME_HAS_IDB },
+                FrameEntry {
+                    offset: 33,
+                    comp_len: 100,
+                    raw_len: 1000,
+                    min_ns: -5,
+                    max_ns: 7,
+                    packets: 3,
+                    flags: 0,
+                },
+                FrameEntry {
+                    offset: 133,
+                    comp_len: 9,
+                    raw_len: 9,
+                    min_ns: 0,
+                    max_ns: 0,
+                    packets: 0,
+                    flags: FRAME_HAS_IDB,
+                },
             ],
         };
         let enc = t.encode();
-        assert_eq!(u32::from_le_bytes(enc[0..4].try_into().unwrap()), SKIPPABLE_MAGIC);
-        assert_eq!(Trailer::frame_len_from_tail(&enc[enc.len() - 12..]), Some(enc.len() as u64));
+        assert_eq!(
+            u32::from_le_bytes(enc[0..4].try_into().unwrap()),
+            SKIPPABLE_MAGIC
+        );
+        assert_eq!(
+            Trailer::frame_len_from_tail(&enc[enc.len() - 12..]),
+            Some(enc.len() as u64)
+        );
         assert_eq!(Trailer::decode(&enc).unwrap(), t);
         assert_eq!(t.packets(), 3);
         assert_eq!(t.time_range(), Some((-5, 7)));

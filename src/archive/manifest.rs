@@ -114,7 +114,11 @@ impl Writer {
             Err(e) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: {e}; run `zcap verify --repair {}`", path.display(), dir.display()),
+                    format!(
+                        "{}: {e}; run `zcap verify --repair {}`",
+                        path.display(),
+                        dir.display()
+                    ),
                 ))
             }
         };
@@ -147,7 +151,11 @@ impl Writer {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("manifest line {line} is torn or not valid JSON ({reason})")]
-    Torn { line: usize, reason: String, last: bool },
+    Torn {
+        line: usize,
+        reason: String,
+        last: bool,
+    },
     #[error("manifest line {line} was altered: its hash does not match its contents")]
     Hash { line: usize },
     #[error("manifest line {line} does not chain to line {}: an entry was altered, removed or inserted", line - 1)]
@@ -162,7 +170,11 @@ pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
     for (i, raw) in text.split_inclusive('\n').enumerate() {
         let number = i + 1;
         let last = number == n_lines;
-        let torn = |reason: String| ChainError::Torn { line: number, reason, last };
+        let torn = |reason: String| ChainError::Torn {
+            line: number,
+            reason,
+            last,
+        };
         let Some(line) = raw.strip_suffix('\n') else {
             return Err(torn("no newline at its end".into()));
         };
@@ -171,8 +183,16 @@ pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
         };
         let body = &line[..cut];
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| torn(e.to_string()))?;
-        let hash = v.get("hash").and_then(|h| h.as_str()).unwrap_or("").to_string();
-        let line_prev = v.get("prev").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        let hash = v
+            .get("hash")
+            .and_then(|h| h.as_str())
+            .unwrap_or("")
+            .to_string();
+        let line_prev = v
+            .get("prev")
+            .and_then(|h| h.as_str())
+            .unwrap_or("")
+            .to_string();
         if hex(&Sha256::digest(body.as_bytes())) != hash {
             return Err(ChainError::Hash { line: number });
         }
@@ -195,7 +215,14 @@ pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
 pub fn read(dir: &Path) -> io::Result<Result<Vec<Line>, ChainError>> {
     let path: PathBuf = dir.join(FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        io::Error::new(e.kind(), format!("{}: {e} (is {} a zcap archive?)", path.display(), dir.display()))
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (is {} a zcap archive?)",
+                path.display(),
+                dir.display()
+            ),
+        )
     })?;
     Ok(parse(&text))
 }
@@ -205,14 +232,23 @@ mod tests {
     use super::*;
 
     fn create() -> Entry {
-        Entry::Create { format: 1, zcap: "0.1.0".into(), host: "h".into(), created: "2026-01-01T00:00:00Z".into() }
+        Entry::Create {
+            format: 1,
+            zcap: "0.1.0".into(),
+            host: "h".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+        }
     }
 
     #[test]
     fn chain_detects_edits_insertions_and_torn_lines() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::open(dir.path(), create).unwrap();
-        w.append(&Entry::Delete { path: "a".into(), reason: "max-bytes".into() }).unwrap();
+        w.append(&Entry::Delete {
+            path: "a".into(),
+            reason: "max-bytes".into(),
+        })
+        .unwrap();
         w.append(&Entry::Repair { what: "x".into() }).unwrap();
         drop(w);
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
@@ -228,12 +264,22 @@ mod tests {
         let mut ls: Vec<String> = edited.lines().map(String::from).collect();
         let v: serde_json::Value = serde_json::from_str(&ls[1]).unwrap();
         let e: Entry = serde_json::from_value(v.clone()).unwrap();
-        ls[1] = render(&e, v["prev"].as_str().unwrap()).0.trim_end().to_string();
+        ls[1] = render(&e, v["prev"].as_str().unwrap())
+            .0
+            .trim_end()
+            .to_string();
         let rehashed = ls.join("\n") + "\n";
         assert_eq!(parse(&rehashed).unwrap_err(), ChainError::Chain { line: 3 });
 
         let torn = &text[..text.len() - 5];
-        assert!(matches!(parse(torn).unwrap_err(), ChainError::Torn { line: 3, last: true, .. }));
+        assert!(matches!(
+            parse(torn).unwrap_err(),
+            ChainError::Torn {
+                line: 3,
+                last: true,
+                ..
+            }
+        ));
 
         // Reopening continues the chain.
         let mut w = Writer::open(dir.path(), create).unwrap();

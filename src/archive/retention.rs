@@ -108,13 +108,28 @@ mod tests {
             std::fs::write(dir.path().join(&p), vec![0u8; 100]).unwrap();
             live.add(p, 100, t);
         }
-        assert_eq!(live.enforce(dir.path(), &mut m, Some(250), None).unwrap(), 1);
+        assert_eq!(
+            live.enforce(dir.path(), &mut m, Some(250), None).unwrap(),
+            1
+        );
         assert!(!dir.path().join("s/000001.pcap.zst").exists());
-        assert_eq!(live.enforce(dir.path(), &mut m, None, Some(Duration::from_secs(60))).unwrap(), 1);
+        assert_eq!(
+            live.enforce(dir.path(), &mut m, None, Some(Duration::from_secs(60)))
+                .unwrap(),
+            1
+        );
         assert!(!dir.path().join("s/000002.pcap.zst").exists());
-        assert_eq!(live.enforce(dir.path(), &mut m, Some(1), None).unwrap(), 0, "the newest stays");
+        assert_eq!(
+            live.enforce(dir.path(), &mut m, Some(1), None).unwrap(),
+            0,
+            "the newest stays"
+        );
         let again = Live::load(dir.path()).unwrap();
-        assert_eq!(again.segs.len(), 0, "manifest has deletes but no segment lines here");
+        assert_eq!(
+            again.segs.len(),
+            0,
+            "manifest has deletes but no segment lines here"
+        );
         let text = std::fs::read_to_string(dir.path().join(manifest::FILE)).unwrap();
         assert_eq!(text.matches("\"op\":\"delete\"").count(), 2);
     }

@@ -155,11 +155,17 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn tcpdump_count(path: &Path) -> usize {
     // `--count` prints only "N packets", whatever the payloads look like.
     let out = run_ok(Command::new("tcpdump").arg("-r").arg(path).arg("--count"));
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_suffix(" packets").or(l.strip_suffix(" packet")))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("tcpdump --count printed no count for {}: {text}", path.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "tcpdump --count printed no count for {}: {text}",
+                path.display()
+            )
+        })
 }
 
 /// Packets tshark reads from a capture file, asserting that tshark exits 0.
