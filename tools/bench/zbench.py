@@ -895,7 +895,11 @@ def machine_info(args, zcap: str | None) -> dict:
         rot = f"/sys/block/{base}/queue/rotational"
         if os.path.exists(rot):
             with open(rot) as f:
-                info["disk"] = info.get("disk", name) + (", rotational" if f.read().strip() == "1" else ", non-rotational")
+                info["disk"] = info.get("disk", name) + (", virtio-blk" if name.startswith("vd") else "") + (", rotational" if f.read().strip() == "1" else ", non-rotational")
+        ra = f"/sys/block/{base}/queue/read_ahead_kb"
+        if os.path.exists(ra):
+            with open(ra) as f:
+                info["disk"] += f", read_ahead_kb {f.read().strip()}"
         model = f"/sys/block/{base}/device/model"
         if os.path.exists(model):
             with open(model) as f:
