@@ -129,12 +129,14 @@ impl Decoder {
             })?;
         match self.dctx.decompress(out, &self.comp) {
             Ok(n) if n == raw_len as usize => {}
-            Ok(n) => return Err(SegmentError::damaged(
-                &seg.path,
-                format!(
+            Ok(n) => {
+                return Err(SegmentError::damaged(
+                    &seg.path,
+                    format!(
                     "{what} at offset {offset} decompresses to {n} bytes, the index says {raw_len}"
                 ),
-            )),
+                ))
+            }
             Err(code) => {
                 return Err(SegmentError::damaged(
                     &seg.path,
