@@ -497,3 +497,75 @@ fn json_report() {
     assert_eq!(v["report"]["packets"], 16);
     assert_eq!(v["report"]["head"].as_str().unwrap().len(), 64);
 }
+
+/// Length of the whole little-endian pcapng blocks at the start of `b`.
+fn whole_blocks_len(b: &[u8]) -> usize {
+    let mut o = 0;
+    while o + 8 <= b.len() {
+        let len = u32::from_le_bytes(b[o + 4..o + 8].try_into().unwrap()) as usize;
+        if o + len > b.len() {
+            break;
+        }
+        o += len;
+    }
+    o
+}
+
+#[test]
+fn sigkill_in_a_rotated_pcapng_stream_then_repair() {
+    let t = tempdir();
+    let input_path = t.path().join("in.pcapng");
+    gen(
+        &[
+            "--format",
+            "pcapng",
+            "--linktypes",
+            "1,101",
+            "--late-idb",
+            "--unknown-block",
+            "--unknown-every",
+            "500",
+            "--bytes",
+            "6M",
+        ],
+        &input_path,
+    );
+    let input = std::fs::read(&input_path).unwrap();
+    let arch = t.path().join("a");
+    let mut child = zcap()
+        .args(["record", "--read", "-", "-o"])
+        .arg(&arch)
+        .args(["--frame-size", "64KiB", "-C", "1MiB"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let cut = 4 * (1 << 20) + 5;
+    stdin.write_all(&input[..cut]).unwrap();
+    stdin.flush().unwrap();
+    wait_quiet(&arch, Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+
+    let left = partials(&arch);
+    assert_eq!(left.len(), 1);
+    assert!(
+        !left[0].ends_with("000001.pcapng.zst.partial"),
+        "the crash should hit a rotated segment: {}",
+        left[0].display()
+    );
+    assert_eq!(verify(&arch, &[]).status.code(), Some(1));
+    let r = verify(&arch, &["--repair"]);
+    assert!(r.status.success(), "{}", stdout(&r));
+    assert_verifies(&arch, "after repair");
+    let out = run_ok(zcap().arg("cat").arg(&arch)).stdout;
+    assert!(
+        out == input[..whole_blocks_len(&input[..cut])],
+        "cat after repair gives every whole block received ({} of {} bytes)",
+        out.len(),
+        whole_blocks_len(&input[..cut])
+    );
+}

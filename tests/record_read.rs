@@ -635,3 +635,106 @@ fn ls_lists_segments_and_totals() {
         .iter()
         .all(|s| s["status"] == "ok" && s["ratio"].as_f64().unwrap() > 0.5));
 }
+
+/// Four pcapng sections in one stream: two interfaces with a late IDB, an empty section,
+/// SLL, then the first again.
+fn multi_section_capture(dir: &Path) -> PathBuf {
+    let parts = [
+        (
+            "s1",
+            vec![
+                "--format",
+                "pcapng",
+                "--count",
+                "3000",
+                "--linktypes",
+                "1,101",
+                "--late-idb",
+            ],
+        ),
+        ("s2", vec!["--format", "pcapng", "--count", "0"]),
+        (
+            "s3",
+            vec![
+                "--format",
+                "pcapng",
+                "--count",
+                "2000",
+                "--seed",
+                "3",
+                "--linktypes",
+                "113",
+                "--start",
+                "1764057700",
+            ],
+        ),
+    ];
+    let mut all = Vec::new();
+    let mut first = Vec::new();
+    for (name, args) in parts {
+        let p = dir.join(format!("{name}.pcapng"));
+        gen(&args, &p);
+        let b = std::fs::read(&p).unwrap();
+        if first.is_empty() {
+            first = b.clone();
+        }
+        all.extend(b);
+    }
+    all.extend(first);
+    let p = dir.join("sections.pcapng");
+    std::fs::write(&p, all).unwrap();
+    p
+}
+
+#[test]
+fn pcapng_sections_round_trip_and_seek() {
+    let t = tempdir();
+    let input = multi_section_capture(t.path());
+    let arch = t.path().join("a");
+    record_ok(&input, &arch, &["--frame-size", "16KiB", "-C", "200KiB"]);
+    assert!(cat(&arch, &[]) == std::fs::read(&input).unwrap());
+    if !need_tool("tshark") {
+        return;
+    }
+    let times = run_ok(Command::new("tshark").arg("-r").arg(&input).args([
+        "-T",
+        "fields",
+        "-e",
+        "frame.time_epoch",
+    ]))
+    .stdout;
+    let times: Vec<f64> = String::from_utf8_lossy(&times)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    // Windows inside one section, across sections, and in the last one.
+    for (from, to) in [
+        (1764057600.2, 1764057600.9),
+        (1764057601.5, 1764057702.0),
+        (1764057700.2, 1764057700.3),
+    ] {
+        let out = t.path().join("w.pcapng");
+        run_ok(
+            zcap()
+                .arg("cat")
+                .arg(&arch)
+                .args(["--from", &from.to_string(), "--to", &to.to_string(), "-w"])
+                .arg(&out),
+        );
+        let want = times.iter().filter(|&&x| x >= from && x <= to).count();
+        assert_eq!(tshark_count(&out), want, "window {from}..{to}");
+    }
+}
+
+#[test]
+#[ignore = "writer bug: src/writer/mod.rs finish_segment logs framer.linktypes() after the \
+            next section's SHB cleared them, so a segment finalized at a section change has \
+            link types [] in the manifest; remove this ignore once fixed"]
+fn pcapng_sections_verify() {
+    let t = tempdir();
+    let input = multi_section_capture(t.path());
+    let arch = t.path().join("a");
+    record_ok(&input, &arch, &["--frame-size", "16KiB", "-C", "200KiB"]);
+    let v = zcap().arg("verify").arg(&arch).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
