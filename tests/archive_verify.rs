@@ -569,3 +569,48 @@ fn sigkill_in_a_rotated_pcapng_stream_then_repair() {
         whole_blocks_len(&input[..cut])
     );
 }
+
+#[test]
+fn a_deleted_segment_still_on_disk_is_removed_by_repair() {
+    let t = tempdir();
+    let input = t.path().join("in.pcap");
+    gen(&["--bytes", "4M", "--payload", "random"], &input);
+    let arch = t.path().join("a");
+    run_ok(
+        zcap()
+            .args([
+                "record",
+                "-C",
+                "1MiB",
+                "--frame-size",
+                "64KiB",
+                "--max-bytes",
+                "2MiB",
+                "-r",
+            ])
+            .arg(&input)
+            .arg("-o")
+            .arg(&arch),
+    );
+    let m = std::fs::read_to_string(arch.join("manifest.jsonl")).unwrap();
+    let deleted: Vec<String> = m
+        .lines()
+        .filter(|l| l.contains("\"op\":\"delete\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!deleted.is_empty(), "retention deleted something");
+    assert_verifies(&arch, "after retention");
+    // As if the recorder died between logging the deletion and removing the file.
+    std::fs::write(arch.join(&deleted[0]), b"stale").unwrap();
+    let v = verify(&arch, &[]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(stdout(&v).contains(&deleted[0]), "{}", stdout(&v));
+    assert!(verify(&arch, &["--repair"]).status.success());
+    assert!(!arch.join(&deleted[0]).exists());
+    assert_verifies(&arch, "after repair");
+}

@@ -99,10 +99,13 @@ impl Catalog {
                 }
             };
             match entry {
-                Entry::Segment(s) => c.segments.push(LiveSegment {
-                    line: number,
-                    entry: s,
-                }),
+                Entry::Segment(s) => {
+                    c.deleted.remove(&s.path);
+                    c.segments.push(LiveSegment {
+                        line: number,
+                        entry: s,
+                    })
+                }
                 Entry::Delete { path, .. } => {
                     c.segments.retain(|s| s.entry.path != path);
                     c.deleted.insert(path);

@@ -82,6 +82,13 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
         if d.partial {
             let what = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
             done.push(what);
+        } else if cat.deleted.contains(&d.rel) {
+            let path = dir.join(&d.rel);
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            sync_dir(path.parent().expect("segments live in stream directories"))?;
+            let what = format!("removed {}: the manifest had recorded its deletion", d.rel);
+            w.append(&Entry::Repair { what: what.clone() })?;
+            done.push(what);
         } else if !cat.knows(&d.rel) {
             if let Some(what) = finalize_orphan(dir, &d, &mut dec, &mut w)? {
                 done.push(what);

@@ -280,10 +280,10 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
         } else if c.deleted.contains(&d.rel) {
             r.problem(
                 format!(
-                    "{}: the manifest records its deletion, but the file is still there",
+                    "{}: the manifest records its deletion, but the file is still there (a crash during retention?); `zcap verify --repair` removes it",
                     d.rel
                 ),
-                false,
+                true,
             );
         } else if !c.knows(&d.rel) {
             if recorder_running {
