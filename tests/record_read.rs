@@ -727,9 +727,6 @@ fn pcapng_sections_round_trip_and_seek() {
 }
 
 #[test]
-#[ignore = "writer bug: src/writer/mod.rs finish_segment logs framer.linktypes() after the \
-            next section's SHB cleared them, so a segment finalized at a section change has \
-            link types [] in the manifest; remove this ignore once fixed"]
 fn pcapng_sections_verify() {
     let t = tempdir();
     let input = multi_section_capture(t.path());

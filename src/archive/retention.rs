@@ -75,15 +75,17 @@ impl Live {
             } else {
                 break;
             };
+            // Record first: a crash between the two leaves a deleted segment's file behind,
+            // which `verify --repair` removes, rather than a live segment with no file.
+            manifest.append(&Entry::Delete {
+                path: path.clone(),
+                reason: reason.into(),
+            })?;
             match std::fs::remove_file(dir.join(&path)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io::Error::new(e.kind(), format!("deleting {path}: {e}"))),
             }
-            manifest.append(&Entry::Delete {
-                path: path.clone(),
-                reason: reason.into(),
-            })?;
             self.segs.pop_front();
             self.total -= bytes;
             deleted += 1;

@@ -115,6 +115,7 @@ pub struct Framer {
     header: Vec<u8>,
     prev_header: Vec<u8>,
     ifaces: Vec<Interface>,
+    prev_ifaces: Vec<Interface>,
     last_ts: i64,
     packets: u64,
     warnings: Warnings,
@@ -139,6 +140,7 @@ impl Framer {
             header: Vec::new(),
             prev_header: Vec::new(),
             ifaces: Vec::new(),
+            prev_ifaces: Vec::new(),
             last_ts: 0,
             packets: 0,
             warnings: Warnings::default(),
@@ -180,6 +182,11 @@ impl Framer {
             Mode::Pcap(fh) => vec![fh.linktype],
             _ => self.ifaces.iter().map(|i| i.linktype as u32).collect(),
         }
+    }
+
+    /// Link types of the section before the current one (after a [`UnitKind::Section`]).
+    pub fn previous_linktypes(&self) -> Vec<u32> {
+        self.prev_ifaces.iter().map(|i| i.linktype as u32).collect()
     }
 
     pub fn packets(&self) -> u64 {
@@ -512,6 +519,7 @@ impl Framer {
                         } else {
                             UnitKind::Section
                         };
+                        std::mem::swap(&mut self.ifaces, &mut self.prev_ifaces);
                         self.ifaces.clear();
                         std::mem::swap(&mut self.header, &mut self.prev_header);
                         self.header.clear();

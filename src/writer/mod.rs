@@ -162,6 +162,8 @@ struct StreamState {
     segments: u64,
     /// Segments finalized since the current pcapng section began.
     section_segments: u64,
+    /// Link types declared in the open segment (its section's, as of its last IDB).
+    seg_linktypes: Vec<u32>,
 }
 
 impl StreamState {
@@ -236,6 +238,7 @@ impl StreamState {
                     // The section that just ended had no blocks after its header: keep it.
                     let hdr = self.framer.previous_header().to_vec();
                     self.open_segment(&hdr, u.start, cx)?;
+                    self.seg_linktypes = self.framer.previous_linktypes();
                 }
                 self.finish_segment(cx)?;
                 self.section_segments = 0;
@@ -263,7 +266,10 @@ impl StreamState {
                         self.frame.min_ns = self.frame.min_ns.min(ts_ns);
                         self.frame.max_ns = self.frame.max_ns.max(ts_ns);
                     }
-                    UnitKind::LateInterface => self.frame.flags |= FRAME_HAS_IDB,
+                    UnitKind::LateInterface => {
+                        self.frame.flags |= FRAME_HAS_IDB;
+                        self.seg_linktypes = self.framer.linktypes();
+                    }
                     _ => {}
                 }
                 if self.frame.end - self.frame.start >= cx.cfg.frame_size {
@@ -277,6 +283,7 @@ impl StreamState {
     fn open_segment(&mut self, header: &[u8], stream_off: u64, cx: &mut Ctx) -> io::Result<()> {
         self.seq += 1;
         let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
+        self.seg_linktypes = self.framer.linktypes();
         self.seg = Some(SegmentFile::create(
             &self.dir,
             &archive::segment_name(self.seq, pcapng),
@@ -380,7 +387,7 @@ impl StreamState {
             seq,
             path: rel.clone(),
             format: format.into(),
-            linktypes: self.framer.linktypes(),
+            linktypes: std::mem::take(&mut self.seg_linktypes),
             nanos,
             bytes,
             raw,
@@ -605,6 +612,7 @@ impl Writer {
                 last_data: Instant::now(),
                 segments: 0,
                 section_segments: 0,
+                seg_linktypes: Vec::new(),
             },
         );
         Ok(())
