@@ -1,4 +1,553 @@
-//! Placeholder until doctor lands (being written now).
-pub fn run(_: Option<&str>, _: Option<u32>, _: bool) -> anyhow::Result<bool> {
-    anyhow::bail!("doctor is not built yet")
+//! `zcap doctor`: can this host do zero-copy receive (zcrx), and if not, what is missing?
+//! Reads what the kernel and the NIC say — uname, sysctls, an io_uring probe, capabilities,
+//! sysfs, ethtool ioctls, ethtool/netdev netlink, and a real registration attempt — and ends
+//! with a verdict and the commands that would fix what can be fixed. Says "unknown" where
+//! this host cannot tell. Changes nothing (a successful registration probe restarts the
+//! queue once, and says so).
+
+use crate::rx::zcrx::{self, sys::IORING_OP_RECV_ZC};
+use crate::steer::{self, nl, EthtoolRxnfc, EthtoolValue};
+use serde::Serialize;
+use std::io;
+
+/// Drivers with the queue-management API and page-pool memory providers zcrx needs.
+pub const ZCRX_DRIVERS: &[&str] = &["bnxt_en", "mlx5_core", "gve", "fbnic"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    /// "ok", "missing" or "unknown".
+    pub state: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub iface: Option<String>,
+    pub queue: u32,
+    pub driver: Option<String>,
+    pub rx_queues: Option<usize>,
+    pub queue_napi_id: Option<u32>,
+    pub checks: Vec<Check>,
+    pub zero_copy: bool,
+    pub verdict: String,
+    pub fixes: Vec<String>,
+}
+
+/// Number of rx queues of `iface` (`/sys/class/net/IF/queues/rx-*`).
+pub fn rx_queue_count(iface: &str) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{iface}/queues")).ok()?;
+    Some(
+        dir.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count(),
+    )
+}
+
+/// The interface of the IPv4 default route, for `doctor` without `--iface`.
+pub fn default_route_iface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed local struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates the field.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn version_at_least(release: &str, major: u32, minor: u32) -> Option<bool> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let ma: u32 = it.next()?.parse().ok()?;
+    let mi: u32 = it.next()?.parse().ok()?;
+    Some((ma, mi) >= (major, minor))
+}
+
+/// Whether the effective capability set holds CAP_NET_ADMIN (bit 12), from /proc.
+pub fn has_net_admin() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let caps = u64::from_str_radix(hex, 16).ok()?;
+    Some(caps & (1 << 12) != 0)
+}
+
+/// `Ok(true)` if io_uring works and knows IORING_OP_RECV_ZC; `Ok(false)` if it works but the
+/// opcode is unknown.
+fn probe_io_uring() -> io::Result<bool> {
+    let ring = io_uring::IoUring::new(8)?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    Ok(probe.is_supported(IORING_OP_RECV_ZC))
+}
+
+fn zcrx_ring_flags_ok() -> io::Result<()> {
+    io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry32>::builder()
+        .setup_defer_taskrun()
+        .setup_single_issuer()
+        .build(8)
+        .map(drop)
+}
+
+/// `tcp-data-split` and `hds-thresh` from ethtool netlink (RINGS_GET). `None` values: the
+/// driver does not report them.
+fn header_split(iface: &str) -> io::Result<(Option<u8>, Option<u32>)> {
+    const ETHTOOL_MSG_RINGS_GET: u8 = 15;
+    const ETHTOOL_A_RINGS_HEADER: u16 = 1;
+    const ETHTOOL_A_HEADER_DEV_NAME: u16 = 2;
+    const ETHTOOL_A_RINGS_TCP_DATA_SPLIT: u16 = 11;
+    const ETHTOOL_A_RINGS_HDS_THRESH: u16 = 17;
+    let mut g = nl::Genl::open()?;
+    let fam = g.family("ethtool")?;
+    let mut hdr = Vec::new();
+    let mut name = iface.as_bytes().to_vec();
+    name.push(0);
+    nl::put(&mut hdr, ETHTOOL_A_HEADER_DEV_NAME, &name);
+    let mut a = Vec::new();
+    nl::put(&mut a, ETHTOOL_A_RINGS_HEADER | nl::NLA_F_NESTED, &hdr);
+    let r = g.request(fam, ETHTOOL_MSG_RINGS_GET, 1, &a)?;
+    let split = nl::find(&r, ETHTOOL_A_RINGS_TCP_DATA_SPLIT).and_then(|p| p.first().copied());
+    let thresh = nl::find(&r, ETHTOOL_A_RINGS_HDS_THRESH).and_then(nl::u32_of);
+    Ok((split, thresh))
+}
+
+/// The RSS indirection table (`ETHTOOL_GRXFHINDIR`): queue index per slot.
+fn rss_table(iface: &str) -> io::Result<Vec<u32>> {
+    // struct ethtool_rxfh_indir { u32 cmd; u32 size; u32 ring_index[]; }
+    let mut head = [steer::ETHTOOL_GRXFHINDIR, 0u32];
+    // SAFETY: with size 0 the kernel writes only the 8-byte header.
+    unsafe { steer::ethtool_raw(iface, head.as_mut_ptr().cast())? };
+    let n = head[1] as usize;
+    let mut buf = vec![0u32; 2 + n];
+    buf[0] = steer::ETHTOOL_GRXFHINDIR;
+    buf[1] = n as u32;
+    // SAFETY: the buffer holds the header plus `size` u32 entries, as the kernel expects.
+    unsafe { steer::ethtool_raw(iface, buf.as_mut_ptr().cast())? };
+    Ok(buf[2..].to_vec())
+}
+
+fn words(e: &io::Error) -> String {
+    zcrx::sys::errno_words(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Gathers the report (no printing).
+pub fn examine(iface: Option<&str>, queue: Option<u32>) -> Report {
+    let mut checks = Vec::new();
+    let mut fixes = Vec::new();
+    let mut blockers: Vec<String> = Vec::new();
+    let mut check = |name, state, detail: String| {
+        checks.push(Check {
+            name,
+            state,
+            detail,
+        })
+    };
+
+    let kernel = kernel_release();
+    match version_at_least(&kernel, 6, 15) {
+        Some(true) => check("kernel", "ok", format!("Linux {kernel} (zcrx needs 6.15+)")),
+        Some(false) => {
+            check(
+                "kernel",
+                "missing",
+                format!("Linux {kernel}; zcrx needs 6.15 or newer"),
+            );
+            blockers.push(format!("kernel {kernel} predates zcrx (6.15)"));
+        }
+        None => check(
+            "kernel",
+            "unknown",
+            format!("cannot parse release {kernel}"),
+        ),
+    }
+
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match probe_io_uring() {
+        Ok(recv_zc) => {
+            check(
+                "io_uring",
+                "ok",
+                format!(
+                    "io_uring works (kernel.io_uring_disabled = {})",
+                    disabled.map_or("absent".into(), |d| d.to_string())
+                ),
+            );
+            if recv_zc {
+                check("recv_zc", "ok", "the kernel knows IORING_OP_RECV_ZC".into());
+            } else {
+                check(
+                    "recv_zc",
+                    "missing",
+                    "IORING_OP_RECV_ZC is not supported".into(),
+                );
+                blockers
+                    .push("the kernel has no RECV_ZC (CONFIG_IO_URING_ZCRX off or too old)".into());
+            }
+        }
+        Err(e) => {
+            check(
+                "io_uring",
+                "missing",
+                format!("io_uring_setup failed: {}", words(&e)),
+            );
+            blockers.push("io_uring is unavailable".into());
+            if disabled.is_some_and(|d| d > 0) {
+                fixes.push("sysctl -w kernel.io_uring_disabled=0".into());
+            }
+        }
+    }
+    match zcrx_ring_flags_ok() {
+        Ok(()) => check(
+            "ring_flags",
+            "ok",
+            "DEFER_TASKRUN | SINGLE_ISSUER | CQE32 ring created".into(),
+        ),
+        Err(e) => {
+            check(
+                "ring_flags",
+                "missing",
+                format!("ring with zcrx flags failed: {}", words(&e)),
+            );
+            blockers.push("no ring with DEFER_TASKRUN/CQE32".into());
+        }
+    }
+
+    match has_net_admin() {
+        Some(true) => check("cap_net_admin", "ok", "CAP_NET_ADMIN is effective".into()),
+        Some(false) => {
+            check(
+                "cap_net_admin",
+                "missing",
+                "no CAP_NET_ADMIN: registration will fail with EPERM".into(),
+            );
+            blockers.push("no CAP_NET_ADMIN".into());
+            fixes.push("sudo setcap cap_net_admin+ep $(command -v zcap)   # or run as root".into());
+        }
+        None => check(
+            "cap_net_admin",
+            "unknown",
+            "cannot read /proc/self/status".into(),
+        ),
+    }
+
+    let iface = iface.map(str::to_string).or_else(default_route_iface);
+    let queue = queue.unwrap_or(0);
+    let mut driver = None;
+    let mut rx_queues = None;
+    let mut queue_napi_id = None;
+    if let Some(ifn) = iface.as_deref() {
+        let exists = std::path::Path::new(&format!("/sys/class/net/{ifn}")).exists();
+        if !exists {
+            check("interface", "missing", format!("no interface {ifn}"));
+            blockers.push(format!("no interface {ifn}"));
+        } else {
+            driver = zcrx::driver_of(ifn);
+            match driver.as_deref() {
+                Some(d) if ZCRX_DRIVERS.contains(&d) => check(
+                    "driver",
+                    "ok",
+                    format!("{ifn} is driven by {d}, which supports zcrx"),
+                ),
+                Some(d) => {
+                    check(
+                        "driver",
+                        "missing",
+                        format!("{ifn} is driven by {d}, which has no queue-management API for memory providers"),
+                    );
+                    blockers.push(format!(
+                        "driver {d} lacks the queue-management API zcrx needs (supported: {})",
+                        ZCRX_DRIVERS.join(", ")
+                    ));
+                }
+                None => {
+                    check(
+                        "driver",
+                        "missing",
+                        format!("{ifn} is a virtual device without a driver"),
+                    );
+                    blockers.push(format!("{ifn} is a virtual device (no NIC driver)"));
+                }
+            }
+            rx_queues = rx_queue_count(ifn);
+            match rx_queues {
+                Some(n) if (queue as usize) < n => check(
+                    "queues",
+                    if n > 1 { "ok" } else { "missing" },
+                    format!(
+                        "{n} rx queue(s); queue {queue} exists{}",
+                        if n > 1 {
+                            ""
+                        } else {
+                            " but it is the only one, so RSS traffic shares it"
+                        }
+                    ),
+                ),
+                Some(n) => {
+                    check(
+                        "queues",
+                        "missing",
+                        format!("{n} rx queue(s); queue {queue} does not exist"),
+                    );
+                    blockers.push(format!("queue {queue} is out of range ({n} rx queues)"));
+                }
+                None => check("queues", "unknown", "no /sys/class/net/IF/queues".into()),
+            }
+            match header_split(ifn) {
+                Ok((Some(2), t)) => {
+                    if t.unwrap_or(0) == 0 {
+                        check("header_split", "ok", "tcp-data-split on".into())
+                    } else {
+                        check(
+                            "header_split",
+                            "missing",
+                            format!("tcp-data-split on but hds-thresh {}", t.unwrap_or(0)),
+                        );
+                        fixes.push(format!("ethtool -G {ifn} hds-thresh 0"));
+                        blockers.push("hds-thresh is not 0".into());
+                    }
+                }
+                Ok((Some(1), _)) => {
+                    check("header_split", "missing", "tcp-data-split off".into());
+                    fixes.push(format!("ethtool -G {ifn} tcp-data-split on"));
+                    blockers.push("header split is off".into());
+                }
+                Ok((s, _)) => check(
+                    "header_split",
+                    "unknown",
+                    format!(
+                        "the driver does not report tcp-data-split{}",
+                        if s == Some(0) { " (unknown)" } else { " (n/a)" }
+                    ),
+                ),
+                Err(e) => check(
+                    "header_split",
+                    "unknown",
+                    format!("ethtool netlink RINGS_GET failed: {}", words(&e)),
+                ),
+            }
+            let mut flags = EthtoolValue {
+                cmd: steer::ETHTOOL_GFLAGS,
+                data: 0,
+            };
+            let ntuple_on = steer::ethtool(ifn, &mut flags)
+                .ok()
+                .map(|_| flags.data & steer::ETH_FLAG_NTUPLE != 0);
+            let mut cnt = EthtoolRxnfc::new(steer::ETHTOOL_GRXCLSRLCNT);
+            match (steer::ethtool(ifn, &mut cnt), ntuple_on) {
+                (Ok(()), Some(true)) => check(
+                    "ntuple",
+                    "ok",
+                    format!("ntuple filters on ({} rule(s) installed)", cnt.rule_cnt),
+                ),
+                (Ok(()), _) => {
+                    check(
+                        "ntuple",
+                        "missing",
+                        "ntuple filters supported but off".into(),
+                    );
+                    fixes.push(format!("ethtool -K {ifn} ntuple on"));
+                }
+                (Err(e), _) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => check(
+                    "ntuple",
+                    "missing",
+                    "no ntuple filters: flows cannot be steered to the queue (--steer refused)"
+                        .into(),
+                ),
+                (Err(e), _) => check(
+                    "ntuple",
+                    "unknown",
+                    format!("ETHTOOL_GRXCLSRLCNT failed: {}", words(&e)),
+                ),
+            }
+            let mut rings = EthtoolRxnfc::new(steer::ETHTOOL_GRXRINGS);
+            let rss_rings = steer::ethtool(ifn, &mut rings).ok().map(|_| rings.data);
+            match rss_table(ifn) {
+                Ok(t) if !t.is_empty() => {
+                    let n = rx_queues.unwrap_or(1).max(1);
+                    let mut per = vec![0usize; n];
+                    for &q in &t {
+                        if let Some(c) = per.get_mut(q as usize) {
+                            *c += 1;
+                        }
+                    }
+                    let spread: Vec<String> = per
+                        .iter()
+                        .enumerate()
+                        .map(|(q, c)| format!("q{q}:{c}"))
+                        .collect();
+                    let in_rss = per.get(queue as usize).copied().unwrap_or(0) > 0;
+                    check(
+                        "rss",
+                        if in_rss { "missing" } else { "ok" },
+                        format!(
+                            "RSS table of {} slots ({}){}",
+                            t.len(),
+                            spread.join(" "),
+                            if in_rss {
+                                format!("; queue {queue} also takes RSS traffic")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
+                    if in_rss && queue > 0 {
+                        fixes.push(format!("ethtool -X {ifn} equal {queue}   # RSS on queues 0..{}, queue {queue} for zcrx", queue - 1));
+                    }
+                }
+                Ok(_) | Err(_) => check(
+                    "rss",
+                    "unknown",
+                    format!(
+                        "the driver does not report an RSS table{}",
+                        rss_rings.map_or(String::new(), |r| format!(" ({r} RSS ring(s))"))
+                    ),
+                ),
+            }
+            match steer::queue_napi_id(ifn, queue) {
+                Ok(Some(id)) => {
+                    queue_napi_id = Some(id);
+                    check(
+                        "napi",
+                        "ok",
+                        format!("queue {queue} is served by NAPI {id} (netdev netlink)"),
+                    )
+                }
+                Ok(None) => check(
+                    "napi",
+                    "unknown",
+                    format!("queue {queue} has no NAPI id in netdev netlink"),
+                ),
+                Err(e) => check(
+                    "napi",
+                    "unknown",
+                    format!("netdev netlink QUEUE_GET failed: {}", words(&e)),
+                ),
+            }
+            // The decisive probe: register a small area on the queue, as `record` would.
+            match crate::area::Area::new(256 << 10, false) {
+                Ok(area) => match zcrx::register(ifn, queue, &area, 64) {
+                    Ok(ifq) => {
+                        drop(ifq);
+                        check("registration", "ok", format!("registered and released {ifn} queue {queue} (the queue restarted once)"))
+                    }
+                    Err(e) => {
+                        check("registration", "missing", e.to_string());
+                        if e.errno() == libc::EINVAL
+                            && !fixes.iter().any(|f| f.contains("tcp-data-split"))
+                        {
+                            fixes.push(format!("ethtool -G {ifn} tcp-data-split on"));
+                        }
+                        if blockers.is_empty() {
+                            blockers.push(format!(
+                                "registration failed with {}",
+                                zcrx::sys::errno_name(e.errno())
+                            ));
+                        }
+                    }
+                },
+                Err(e) => check(
+                    "registration",
+                    "unknown",
+                    format!("cannot map a probe area: {e}"),
+                ),
+            }
+            // A steering rule is worth suggesting only where the NIC has ntuple filters.
+            let ntuple_capable = checks
+                .iter()
+                .any(|c| c.name == "ntuple" && (c.state == "ok" || c.detail.contains("but off")));
+            if ntuple_capable {
+                fixes.push(format!("ethtool -N {ifn} flow-type tcp6 dst-port 57012 action {queue}   # or zcap record --steer"));
+            }
+        }
+    } else {
+        check(
+            "interface",
+            "unknown",
+            "no --iface and no default route".into(),
+        );
+        blockers.push("no interface to check (pass --iface)".into());
+    }
+
+    let zero_copy = blockers.is_empty();
+    let verdict = if zero_copy {
+        format!(
+            "zero-copy receive available on {} queue {queue}",
+            iface.as_deref().unwrap_or("?")
+        )
+    } else {
+        format!("no zero-copy: {}", blockers.join("; "))
+    };
+    Report {
+        kernel,
+        iface,
+        queue,
+        driver,
+        rx_queues,
+        queue_napi_id,
+        checks,
+        zero_copy,
+        verdict,
+        fixes,
+    }
+}
+
+/// `zcap doctor`: prints the report; `Ok(true)` when zero-copy receive is available.
+pub fn run(iface: Option<&str>, queue: Option<u32>, json: bool) -> anyhow::Result<bool> {
+    let r = examine(iface, queue);
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(r.zero_copy);
+    }
+    println!(
+        "zcap doctor: {} queue {}",
+        r.iface.as_deref().unwrap_or("(no interface)"),
+        r.queue
+    );
+    for c in &r.checks {
+        let mark = match c.state {
+            "ok" => "ok     ",
+            "missing" => "MISSING",
+            _ => "unknown",
+        };
+        println!("  {mark}  {:<13} {}", c.name, c.detail);
+    }
+    println!("verdict: {}", r.verdict);
+    if !r.fixes.is_empty() {
+        println!("to fix what can be fixed on this host:");
+        for f in &r.fixes {
+            println!("  {f}");
+        }
+    }
+    if !r.zero_copy {
+        println!("zcap record --rx auto falls back to the io_uring `ring` backend here.");
+    }
+    Ok(r.zero_copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert_eq!(version_at_least("6.18.44-fc-v669", 6, 15), Some(true));
+        assert_eq!(version_at_least("6.8.0-45-generic", 6, 15), Some(false));
+        assert_eq!(version_at_least("7.0.1", 6, 15), Some(true));
+        assert_eq!(version_at_least("weird", 6, 15), None);
+    }
 }
