@@ -10,6 +10,7 @@
 
 pub mod engine;
 pub mod file;
+pub mod zcrx;
 
 use crate::area::{Chunk, StreamId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
