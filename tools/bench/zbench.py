@@ -1331,7 +1331,7 @@ def main(argv) -> int:
     started = time.monotonic()
     corpora = {}
     try:
-        for name in args.corpora:
+        for name in args.corpora if not (args.no_ingest and args.no_replay) else []:
             corpora[name] = make_corpus(args, name)
         if not args.no_ingest:
             cases = ingest_cases(args, zcap, args.segment_size)
@@ -1355,7 +1355,7 @@ def main(argv) -> int:
                 report["ingest"][name] = {"corpus": {"title": corpus.title, "bytes": corpus.size,
                                                      "packets": corpus.packets, "path": corpus.path},
                                           "cases": per}
-        if not args.no_replay:
+        if not args.no_replay and corpora:
             corpus = corpora.get("realistic") or next(iter(corpora.values()))
             arch = os.path.join(args.workdir, "replay-archive")
             rm(arch)
