@@ -8,8 +8,14 @@
 //! - `recv`: plain recv(2) + epoll into area buffers, for hosts without io_uring;
 //! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`).
 
+pub mod bufring;
+pub mod bufs;
+pub mod conn;
 pub mod engine;
 pub mod file;
+pub mod recv;
+pub mod ring;
+pub mod sys;
 pub mod zcrx;
 
 use crate::area::{Chunk, StreamId};

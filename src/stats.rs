@@ -1,0 +1,241 @@
+//! Recording statistics for people and pipelines: a live line on stderr when it is a
+//! terminal (streams, packets, bytes, rate, area in use), one JSON object per interval on
+//! stdout with `--stats-json`, and the receive side of the final summary. Reads the
+//! backends' [`RxStats`] and the writer's [`WriterStats`]; changes neither.
+
+use crate::area::Area;
+use crate::cli::RecordArgs;
+use crate::rx::RxStats;
+use crate::units::human_bytes;
+use crate::writer::WriterStats;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The receive area of the running recorder, for "area in use" (set by the engine).
+static AREA: Mutex<Option<Weak<Area>>> = Mutex::new(None);
+
+/// Lets the stats line report how much of `area` is lent out.
+pub fn publish_area(area: &Arc<Area>) {
+    *AREA.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(area));
+}
+
+fn area_use() -> Option<(usize, usize)> {
+    let g = AREA.lock().unwrap_or_else(|p| p.into_inner());
+    let a = g.as_ref()?.upgrade()?;
+    Some((a.lent_bytes(), a.len()))
+}
+
+/// One reading of every counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Snapshot {
+    pub secs: f64,
+    pub streams_open: u64,
+    pub streams_total: u64,
+    pub packets: u64,
+    pub bytes_in: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub segments: u64,
+    pub stream_errors: u64,
+    pub starved: u64,
+    pub area_in_use: u64,
+    pub area_size: u64,
+}
+
+impl Snapshot {
+    pub fn take(rx: &RxStats, w: &WriterStats, started: Instant) -> Snapshot {
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let (lent, len) = area_use().unwrap_or((0, 0));
+        Snapshot {
+            secs: started.elapsed().as_secs_f64(),
+            streams_open: ld(&rx.streams_open),
+            streams_total: ld(&rx.streams_opened),
+            packets: ld(&w.packets),
+            bytes_in: ld(&rx.bytes),
+            raw_bytes: ld(&w.raw_bytes),
+            stored_bytes: ld(&w.stored_bytes),
+            segments: ld(&w.segments),
+            stream_errors: ld(&w.stream_errors),
+            starved: ld(&rx.starved),
+            area_in_use: lent as u64,
+            area_size: len as u64,
+        }
+    }
+
+    /// Receive rate in MB/s between `prev` and `self`.
+    pub fn rate(&self, prev: &Snapshot) -> f64 {
+        let dt = (self.secs - prev.secs).max(1e-9);
+        self.bytes_in.saturating_sub(prev.bytes_in) as f64 / dt / 1e6
+    }
+
+    /// The live line (no newline).
+    pub fn line(&self, prev: &Snapshot) -> String {
+        format!(
+            "zcap: {} open / {} streams, {} packets, {} in, {} stored, {:.1} MB/s, area {} of {} in use{}",
+            self.streams_open,
+            self.streams_total,
+            self.packets,
+            human_bytes(self.bytes_in),
+            human_bytes(self.stored_bytes),
+            self.rate(prev),
+            human_bytes(self.area_in_use),
+            human_bytes(self.area_size),
+            if self.starved > prev.starved { ", backpressure" } else { "" },
+        )
+    }
+
+    /// One JSON object (one line) for `--stats-json`.
+    pub fn json(&self, prev: &Snapshot) -> String {
+        serde_json::json!({
+            "t": (self.secs * 1000.0).round() / 1000.0,
+            "streams_open": self.streams_open,
+            "streams_total": self.streams_total,
+            "packets": self.packets,
+            "bytes_in": self.bytes_in,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "segments": self.segments,
+            "stream_errors": self.stream_errors,
+            "mb_per_s": (self.rate(prev) * 1000.0).round() / 1000.0,
+            "area_in_use": self.area_in_use,
+            "area_size": self.area_size,
+            "starved": self.starved,
+        })
+        .to_string()
+    }
+}
+
+/// The stats thread of a running `record`; [`Live::finish`] stops it.
+pub struct Live {
+    quit: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Live {
+    /// Starts the live line (stderr is a terminal) and/or the JSON lines (`--stats-json`);
+    /// starts nothing when neither is wanted.
+    pub fn start(a: &RecordArgs, rx: Arc<RxStats>, w: Arc<WriterStats>) -> Live {
+        let tty = std::io::stderr().is_terminal();
+        let json = a.stats_json;
+        let quit = Arc::new(AtomicBool::new(false));
+        if !tty && !json {
+            return Live { quit, thread: None };
+        }
+        let interval = a.stats_interval.max(Duration::from_millis(50));
+        let q = Arc::clone(&quit);
+        let started = Instant::now();
+        let thread = std::thread::Builder::new()
+            .name("zcap-stats".into())
+            .spawn(move || {
+                let mut prev = Snapshot::take(&rx, &w, started);
+                let mut next = Instant::now() + interval;
+                while !q.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50).min(interval));
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    next += interval;
+                    let s = Snapshot::take(&rx, &w, started);
+                    if tty {
+                        eprint!("\r\x1b[K{}", s.line(&prev));
+                    }
+                    if json {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{}", s.json(&prev));
+                        let _ = out.flush();
+                    }
+                    prev = s;
+                }
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+            })
+            .ok();
+        Live { quit, thread }
+    }
+
+    /// Stops the thread and clears the live line, so the summary starts on a clean line.
+    pub fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.quit.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The receive side of the final summary: one line, or nothing when there was no network
+/// source (e.g. `record --read`).
+pub fn rx_summary(rx: &RxStats) -> Option<String> {
+    let opened = rx.streams_opened.load(Ordering::Relaxed);
+    if opened == 0 {
+        return None;
+    }
+    let starved = rx.starved.load(Ordering::Relaxed);
+    Some(format!(
+        "zcap: rx: {opened} connection(s), {} received in {} chunks{}",
+        human_bytes(rx.bytes.load(Ordering::Relaxed)),
+        rx.chunks.load(Ordering::Relaxed),
+        if starved > 0 {
+            format!(
+                "; backpressure engaged {starved} time(s) (the writer was slower than the senders; nothing was lost)"
+            )
+        } else {
+            String::new()
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_every_counter_and_the_interval_rate() {
+        let prev = Snapshot {
+            secs: 1.0,
+            bytes_in: 1_000_000,
+            ..Default::default()
+        };
+        let s = Snapshot {
+            secs: 2.0,
+            bytes_in: 3_000_000,
+            packets: 10,
+            streams_open: 2,
+            streams_total: 3,
+            area_in_use: 4096,
+            area_size: 65536,
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&s.json(&prev)).unwrap();
+        assert_eq!(v["mb_per_s"], 2.0);
+        assert_eq!(v["packets"], 10);
+        assert_eq!(v["streams_open"], 2);
+        assert_eq!(v["area_in_use"], 4096);
+        let line = s.line(&prev);
+        assert!(line.contains("2 open / 3 streams"), "{line}");
+        assert!(line.contains("2.0 MB/s"), "{line}");
+    }
+
+    #[test]
+    fn rx_summary_mentions_backpressure_only_when_it_happened() {
+        let rx = RxStats::default();
+        assert_eq!(rx_summary(&rx), None);
+        rx.add(&rx.streams_opened, 2);
+        assert!(!rx_summary(&rx).unwrap().contains("backpressure"));
+        rx.add(&rx.starved, 3);
+        assert!(rx_summary(&rx).unwrap().contains("backpressure engaged 3"));
+    }
+}
