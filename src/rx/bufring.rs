@@ -143,6 +143,15 @@ mod tests {
             return;
         };
         let mut r = BufRing::register(&ring, 4, 7).expect("register a 4-entry buffer ring");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release.split(|c: char| !c.is_ascii_digit());
+        let (maj, min): (u32, u32) = (
+            v.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+            v.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+        );
+        if (maj, min) >= (6, 12) {
+            assert!(r.incremental(), "IOU_PBUF_RING_INC exists since 6.12");
+        }
         for i in 0..4u16 {
             r.push(
                 i + 10,
