@@ -45,9 +45,14 @@ fn main() {
             black_box(&scratch);
         }
     });
-    let bare = bench("bare record walk, contiguous (peer)", data.len(), iters, || {
-        black_box(walk(black_box(&data)));
-    });
+    let bare = bench(
+        "bare record walk, contiguous (peer)",
+        data.len(),
+        iters,
+        || {
+            black_box(walk(black_box(&data)));
+        },
+    );
     let framer = bench("zcap Framer", data.len(), iters, || {
         assert_eq!(frame(&data), records as u64 + 1);
     });
@@ -69,13 +74,20 @@ fn main() {
         bulk_len = 0;
         for f in &frames {
             out.clear();
-            bulk_len += c.compress_to_buffer(&data[f.0..f.1], &mut out).expect("zstd");
+            bulk_len += c
+                .compress_to_buffer(&data[f.0..f.1], &mut out)
+                .expect("zstd");
         }
     });
     let mut enc_len = 0;
-    let enc_zstd = bench("zcap Encoder zstd:1 → segment", payload.len(), iters, || {
-        enc_len = encode(&dir, &data, &frames, Compress::Zstd(1));
-    });
+    let enc_zstd = bench(
+        "zcap Encoder zstd:1 → segment",
+        payload.len(),
+        iters,
+        || {
+            enc_len = encode(&dir, &data, &frames, Compress::Zstd(1));
+        },
+    );
     println!(
         "  stored: zstd::bulk {:.1} MiB, Encoder {:.1} MiB (frames with checksums + header)",
         bulk_len as f64 / (1 << 20) as f64,
@@ -89,9 +101,14 @@ fn main() {
             black_box(&scratch);
         }
     });
-    let enc_none = bench("zcap Encoder none → segment", payload.len(), iters, || {
-        black_box(encode(&dir, &data, &frames, Compress::None));
-    });
+    let enc_none = bench(
+        "zcap Encoder none → segment",
+        payload.len(),
+        iters,
+        || {
+            black_box(encode(&dir, &data, &frames, Compress::None));
+        },
+    );
     ratio("Encoder zstd:1 ÷ zstd::bulk level 1", enc_zstd, bulk);
     ratio("Encoder none ÷ memcpy", enc_none, copy);
 
@@ -101,13 +118,18 @@ fn main() {
         .expect("zstd level");
     cctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
         .expect("zstd checksum");
-    let streamed = bench("zstd stream, 64 KiB slices, checksum", payload.len(), iters, || {
-        for &(a, b) in &frames {
-            out.clear();
-            stream_frame(&mut cctx, &slices(&data, a, b), &mut out);
-            black_box(&out);
-        }
-    });
+    let streamed = bench(
+        "zstd stream, 64 KiB slices, checksum",
+        payload.len(),
+        iters,
+        || {
+            for &(a, b) in &frames {
+                out.clear();
+                stream_frame(&mut cctx, &slices(&data, a, b), &mut out);
+                black_box(&out);
+            }
+        },
+    );
     let sha = bench("SHA-256 of the raw bytes", payload.len(), iters, || {
         use sha2::Digest;
         black_box(sha2::Sha256::digest(payload));
@@ -211,7 +233,9 @@ fn slices(data: &[u8], a: usize, b: usize) -> Vec<&[u8]> {
 
 /// One zstd frame from `parts` with the streaming API, as the writer's Encoder makes it.
 fn stream_frame(cctx: &mut zstd::zstd_safe::CCtx<'static>, parts: &[&[u8]], out: &mut Vec<u8>) {
-    use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective as End, InBuffer, OutBuffer, ResetDirective};
+    use zstd::zstd_safe::{
+        zstd_sys::ZSTD_EndDirective as End, InBuffer, OutBuffer, ResetDirective,
+    };
     cctx.reset(ResetDirective::SessionOnly).expect("reset");
     let raw: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve(zstd::zstd_safe::compress_bound(raw) + 64);
@@ -239,8 +263,8 @@ fn encode(dir: &Path, data: &[u8], frames: &[(usize, usize)], mode: Compress) ->
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("bench-{seq}.pcap.zst");
     let mut enc = Encoder::new(mode).expect("encoder");
-    let mut seg =
-        SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc).expect("segment");
+    let mut seg = SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc)
+        .expect("segment");
     let mut total = seg.len;
     let mut parts: Vec<&[u8]> = Vec::with_capacity(FRAME / PIECE + 2);
     for &(a, b) in frames {
@@ -269,9 +293,30 @@ fn scratch_dir() -> PathBuf {
 /// headers from a few flows, payloads half text-like and half random.
 fn synth_pcap(bytes: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "GET", "/index.html", "HTTP/1.1", "Host:", "example.org", "User-Agent:", "curl/8.5",
-        "Accept:", "*/*", "Content-Type:", "text/html;", "charset=utf-8", "<div", "class=",
-        "\"row\">", "</div>", "the", "of", "and", "packet", "capture", "200", "OK", "\r\n",
+        "GET",
+        "/index.html",
+        "HTTP/1.1",
+        "Host:",
+        "example.org",
+        "User-Agent:",
+        "curl/8.5",
+        "Accept:",
+        "*/*",
+        "Content-Type:",
+        "text/html;",
+        "charset=utf-8",
+        "<div",
+        "class=",
+        "\"row\">",
+        "</div>",
+        "the",
+        "of",
+        "and",
+        "packet",
+        "capture",
+        "200",
+        "OK",
+        "\r\n",
     ];
     let mut v = Vec::with_capacity(bytes + 2048);
     v.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());

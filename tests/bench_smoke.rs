@@ -41,7 +41,10 @@ fn bench_harness_runs_end_to_end_on_a_tiny_corpus() {
 
     // The report is printed and written, with a table row per case of both corpora.
     assert!(stdout.contains("## Ingest: realistic mix"), "{stdout}");
-    assert!(stdout.contains("## Ingest: all 1514-byte frames"), "{stdout}");
+    assert!(
+        stdout.contains("## Ingest: all 1514-byte frames"),
+        "{stdout}"
+    );
     assert!(stdout.contains("## Replay"), "{stdout}");
     assert!(stdout.contains("## Query"), "{stdout}");
     let results = work.path().join("results");
@@ -72,7 +75,10 @@ fn bench_harness_runs_end_to_end_on_a_tiny_corpus() {
         ] {
             let s = &cases[case]["summary"];
             assert_eq!(s["status"], "ok", "{corpus}/{case}: {s}");
-            assert!(s["mb_s"]["median"].as_f64().unwrap_or(0.0) > 0.0, "{corpus}/{case}: {s}");
+            assert!(
+                s["mb_s"]["median"].as_f64().unwrap_or(0.0) > 0.0,
+                "{corpus}/{case}: {s}"
+            );
         }
         // Network cases either ran correctly or say zcap does not have them yet.
         for (id, c) in cases.as_object().expect("cases") {
