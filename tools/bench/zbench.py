@@ -393,9 +393,10 @@ def have(tool: str) -> bool:
 
 def install_peers(args) -> None:
     missing = sorted({pkg for tool, pkg in TOOLS.items() if not have(tool)})
-    need_build_tools = args.zcap is None and not have("cc")
-    if need_build_tools:
-        missing += ["build-essential", "pkg-config", "ca-certificates", "curl"]
+    if args.zcap is None and not have("cc"):
+        missing += ["build-essential", "pkg-config"]
+    if args.zcap is None and cargo_bin() is None and not have("curl"):
+        missing += ["curl", "ca-certificates"]  # for rustup
     if not missing:
         return
     if os.geteuid() != 0 or not have("apt-get"):
