@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import mmap
 import os
 import platform
 import re
@@ -303,7 +304,16 @@ def rm(path: str) -> None:
 def pcap_scan(path: str):
     """Record offsets of a little/big-endian pcap file: (count, [offsets], header bytes)."""
     with open(path, "rb") as f:
-        data = f.read()
+        if os.fstat(f.fileno()).st_size < 24:
+            raise ValueError(f"{path}: shorter than a pcap file header")
+        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    try:
+        return _scan(path, data)
+    finally:
+        data.close()
+
+
+def _scan(path: str, data):
     magic = struct.unpack_from("<I", data, 0)[0]
     if magic in (0xA1B2C3D4, 0xA1B23C4D):
         fmt = "<I"
@@ -319,7 +329,7 @@ def pcap_scan(path: str):
         pos += 16 + unpack(data, pos + 8)[0]
     if pos != n:
         raise ValueError(f"{path}: truncated record at byte {offs[-1] if offs else 24}")
-    return len(offs), offs, data[:24]
+    return len(offs), offs, bytes(data[:24])
 
 
 def pcap_records(path: str) -> bytes:
@@ -535,10 +545,10 @@ class Case:
     harness accepts and hands the socket to the receiver as stdin), 'file' (no network)."""
 
     def __init__(self, cid, label, kind, argv, *, needs=(), senders=1, stdout_file=None,
-                 zcap=False, peer=False, check=None, group="ingest"):
+                 zcap=False, peer=False, check=None):
         self.cid, self.label, self.kind, self.argv = cid, label, kind, argv
         self.needs, self.senders, self.stdout_file = needs, senders, stdout_file
-        self.zcap, self.peer, self.check, self.group = zcap, peer, check, group
+        self.zcap, self.peer, self.check = zcap, peer, check
 
 
 def ingest_cases(args, zcap: str, seg_bytes: int) -> list[Case]:
@@ -1515,8 +1525,7 @@ def render(args, report) -> str:
     out.append("- `zstd -1 (socket → file)` and tcpdump/dumpcap get the accepted socket as stdin "
                "(what `socat TCP-LISTEN:P EXEC:…,nofork` does); socat and zcap listen themselves.")
     for cid, c in report["commands"].items():
-        argv = " ".join(c["argv"]).replace(report["machine"].get("zcap_path", "\0"), "zcap")
-        argv = re.sub(r"\S*/zcap ", "zcap ", argv + " ")
+        argv = re.sub(r"\S*/zcap ", "zcap ", " ".join(c["argv"]) + " ")
         redirect = f" > {c['stdout']}" if c.get("stdout") else ""
         stdin = " < accepted socket" if c["kind"] == "stdin" else ""
         out.append(f"- `{cid}`: `{argv.strip()}{stdin}{redirect}`")
