@@ -92,7 +92,7 @@ impl Dialer {
     }
 
     /// The active connection ended after `bytes` bytes.
-    fn ended(&mut self, bytes: u64) {
+    pub fn ended(&mut self, bytes: u64) {
         self.active = false;
         if bytes > 0 {
             self.backoff = BACKOFF_MIN;
@@ -102,6 +102,29 @@ impl Dialer {
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// The stream name of a connection: its peer and start time (`10.0.0.1_40312-20261125T081530Z`).
+pub fn stream_name(sock: &TcpStream) -> String {
+    let peer = sock
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    format!(
+        "{}_{}-{}",
+        peer.ip().to_canonical(),
+        peer.port(),
+        crate::archive::compact_time(SystemTime::now())
+    )
+}
+
+/// The line every backend logs when a stream ends in order.
+pub fn log_end(name: &str, bytes: u64, shutdown: bool) {
+    let how = if shutdown {
+        "ended by the recorder's shutdown"
+    } else {
+        "sender closed the connection"
+    };
+    eprintln!("zcap: stream {name}: {how} after {bytes} bytes");
 }
 
 /// The state every backend shares; see the module docs.
@@ -144,6 +167,15 @@ impl<'a> Core<'a> {
         }
     }
 
+    /// The channel to the writer, for a backend that manages its own streams (zcrx).
+    pub fn events(&self) -> &Events {
+        &self.tx
+    }
+
+    pub fn stop_flag(&self) -> &Stop {
+        self.stop
+    }
+
     fn send(&self, ev: Event) -> io::Result<()> {
         self.tx
             .send(ev)
@@ -152,15 +184,7 @@ impl<'a> Core<'a> {
 
     /// Starts a stream for a new connection.
     pub fn open(&mut self, sock: TcpStream) -> io::Result<Conn> {
-        let peer = sock
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let name = format!(
-            "{}_{}-{}",
-            peer.ip().to_canonical(),
-            peer.port(),
-            crate::archive::compact_time(SystemTime::now())
-        );
+        let name = stream_name(&sock);
         let stream = self.next_id;
         self.next_id += 1;
         self.send(Event::Open {
@@ -194,16 +218,7 @@ impl<'a> Core<'a> {
     /// Ends `conn`'s stream. `error` is the transport error in words, if any.
     pub fn end(&mut self, conn: Conn, error: Option<String>) -> io::Result<()> {
         if error.is_none() && !conn.aborted {
-            eprintln!(
-                "zcap: stream {}: {} after {} bytes",
-                conn.name,
-                if self.drain_deadline.is_some() {
-                    "ended by the recorder's shutdown"
-                } else {
-                    "sender closed the connection"
-                },
-                conn.bytes
-            );
+            log_end(&conn.name, conn.bytes, self.drain_deadline.is_some());
         }
         if let Source::Connect(d) = &mut self.source {
             d.ended(conn.bytes);

@@ -61,6 +61,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Stream ids are allocated from here up.
     pub first_stream: StreamId,
+    /// Stop once this many streams have ended (`record --max-streams`).
+    pub max_streams: Option<u64>,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             label: "zcrx".into(),
             drain_timeout: Duration::from_secs(30),
             first_stream: 1,
+            max_streams: None,
         }
     }
 }
@@ -116,6 +119,7 @@ struct Stream {
     name: String,
     recv: Recv,
     napi_checked: bool,
+    bytes: u64,
 }
 
 struct Core<'a, K: ZcrxKernel> {
@@ -136,6 +140,8 @@ struct Core<'a, K: ZcrxKernel> {
     ring_was_full: bool,
     starved_at: Option<Instant>,
     writer_gone: bool,
+    stopping: bool,
+    ended: u64,
     report: ZcrxReport,
 }
 
@@ -178,6 +184,8 @@ pub fn run<K: ZcrxKernel>(
         ring_was_full: false,
         starved_at: None,
         writer_gone: false,
+        stopping: false,
+        ended: 0,
         report: ZcrxReport::default(),
     };
     for s in sources.connected {
@@ -186,8 +194,10 @@ pub fn run<K: ZcrxKernel>(
     let mut cqes = Vec::with_capacity(1024);
     let mut stopping = false;
     loop {
-        if !stopping && (stop.load(Ordering::Relaxed) || core.writer_gone) {
+        let enough = opts.max_streams.is_some_and(|m| core.ended >= m);
+        if !stopping && (stop.load(Ordering::Relaxed) || core.writer_gone || enough) {
             stopping = true;
+            core.stopping = true;
             if let Some(l) = listener.take() {
                 core.kernel.unwatch(l.as_raw_fd())?;
             }
@@ -235,14 +245,8 @@ impl<K: ZcrxKernel> Core<'_, K> {
     fn open(&mut self, sock: TcpStream) {
         let id = self.next_id;
         self.next_id += 1;
-        let peer = sock
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "peer".into());
-        let name = format!(
-            "{peer}-{}",
-            crate::archive::compact_time(std::time::SystemTime::now())
-        );
+        let name = crate::rx::conn::stream_name(&sock);
+        eprintln!("zcap: stream {name}: connected");
         self.report.streams += 1;
         self.stats.add(&self.stats.streams_opened, 1);
         self.stats.add(&self.stats.streams_open, 1);
@@ -258,6 +262,7 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 name,
                 recv: Recv::Armed,
                 napi_checked: false,
+                bytes: 0,
             },
         );
         if let Err(e) = self.kernel.arm(fd, id) {
@@ -267,8 +272,12 @@ impl<K: ZcrxKernel> Core<'_, K> {
 
     fn end(&mut self, id: u64, error: Option<String>) {
         if let Some(st) = self.streams.remove(&id) {
+            if error.is_none() && !matches!(st.recv, Recv::Cancelling { discard: true }) {
+                crate::rx::conn::log_end(&st.name, st.bytes, self.stopping);
+            }
             drop(st.sock);
             self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+            self.ended += 1;
             self.send(Event::End { stream: id, error });
         }
     }
@@ -412,6 +421,9 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 // reuse it until this token comes back through the refill ring — which
                 // happens only after the chunk is dropped (`release`).
                 let chunk = unsafe { self.area.lend(id, off as usize, len as usize, token) };
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.bytes += u64::from(len);
+                }
                 self.outstanding += 1;
                 self.report.bytes += u64::from(len);
                 self.report.chunks += 1;
@@ -450,7 +462,14 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 self.stats.add(&self.stats.starved, 1);
             }
             r => {
-                let msg = format!("receive failed on {}: {}", self.opts.label, errno_words(-r));
+                let bytes = self.streams.get(&id).map_or(0, |st| st.bytes);
+                let e = io::Error::from_raw_os_error(-r);
+                let msg = format!(
+                    "{} ({} on {})",
+                    crate::rx::conn::transport_error(&e, bytes),
+                    errno_words(-r),
+                    self.opts.label
+                );
                 self.end(id, Some(msg));
             }
         }
