@@ -65,6 +65,10 @@ pub enum RxKind {
     Ring,
     /// recv(2) and epoll: for hosts where io_uring is disabled.
     Recv,
+    /// The zcrx backend driven by the in-process emulation of the kernel's half of the
+    /// protocol (tests and benchmarks on hosts without a capable NIC).
+    #[value(hide = true)]
+    ZcrxEmulated,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,11 +6,15 @@
 
 use super::bufs::{buffer_count, Bufs};
 use super::conn::{Core, Dialer, Source};
-use super::{recv, ring, Events, RxStats, Stop};
+use super::{recv, ring, zcrx, Events, RxStats, Stop};
 use crate::area::Area;
 use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN};
+use crate::steer;
 use std::io;
 use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Records PCAP-over-IP connections until `stop` (or `--max-streams`), then ends every stream.
 pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<()> {
@@ -43,6 +47,7 @@ pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Resu
         a.max_streams,
     );
     let zcrx_note = match a.rx {
+        RxKind::ZcrxEmulated => return run_zcrx_emulated(&mut core, a.max_streams),
         RxKind::Zcrx | RxKind::Auto if a.iface.is_some() || a.rx == RxKind::Zcrx => {
             match try_zcrx(a, &mut core) {
                 Ok(result) => return result,
@@ -102,11 +107,130 @@ fn announce(backend: &str, why: Option<String>, core: &Core) {
     }
 }
 
-/// The single call site of the zcrx backend (src/rx/zcrx/, issue 4): runs zero-copy receive
-/// on `--iface`/`--queue` with the same `Core` (area, streams, source) and returns its
-/// result, or `Err(reason)` in words when zcrx cannot run here, in which case `auto` falls
-/// back to `ring`.
+/// The single call site of the zcrx backend (src/rx/zcrx/): registers an interface queue on
+/// `--iface`/`--queue` over the same area, optionally steers the listen port to it, and runs
+/// zero-copy receive. `Err(reason)` in words when zcrx cannot run here, in which case `auto`
+/// falls back to `ring`; `Ok(result)` once it ran.
 fn try_zcrx(a: &RecordArgs, core: &mut Core) -> Result<io::Result<()>, String> {
-    let _ = (a, core);
-    Err("the zcrx backend is not built into this zcap yet".into())
+    let iface = a
+        .iface
+        .as_deref()
+        .ok_or("--iface IF names the NIC whose queue receives zero-copy")?;
+    let mut ifq =
+        zcrx::register(iface, a.queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
+    let _rules = match (&core.source, a.steer) {
+        (Source::Listen(l), true) => {
+            match l
+                .local_addr()
+                .map(|addr| steer::install_for(iface, &addr, a.queue))
+            {
+                Ok(Ok(rules)) => rules,
+                Ok(Err(e)) => return Ok(Err(io::Error::other(format!("--steer: {e}")))),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        _ => Vec::new(),
+    };
+    let opts = zcrx::Options {
+        queue_napi_id: steer::queue_napi_id(iface, a.queue).ok().flatten(),
+        label: format!("{iface} queue {}", a.queue),
+        max_streams: a.max_streams,
+        ..Default::default()
+    };
+    announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
+    Ok(drive_zcrx(&mut ifq, core, &opts))
+}
+
+/// The zcrx backend against the emulated kernel half: the same backend code, for tests and
+/// benchmarks here. Fails if the emulator saw the protocol broken (reuse, leak, bad entry).
+fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()> {
+    let mut emu = zcrx::emu::Emulator::new(&core.area, zcrx::emu::EmuConfig::default())?;
+    announce("zcrx", Some("emulated kernel half".into()), core);
+    let opts = zcrx::Options {
+        label: "emulated queue".into(),
+        max_streams,
+        ..Default::default()
+    };
+    drive_zcrx(&mut emu, core, &opts)?;
+    let books = emu.shutdown();
+    if !books.clean() {
+        return Err(io::Error::other(format!(
+            "zcrx emulation: protocol broken: {books:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the zcrx backend on the engine's source: once over the listener, or once per
+/// connection for `--connect`, dialing again with the dialer's back-off.
+fn drive_zcrx<K: zcrx::ZcrxKernel>(
+    kernel: &mut K,
+    core: &mut Core,
+    opts: &zcrx::Options,
+) -> io::Result<()> {
+    if let Source::Listen(l) = &core.source {
+        let sources = zcrx::Sources {
+            listener: Some(l.try_clone()?),
+            connected: Vec::new(),
+        };
+        let area = Arc::clone(&core.area);
+        let rep = zcrx::run(
+            kernel,
+            &area,
+            sources,
+            core.events(),
+            core.stop_flag(),
+            core.stats,
+            opts,
+        )?;
+        report_zcrx(&rep);
+        return Ok(());
+    }
+    let (mut ended, mut next) = (0, opts.first_stream);
+    while !core.stop_flag().load(Ordering::Relaxed) && opts.max_streams.is_none_or(|m| ended < m) {
+        let Some(sock) = core.dial() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let one = zcrx::Options {
+            first_stream: next,
+            max_streams: Some(1),
+            ..opts.clone()
+        };
+        let sources = zcrx::Sources {
+            listener: None,
+            connected: vec![sock],
+        };
+        let area = Arc::clone(&core.area);
+        let rep = zcrx::run(
+            kernel,
+            &area,
+            sources,
+            core.events(),
+            core.stop_flag(),
+            core.stats,
+            &one,
+        )?;
+        report_zcrx(&rep);
+        ended += rep.streams;
+        next += rep.streams;
+        if let Source::Connect(d) = &mut core.source {
+            d.ended(rep.bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Refill ring entries asked for: enough for an area of 64 KiB..256 MiB in 4 KiB pages
+/// returned in frame-sized batches; the kernel rounds up to a power of two.
+const ZCRX_RQ_ENTRIES: u32 = 4096;
+
+fn report_zcrx(rep: &zcrx::ZcrxReport) {
+    if rep.refill_full > 0 || rep.copy_fallback_streams > 0 || rep.unreturned_at_exit > 0 {
+        eprintln!(
+            "zcap: zcrx: refill ring full {} time(s) (buffers held, none dropped; most at once {}), \
+             {} stream(s) by copy fallback, {} buffer(s) not returned at exit",
+            rep.refill_full, rep.held_max, rep.copy_fallback_streams, rep.unreturned_at_exit
+        );
+    }
 }
