@@ -30,8 +30,7 @@ pub fn writer_config(a: &RecordArgs) -> Config {
     }
 }
 
-/// Runs `zcap record`. Returns false when a stream ended with an error (bad input), which
-/// the CLI maps to exit status 1 for `--read`.
+/// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     if a.buf_size == 0 || a.buf_size > a.area_size {
         anyhow::bail!("--buf-size must be between 1 byte and --area-size");
@@ -54,7 +53,8 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
             r
         })?;
     let started = Instant::now();
-    let rx_stats = RxStats::default();
+    let rx_stats = Arc::new(RxStats::default());
+    let live = crate::stats::Live::start(a, Arc::clone(&rx_stats), Arc::clone(&stats));
     let source = if let Some(path) = &a.read {
         let area =
             Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
@@ -98,9 +98,15 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
         .context("writing the archive")?;
+    live.finish();
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
-    Ok(reports.iter().all(|r| r.error.is_none()))
+    if let Some(l) = crate::stats::rx_summary(&rx_stats) {
+        eprintln!("{l}");
+    }
+    // A bad file is a failed job; a bad sender is an event a network recorder logs and
+    // survives (each such stream's error is in the log and the manifest).
+    Ok(a.read.is_none() || reports.iter().all(|r| r.error.is_none()))
 }
 
 fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f64) {
