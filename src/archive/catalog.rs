@@ -46,18 +46,7 @@ pub struct Catalog {
 impl Catalog {
     /// Reads an archive's manifest. Fails only when there is no manifest to read.
     pub fn load(dir: &Path) -> io::Result<Catalog> {
-        let path = dir.join(manifest::FILE);
-        let text = std::fs::read(&path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "{}: {e} (is {} a zcap archive?)",
-                    path.display(),
-                    dir.display()
-                ),
-            )
-        })?;
-        let text = String::from_utf8_lossy(&text);
+        let text = manifest::read_text(dir)?;
         Ok(Self::parse(dir, &text))
     }
 

@@ -211,10 +211,11 @@ pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
     Ok(out)
 }
 
-/// Reads and checks the manifest of an archive directory.
-pub fn read(dir: &Path) -> io::Result<Result<Vec<Line>, ChainError>> {
+/// The manifest text of an archive directory (invalid UTF-8 replaced: `parse` then names
+/// the damaged line), with an error that says which archive was expected.
+pub fn read_text(dir: &Path) -> io::Result<String> {
     let path: PathBuf = dir.join(FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let bytes = std::fs::read(&path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -224,7 +225,12 @@ pub fn read(dir: &Path) -> io::Result<Result<Vec<Line>, ChainError>> {
             ),
         )
     })?;
-    Ok(parse(&text))
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Reads and checks the manifest of an archive directory.
+pub fn read(dir: &Path) -> io::Result<Result<Vec<Line>, ChainError>> {
+    Ok(parse(&read_text(dir)?))
 }
 
 #[cfg(test)]

@@ -168,11 +168,12 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
     core: &mut Core,
     opts: &zcrx::Options,
 ) -> io::Result<()> {
-    if let Source::Listen(l) = &core.source {
-        let sources = zcrx::Sources {
-            listener: Some(l.try_clone()?),
-            connected: Vec::new(),
-        };
+    fn once<K: zcrx::ZcrxKernel>(
+        kernel: &mut K,
+        core: &Core,
+        sources: zcrx::Sources,
+        opts: &zcrx::Options,
+    ) -> io::Result<zcrx::ZcrxReport> {
         let area = Arc::clone(&core.area);
         let rep = zcrx::run(
             kernel,
@@ -184,7 +185,14 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
             opts,
         )?;
         report_zcrx(&rep);
-        return Ok(());
+        Ok(rep)
+    }
+    if let Source::Listen(l) = &core.source {
+        let sources = zcrx::Sources {
+            listener: Some(l.try_clone()?),
+            connected: Vec::new(),
+        };
+        return once(kernel, core, sources, opts).map(|_| ());
     }
     let (mut ended, mut next) = (0, opts.first_stream);
     while !core.stop_flag().load(Ordering::Relaxed) && opts.max_streams.is_none_or(|m| ended < m) {
@@ -201,17 +209,7 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
             listener: None,
             connected: vec![sock],
         };
-        let area = Arc::clone(&core.area);
-        let rep = zcrx::run(
-            kernel,
-            &area,
-            sources,
-            core.events(),
-            core.stop_flag(),
-            core.stats,
-            &one,
-        )?;
-        report_zcrx(&rep);
+        let rep = once(kernel, core, sources, &one)?;
         ended += rep.streams;
         next += rep.streams;
         if let Source::Connect(d) = &mut core.source {
