@@ -153,9 +153,19 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
+    /// Writer threads: each frames, compresses and persists its share of the streams (one
+    /// stream is always one writer's). More help only with several senders.
+    #[arg(long, value_name = "N", default_value_t = default_writers(), value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writers: u16,
+
     /// Stop after this many streams have ended (tests, one-shot jobs).
     #[arg(long, value_name = "N")]
     pub max_streams: Option<u64>,
+}
+
+/// One writer per core, at most 4: compression is the work that scales.
+fn default_writers() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u16)
 }
 
 #[derive(Debug, Clone, Args)]

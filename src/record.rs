@@ -4,7 +4,7 @@
 
 use crate::area::Area;
 use crate::cli::RecordArgs;
-use crate::rx::{self, RxStats};
+use crate::rx::{self, Events, RxStats};
 use crate::units::human_bytes;
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
 use anyhow::Context;
@@ -42,16 +42,26 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let (tx, events) = sync_channel(EVENT_QUEUE);
-    let writer_stop = Arc::clone(&stop);
-    let writer = std::thread::Builder::new()
-        .name("zcap-writer".into())
-        .spawn(move || {
-            let r = writer::run(w, events);
-            // A dead writer must not leave a backend waiting for buffers forever.
-            writer_stop.store(true, Ordering::Relaxed);
-            r
-        })?;
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for (i, w) in w.into_workers(a.writers as usize)?.into_iter().enumerate() {
+        let (tx, events) = sync_channel(EVENT_QUEUE);
+        senders.push(tx);
+        let writer_stop = Arc::clone(&stop);
+        writers.push(
+            std::thread::Builder::new()
+                .name(format!("zcap-writer-{i}"))
+                .spawn(move || {
+                    let r = writer::run(w, events);
+                    // A dead writer must not leave a backend waiting for buffers forever.
+                    if r.is_err() {
+                        writer_stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })?,
+        );
+    }
+    let tx = Events::new(senders);
     let started = Instant::now();
     let rx_stats = Arc::new(RxStats::default());
     let live = crate::stats::Live::start(a, Arc::clone(&rx_stats), Arc::clone(&stats));
@@ -94,10 +104,14 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     } else {
         rx::engine::run(a, tx, &stop, &rx_stats).map_err(anyhow::Error::from)
     };
-    let reports = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
-        .context("writing the archive")?;
+    let mut reports = Vec::new();
+    for w in writers {
+        reports.extend(
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a writer thread panicked"))?
+                .context("writing the archive")?,
+        );
+    }
     live.finish();
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());

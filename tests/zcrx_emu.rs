@@ -219,6 +219,7 @@ fn scenario(area_size: u64, cfg: EmuConfig, senders: &[Sender], consumer: Consum
     let area = Area::new(area_size as usize, false).unwrap();
     let mut emu = Emulator::new(&area, cfg).unwrap();
     let (tx, rx) = sync_channel(4096);
+    let tx = zcap::rx::Events::from(tx);
     let stop = Arc::new(AtomicBool::new(false));
     let cstop = Arc::clone(&stop);
     let consumer = std::thread::spawn(move || consume(consumer, rx, cstop));

@@ -174,6 +174,7 @@ fn real_ring_drives_the_backend_until_recv_zc_is_refused() {
     let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (server, _) = l.accept().unwrap();
     let (tx, rx) = sync_channel(16);
+    let tx = zcap::rx::Events::from(tx);
     let stop = Arc::new(AtomicBool::new(false));
     let cstop = Arc::clone(&stop);
     let consumer = std::thread::spawn(move || {
@@ -246,6 +247,7 @@ fn loopback_streams_are_flagged_as_copy_fallback_against_the_queue_napi_id() {
     let area = Area::new(1 << 20, false).unwrap();
     let mut emu = Emulator::new(&area, EmuConfig::default()).unwrap();
     let (tx, rx) = sync_channel(1024);
+    let tx = zcap::rx::Events::from(tx);
     let stop = Arc::new(AtomicBool::new(false));
     let cstop = Arc::clone(&stop);
     let consumer = std::thread::spawn(move || {

@@ -20,7 +20,8 @@ pub mod zcrx;
 
 use crate::area::{Chunk, StreamId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{SendError, SyncSender};
+use std::sync::Arc;
 
 /// What a backend tells the writer.
 #[derive(Debug)]
@@ -36,7 +37,43 @@ pub enum Event {
     },
 }
 
-pub type Events = SyncSender<Event>;
+impl Event {
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Event::Open { stream, .. } | Event::End { stream, .. } => *stream,
+            Event::Data(chunk) => chunk.stream(),
+        }
+    }
+}
+
+/// The way from the backends to the writer threads. Every event of a stream goes to the same
+/// writer (chosen by stream id), so each stream stays in order while streams spread over
+/// writers.
+#[derive(Clone, Debug)]
+pub struct Events {
+    writers: Arc<[SyncSender<Event>]>,
+}
+
+impl Events {
+    pub fn new(writers: Vec<SyncSender<Event>>) -> Events {
+        assert!(!writers.is_empty(), "at least one writer");
+        Events {
+            writers: writers.into(),
+        }
+    }
+
+    /// Sends `ev` to its stream's writer; fails when that writer has stopped.
+    pub fn send(&self, ev: Event) -> Result<(), SendError<Event>> {
+        let n = self.writers.len() as u64;
+        self.writers[(ev.stream() % n) as usize].send(ev)
+    }
+}
+
+impl From<SyncSender<Event>> for Events {
+    fn from(tx: SyncSender<Event>) -> Events {
+        Events::new(vec![tx])
+    }
+}
 
 /// Counters the backends update and the stats line reads.
 #[derive(Debug, Default)]

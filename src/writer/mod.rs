@@ -23,7 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Clone)]
@@ -134,15 +134,26 @@ impl OpenFrame {
     }
 }
 
+/// What every writer thread of one archive shares: the manifest and the retention books.
+struct Shared {
+    manifest: manifest::Writer,
+    retention: retention::Live,
+}
+
+fn lock_shared(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The parts of the writer every stream shares.
 struct Ctx<'a> {
     cfg: &'a Config,
-    manifest: &'a mut manifest::Writer,
+    shared: &'a Mutex<Shared>,
     enc: &'a mut Encoder,
     stats: &'a WriterStats,
-    retention: &'a mut retention::Live,
-    /// Bytes of chunks held in open frames across all streams (not those still queued).
+    /// Bytes of chunks held in open frames across this writer's streams (not those queued).
     held_total: &'a mut u64,
+    /// Writer threads sharing the receive area; each may hold its share of it.
+    writers: usize,
 }
 
 struct StreamState {
@@ -199,7 +210,7 @@ impl StreamState {
         // Backpressure valve: when open frames hold half the area, the backend could run dry
         // with nothing left to release; persist what this stream has, even if the frame is
         // small, so its buffers go back.
-        if *cx.held_total as usize > area.len() / 2 {
+        if *cx.held_total as usize > area.len() / (2 * cx.writers) {
             self.cut(cx)?;
         }
         let held_bytes = self
@@ -382,7 +393,12 @@ impl StreamState {
             _ => ("pcapng", false),
         };
         let now = SystemTime::now();
-        cx.manifest.append(&Entry::Segment(SegmentEntry {
+        let mut shared = lock_shared(cx.shared);
+        let Shared {
+            manifest,
+            retention,
+        } = &mut *shared;
+        manifest.append(&Entry::Segment(SegmentEntry {
             stream: self.name.clone(),
             seq,
             path: rel.clone(),
@@ -404,10 +420,9 @@ impl StreamState {
         self.segments += 1;
         self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
-        cx.retention.add(rel, bytes, now);
-        let deleted =
-            cx.retention
-                .enforce(&cx.cfg.dir, cx.manifest, cx.cfg.max_bytes, cx.cfg.max_age)?;
+        retention.add(rel, bytes, now);
+        let deleted = retention.enforce(&cx.cfg.dir, manifest, cx.cfg.max_bytes, cx.cfg.max_age)?;
+        drop(shared);
         cx.stats
             .deleted_segments
             .fetch_add(deleted, Ordering::Relaxed);
@@ -475,7 +490,7 @@ impl StreamState {
                 self.name, w.unknown_blocks
             );
         }
-        cx.manifest.append(&Entry::Stream {
+        lock_shared(cx.shared).manifest.append(&Entry::Stream {
             stream: self.name.clone(),
             event: "end".into(),
             packets: self.framer.packets(),
@@ -499,25 +514,25 @@ impl StreamState {
 /// whole loop with [`run`].
 pub struct Writer {
     cfg: Config,
-    manifest: manifest::Writer,
+    shared: Arc<Mutex<Shared>>,
     enc: Encoder,
     streams: HashMap<StreamId, StreamState>,
     stats: Arc<WriterStats>,
-    retention: retention::Live,
     reports: Vec<StreamReport>,
     held_total: u64,
-    _lock: File,
+    writers: usize,
+    _lock: Arc<File>,
 }
 
 macro_rules! ctx {
     ($w:expr) => {
         Ctx {
             cfg: &$w.cfg,
-            manifest: &mut $w.manifest,
+            shared: &$w.shared,
             enc: &mut $w.enc,
             stats: &$w.stats,
-            retention: &mut $w.retention,
             held_total: &mut $w.held_total,
+            writers: $w.writers,
         }
     };
 }
@@ -540,15 +555,41 @@ impl Writer {
         let enc = Encoder::new(cfg.compress).map_err(ioe)?;
         Ok(Writer {
             cfg,
-            manifest,
+            shared: Arc::new(Mutex::new(Shared {
+                manifest,
+                retention,
+            })),
             enc,
             streams: HashMap::new(),
             stats,
-            retention,
             reports: Vec::new(),
             held_total: 0,
-            _lock: lock,
+            writers: 1,
+            _lock: Arc::new(lock),
         })
+    }
+
+    /// Splits this writer into `n` writers of the same archive, one per thread: each frames,
+    /// compresses and writes its own streams ([`crate::rx::Events`] sends every event of a
+    /// stream to the same one) and all append to the one manifest.
+    pub fn into_workers(self, n: usize) -> Result<Vec<Writer>, WriterError> {
+        let n = n.max(1);
+        let mut out = Vec::with_capacity(n);
+        for _ in 1..n {
+            out.push(Writer {
+                cfg: self.cfg.clone(),
+                shared: Arc::clone(&self.shared),
+                enc: Encoder::new(self.cfg.compress).map_err(|e| self.ioe(e))?,
+                streams: HashMap::new(),
+                stats: Arc::clone(&self.stats),
+                reports: Vec::new(),
+                held_total: 0,
+                writers: n,
+                _lock: Arc::clone(&self._lock),
+            });
+        }
+        out.push(Writer { writers: n, ..self });
+        Ok(out)
     }
 
     pub fn stats(&self) -> &Arc<WriterStats> {
@@ -654,8 +695,8 @@ impl Writer {
         Ok(self.reports)
     }
 
-    pub fn manifest_head(&self) -> &str {
-        self.manifest.head()
+    pub fn manifest_head(&self) -> String {
+        lock_shared(&self.shared).manifest.head().to_string()
     }
 
     pub fn dir(&self) -> &Path {
