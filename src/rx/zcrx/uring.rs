@@ -161,16 +161,9 @@ pub fn register(
     area: &Arc<Area>,
     rq_entries: u32,
 ) -> Result<ZcrxIfq, ZcrxError> {
-    let cname = std::ffi::CString::new(iface).map_err(|_| ZcrxError::NoInterface {
+    let ifindex = crate::steer::ifindex(iface).map_err(|_| ZcrxError::NoInterface {
         iface: iface.into(),
     })?;
-    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        return Err(ZcrxError::NoInterface {
-            iface: iface.into(),
-        });
-    }
     register_index(iface, ifindex, queue, area, rq_entries)
 }
 
