@@ -234,6 +234,19 @@ impl Framer {
         Ok((used, unit))
     }
 
+    /// Steps through all of `data`, handing each unit that ends in it to `on_unit`.
+    pub fn feed(&mut self, data: &[u8], mut on_unit: impl FnMut(Unit)) -> Result<(), FrameError> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let (n, unit) = self.step(&data[pos..])?;
+            pos += n;
+            if let Some(u) = unit {
+                on_unit(u);
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the stream ended on a unit boundary. Call at end of input.
     pub fn finish(&self) -> Result<(), FrameError> {
         if self.pos == 0 && self.head_have == 0 {
@@ -563,12 +576,7 @@ impl Framer {
 pub fn frame_all(bytes: &[u8]) -> Result<(Framer, Vec<Unit>), FrameError> {
     let mut f = Framer::new();
     let mut units = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let (n, u) = f.step(&bytes[pos..])?;
-        pos += n;
-        units.extend(u);
-    }
+    f.feed(bytes, |u| units.push(u))?;
     f.finish()?;
     Ok((f, units))
 }
