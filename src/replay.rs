@@ -207,15 +207,9 @@ fn check_capture(path: &Path) -> anyhow::Result<()> {
             n => have += n,
         }
     }
-    let mut fr = Framer::new();
-    let mut pos = 0;
-    while pos < have {
-        let (n, _) = fr
-            .step(&head[pos..have])
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        pos += n;
-    }
-    Ok(())
+    Framer::new()
+        .feed(&head[..have], |_| {})
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Packets in a capture file (for the summary of a raw send); None if unreadable.
@@ -228,10 +222,7 @@ fn count_packets(path: &Path) -> Option<u64> {
         if n == 0 {
             return Some(fr.packets());
         }
-        let mut pos = 0;
-        while pos < n {
-            pos += fr.step(&buf[pos..n]).ok()?.0;
-        }
+        fr.feed(&buf[..n], |_| {}).ok()?;
     }
 }
 
@@ -240,7 +231,7 @@ fn count_packets(path: &Path) -> Option<u64> {
 struct Pacer<W: Write> {
     out: W,
     framer: Framer,
-    /// Bytes of the unit in progress.
+    /// Bytes so far of a unit that straddles two reads.
     unit: Vec<u8>,
     batch: Vec<u8>,
     speed: Option<f64>,
@@ -285,28 +276,44 @@ impl<W: Write> Pacer<W> {
             .map_err(|e| anyhow::anyhow!("the capture is damaged: {e}"))
     }
 
-    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
+    fn feed(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
             let (n, unit) = self
                 .framer
-                .step(data)
+                .step(&data[pos..])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            self.unit.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if let Some(u) = unit {
-                self.emit(u).map_err(|e| match e.kind() {
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                        io::Error::other(format!("the receiver closed the connection ({e})"))
-                    }
-                    _ => e,
-                })?;
-                self.unit.clear();
-            }
+            let piece = pos..pos + n;
+            pos += n;
+            // A step that ends no unit has consumed the rest of `data`: the unit continues in
+            // the next read, so its bytes so far are kept. A unit that ends here without such
+            // a stash lies wholly in `data` and is sent from there.
+            let r = match unit {
+                None => {
+                    self.unit.extend_from_slice(&data[piece]);
+                    continue;
+                }
+                Some(u) if self.unit.is_empty() => self.emit(u, &data[pos - u.len as usize..pos]),
+                Some(u) => {
+                    self.unit.extend_from_slice(&data[piece]);
+                    let bytes = std::mem::take(&mut self.unit);
+                    let r = self.emit(u, &bytes);
+                    self.unit = bytes;
+                    self.unit.clear();
+                    r
+                }
+            };
+            r.map_err(|e| match e.kind() {
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                    io::Error::other(format!("the receiver closed the connection ({e})"))
+                }
+                _ => e,
+            })?;
         }
         Ok(())
     }
 
-    fn emit(&mut self, u: Unit) -> io::Result<()> {
+    fn emit(&mut self, u: Unit, bytes: &[u8]) -> io::Result<()> {
         let keep = match u.kind {
             UnitKind::Packet { ts_ns } => ts_ns >= self.from && ts_ns <= self.until,
             UnitKind::Header => !self.skip_header,
@@ -315,14 +322,14 @@ impl<W: Write> Pacer<W> {
         if !keep {
             return Ok(());
         }
-        self.bytes += self.unit.len() as u64;
+        self.bytes += bytes.len() as u64;
         let UnitKind::Packet { ts_ns } = u.kind else {
-            self.batch.extend_from_slice(&self.unit);
+            self.batch.extend_from_slice(bytes);
             return Ok(());
         };
         self.packets += 1;
         let Some(speed) = self.speed else {
-            self.batch.extend_from_slice(&self.unit);
+            self.batch.extend_from_slice(bytes);
             if self.batch.len() >= BATCH {
                 self.flush_batch()?;
             }
@@ -333,7 +340,7 @@ impl<W: Write> Pacer<W> {
         let due = t0 + Duration::from_nanos(offset_ns as u64);
         self.flush_batch()?;
         wait_until(due);
-        self.out.write_all(&self.unit)
+        self.out.write_all(bytes)
     }
 
     fn flush_batch(&mut self) -> io::Result<()> {
