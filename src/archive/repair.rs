@@ -13,7 +13,6 @@ use super::segment::{summarize_frame, Decoder, Parser, Segment};
 use super::verify::{scan_segment, sha256_file};
 use crate::stream::Format;
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
@@ -193,8 +192,6 @@ fn recover_partial(
     // Whole data frames, in order, up to the first that is torn or bad.
     let mut frames = Vec::new();
     let mut off = hlen;
-    let mut linktypes = parser.framer().linktypes();
-    let mut raw = header.len() as u64;
     let mut stop_reason = "the file ends on a frame boundary";
     while off < bytes.len() {
         let rest = &bytes[off..];
@@ -226,8 +223,6 @@ fn recover_partial(
             packets: s.packets,
             flags: if s.has_idb { FRAME_HAS_IDB } else { 0 },
         });
-        raw += data.len() as u64;
-        linktypes = parser.framer().linktypes();
         off += n;
     }
     if frames.is_empty() {
@@ -292,31 +287,8 @@ fn recover_partial(
             .parent()
             .expect("segments live in stream directories"),
     )?;
-    let mut h = Sha256::new();
-    h.update(&bytes[..off]);
-    h.update(&tail);
-    let sha256 = manifest::hex(&h.finalize());
-    let range = trailer.time_range();
-    let nanos = matches!(parser.format(), Some(Format::Pcap(fh)) if fh.nanos);
-    w.append(&Entry::Segment(SegmentEntry {
-        stream: d.stream.clone(),
-        seq: d.seq,
-        path: final_rel.clone(),
-        format: if pcapng { "pcapng" } else { "pcap" }.into(),
-        linktypes,
-        nanos,
-        bytes: (off + tail.len()) as u64,
-        raw,
-        packets: trailer.packets(),
-        frames: trailer.frames.len() as u64,
-        first_ns: range.map(|r| r.0),
-        last_ns: range.map(|r| r.1),
-        stream_off,
-        cont,
-        sha256,
-        time: now(),
-        repaired: true,
-    }))?;
+    append_segment(dir, &d.stream, d.seq, &final_rel, dec, w, true)
+        .map_err(|why| anyhow::anyhow!("{final_rel} does not check out after recovery: {why}"))?;
     let what = format!(
         "recovered {final_rel} from its .partial: {} data frame(s), {} packets kept; {dropped} trailing byte(s) cut ({stop_reason})",
         trailer.frames.len(),
@@ -326,30 +298,24 @@ fn recover_partial(
     Ok(what)
 }
 
-/// Adds the manifest line of a finalized segment whose append was lost. A segment that does
-/// not check out is left alone (verify reports it).
-fn finalize_orphan(
+/// Appends the `segment` line of the finalized segment at `rel`, every field read back from
+/// the file itself. `Err` in words when the segment does not check out (nothing appended).
+fn append_segment(
     dir: &Path,
-    d: &DiskSegment,
+    stream: &str,
+    seq: u64,
+    rel: &str,
     dec: &mut Decoder,
     w: &mut manifest::Writer,
-) -> anyhow::Result<Option<String>> {
-    let path = dir.join(&d.rel);
-    let scan = match scan_segment(&path, dec) {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!(
-                "zcap: verify --repair: not adding {} to the manifest: {why}",
-                d.rel
-            );
-            return Ok(None);
-        }
-    };
-    let (sha256, bytes) = sha256_file(&path)?;
+    repaired: bool,
+) -> Result<(), String> {
+    let path = dir.join(rel);
+    let scan = scan_segment(&path, dec)?;
+    let (sha256, bytes) = sha256_file(&path).map_err(|e| e.to_string())?;
     w.append(&Entry::Segment(SegmentEntry {
-        stream: d.stream.clone(),
-        seq: d.seq,
-        path: d.rel.clone(),
+        stream: stream.into(),
+        seq,
+        path: rel.into(),
         format: scan.format.into(),
         linktypes: scan.linktypes,
         nanos: scan.nanos,
@@ -363,8 +329,26 @@ fn finalize_orphan(
         cont: scan.cont,
         sha256,
         time: now(),
-        repaired: false,
-    }))?;
+        repaired,
+    }))
+    .map_err(|e| e.to_string())
+}
+
+/// Adds the manifest line of a finalized segment whose append was lost. A segment that does
+/// not check out is left alone (verify reports it).
+fn finalize_orphan(
+    dir: &Path,
+    d: &DiskSegment,
+    dec: &mut Decoder,
+    w: &mut manifest::Writer,
+) -> anyhow::Result<Option<String>> {
+    if let Err(why) = append_segment(dir, &d.stream, d.seq, &d.rel, dec, w, false) {
+        eprintln!(
+            "zcap: verify --repair: not adding {} to the manifest: {why}",
+            d.rel
+        );
+        return Ok(None);
+    }
     let what = format!(
         "added the missing manifest line of finalized segment {}",
         d.rel
