@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Identifies one stream (one connection, one input file) across the engine and writer.
@@ -35,6 +35,11 @@ pub struct Area {
     returns: Mutex<Returns>,
     wake: OwnedFd,
     lent: AtomicUsize,
+    /// The most one lent piece can keep from reuse: a whole receive buffer (ring, recv,
+    /// file) or page (zcrx), however few of its bytes the piece holds. Set by the backend.
+    granule: AtomicUsize,
+    /// The backend found no free buffer for a receive and is holding senders back.
+    starving: AtomicBool,
 }
 
 #[derive(Default)]
@@ -88,6 +93,8 @@ impl Area {
             returns: Mutex::new(Returns::default()),
             wake,
             lent: AtomicUsize::new(0),
+            granule: AtomicUsize::new(page_size()),
+            starving: AtomicBool::new(false),
         }))
     }
 
@@ -107,6 +114,29 @@ impl Area {
     /// Bytes currently lent out as chunks (for stats and memory-bound tests).
     pub fn lent_bytes(&self) -> usize {
         self.lent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of area one lent piece can pin (see the field).
+    pub fn granule(&self) -> usize {
+        self.granule.load(Ordering::Relaxed)
+    }
+
+    /// The backend states how its buffers are cut (buffer size, or the zcrx page size).
+    pub fn set_granule(&self, bytes: usize) {
+        self.granule.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The backend ran out of free buffers (`true`) or has some again (`false`). Wakes
+    /// nobody: the writer reads it on its next chunk or tick.
+    pub fn set_starving(&self, starving: bool) {
+        self.starving.store(starving, Ordering::Relaxed);
+    }
+
+    /// The area is nearly used up: most bytes are lent, or the backend has no free buffer
+    /// (pieces scattered over many buffers pin them although few bytes are lent). The writer
+    /// then persists and copies out what it holds; the backends stop admitting connections.
+    pub fn under_pressure(&self) -> bool {
+        self.starving.load(Ordering::Relaxed) || self.lent_bytes() > self.len() / 4 * 3
     }
 
     /// The eventfd that becomes readable when tokens or aborts are queued. Backends poll it
@@ -189,6 +219,16 @@ impl Area {
         // SAFETY: writes 8 bytes from a local u64 to our own eventfd; EAGAIN (counter full)
         // still leaves it readable, which is all a wake-up needs.
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl std::fmt::Debug for Area {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Area")
+            .field("len", &self.len())
+            .field("lent", &self.lent_bytes())
+            .field("granule", &self.granule())
+            .finish()
     }
 }
 

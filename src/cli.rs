@@ -161,6 +161,28 @@ pub struct RecordArgs {
     /// Stop after this many streams have ended (tests, one-shot jobs).
     #[arg(long, value_name = "N")]
     pub max_streams: Option<u64>,
+
+    /// Cut a stream that holds an incomplete record or block this long without sending a
+    /// byte more (what it sent complete is kept).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Close a connection that sends nothing this long after connecting.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Close a connection that sent its file header but no packet for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Connections at once (default and ceiling: what the descriptor limit allows, two per
+    /// connection, after raising the soft limit to the hard one). More are closed at once.
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
+
+    /// Connections at once from one address; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER)]
+    pub max_conns_per_peer: usize,
 }
 
 /// One writer per core, at most 4: compression is the work that scales.

@@ -3,7 +3,7 @@
 //! the summary. Owns no data path of its own.
 
 use crate::area::Area;
-use crate::cli::RecordArgs;
+use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN};
 use crate::rx::{self, Events, RxStats};
 use crate::units::human_bytes;
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
@@ -26,7 +26,38 @@ pub fn writer_config(a: &RecordArgs) -> Config {
         compress: a.compress,
         max_bytes: a.max_bytes,
         max_age: a.max_age,
+        stall_timeout: a.stall_timeout,
+        idle_timeout: Some(a.idle_timeout),
+        header_timeout: Some(a.header_timeout),
         ..Config::new(&a.output)
+    }
+}
+
+/// The network engine's settings from the command line.
+pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
+    use rx::engine::Backend;
+    rx::engine::Config {
+        rx: match a.rx {
+            RxKind::Auto => Backend::Auto,
+            RxKind::Zcrx => Backend::Zcrx,
+            RxKind::Ring => Backend::Ring,
+            RxKind::Recv => Backend::Recv,
+            RxKind::ZcrxEmulated => Backend::ZcrxEmulated,
+        },
+        listen: a
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+        connect: a.connect.clone(),
+        iface: a.iface.clone(),
+        queue: a.queue,
+        steer: a.steer,
+        hugepages: a.hugepages,
+        area_size: a.area_size,
+        buf_size: a.buf_size,
+        max_streams: a.max_streams,
+        max_conns: a.max_conns,
+        max_conns_per_peer: a.max_conns_per_peer,
     }
 }
 
@@ -102,7 +133,7 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         drop(tx);
         r.map(|_| ()).map_err(anyhow::Error::from)
     } else {
-        rx::engine::run(a, tx, &stop, &rx_stats).map_err(anyhow::Error::from)
+        rx::engine::run(&engine_config(a), tx, &stop, &rx_stats).map_err(anyhow::Error::from)
     };
     let mut reports = Vec::new();
     for w in writers {
@@ -115,7 +146,7 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     live.finish();
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
-    if let Some(l) = crate::stats::rx_summary(&rx_stats) {
+    if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
     // A bad file is a failed job; a bad sender is an event a network recorder logs and

@@ -177,25 +177,56 @@ impl Drop for Live {
 }
 
 /// The receive side of the final summary: one line, or nothing when there was no network
-/// source (e.g. `record --read`).
-pub fn rx_summary(rx: &RxStats) -> Option<String> {
+/// source (e.g. `record --read`). It says "nothing received was lost" only when every byte
+/// received is in the archive.
+pub fn rx_summary(rx: &RxStats, w: &WriterStats) -> Option<String> {
     let opened = rx.streams_opened.load(Ordering::Relaxed);
-    if opened == 0 {
+    let refused = rx.refused.load(Ordering::Relaxed);
+    if opened == 0 && refused == 0 {
         return None;
     }
-    let starved = rx.starved.load(Ordering::Relaxed);
-    Some(format!(
-        "zcap: rx: {opened} connection(s), {} received in {} chunks{}",
-        human_bytes(rx.bytes.load(Ordering::Relaxed)),
-        rx.chunks.load(Ordering::Relaxed),
-        if starved > 0 {
-            format!(
-                "; backpressure engaged {starved} time(s) (the writer was slower than the senders; nothing was lost)"
-            )
-        } else {
-            String::new()
-        }
-    ))
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut line = format!(
+        "zcap: rx: {opened} connection(s), {} received in {} chunks",
+        human_bytes(get(&rx.bytes)),
+        get(&rx.chunks),
+    );
+    let starved = get(&rx.starved);
+    if starved > 0 {
+        line += &format!(
+            "; backpressure engaged {starved} time(s) (the writer was slower than the senders)"
+        );
+    }
+    let held = get(&rx.admission_held);
+    if held > 0 {
+        line += &format!(
+            "; new connections waited in the listen backlog {held} time(s) (the area was nearly full)"
+        );
+    }
+    if refused > 0 {
+        line += &format!("; {refused} connection(s) refused by the connection limits");
+    }
+    let accept_errors = get(&rx.accept_errors);
+    if accept_errors > 0 {
+        line += &format!("; accept failed {accept_errors} time(s)");
+    }
+    let (cut, lost) = (get(&w.streams_cut), get(&w.discarded_bytes));
+    if cut > 0 {
+        line += &format!("; {cut} stream(s) cut by the limits");
+    }
+    if lost > 0 {
+        line += &format!("; {lost} received bytes not archived (each named above)");
+    } else {
+        line += "; nothing received was lost";
+    }
+    let copied = get(&w.copied_bytes);
+    if copied > 0 {
+        line += &format!(
+            "; {} of incomplete units copied out of the area",
+            human_bytes(copied)
+        );
+    }
+    Some(line)
 }
 
 #[cfg(test)]
@@ -232,10 +263,31 @@ mod tests {
     #[test]
     fn rx_summary_mentions_backpressure_only_when_it_happened() {
         let rx = RxStats::default();
-        assert_eq!(rx_summary(&rx), None);
+        let w = WriterStats::default();
+        assert_eq!(rx_summary(&rx, &w), None);
         rx.add(&rx.streams_opened, 2);
-        assert!(!rx_summary(&rx).unwrap().contains("backpressure"));
+        assert!(!rx_summary(&rx, &w).unwrap().contains("backpressure"));
         rx.add(&rx.starved, 3);
-        assert!(rx_summary(&rx).unwrap().contains("backpressure engaged 3"));
+        assert!(rx_summary(&rx, &w)
+            .unwrap()
+            .contains("backpressure engaged 3"));
+    }
+
+    #[test]
+    fn rx_summary_says_nothing_was_lost_only_when_true() {
+        let rx = RxStats::default();
+        let w = WriterStats::default();
+        rx.add(&rx.streams_opened, 1);
+        assert!(rx_summary(&rx, &w)
+            .unwrap()
+            .contains("nothing received was lost"));
+        w.streams_cut.fetch_add(2, Ordering::Relaxed);
+        w.discarded_bytes.fetch_add(1234, Ordering::Relaxed);
+        rx.add(&rx.refused, 5);
+        let l = rx_summary(&rx, &w).unwrap();
+        assert!(!l.contains("nothing"), "{l}");
+        assert!(l.contains("2 stream(s) cut"), "{l}");
+        assert!(l.contains("1234 received bytes not archived"), "{l}");
+        assert!(l.contains("5 connection(s) refused"), "{l}");
     }
 }

@@ -143,7 +143,7 @@ fn consume(c: Consumer, rx: Receiver<Event>, stop: Arc<AtomicBool>) -> HashMap<S
     let mut aborted = false;
     while let Ok(ev) = rx.recv() {
         match ev {
-            Event::Open { stream, name } => {
+            Event::Open { stream, name, .. } => {
                 assert!(name.starts_with("127.0.0.1_"), "stream name {name}");
                 got.insert(stream, Got::default());
             }

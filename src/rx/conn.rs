@@ -1,14 +1,16 @@
 //! What every network backend shares: the area and its buffer books, the connection →
 //! stream bookkeeping (`Event::Open`, chunks, `Event::End`), the release and abort queue,
-//! the `--max-streams` and stop/drain rules, and the two sources of connections — a
-//! listening socket, or a `--connect` dialer with exponential back-off. The backends
-//! (`ring.rs`, `recv.rs`) only decide *how* bytes get into buffers.
+//! the `--max-streams` and stop/drain rules, the connection limits and admission (no new
+//! connection while the area is nearly full: it waits in the listen backlog), and the two
+//! sources of connections — a listening socket, or a `--connect` dialer with exponential
+//! back-off. The backends (`ring.rs`, `recv.rs`) only decide *how* bytes get into buffers.
 
 use super::bufs::Bufs;
+use super::limits::{Admission, Limits};
 use super::{Event, Events, RxStats, Stop};
 use crate::area::{Area, ReleaseToken, StreamId};
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 /// How long a stop waits for connections to deliver what the kernel already holds for them
 /// before cutting them off.
 pub const DRAIN: Duration = Duration::from_secs(2);
+
+/// How often connections waiting for a buffer are checked for a close (they cannot be read,
+/// but a sender that went away must not keep its stream, and what it holds, open).
+pub const SWEEP: Duration = Duration::from_millis(100);
+
+/// Listen backlog: senders held back while the area is nearly full wait here.
+pub const BACKLOG: i32 = 4096;
 
 /// One TCP connection = one stream.
 pub struct Conn {
@@ -25,6 +34,7 @@ pub struct Conn {
     pub bytes: u64,
     /// The writer rejected the stream; it has said why.
     pub aborted: bool,
+    peer: IpAddr,
 }
 
 /// Where connections come from.
@@ -140,9 +150,13 @@ pub struct Core<'a> {
     max_streams: Option<u64>,
     drain_deadline: Option<Instant>,
     tokens: Vec<ReleaseToken>,
+    admission: Admission,
+    held_back: bool,
+    next_sweep: Instant,
 }
 
 impl<'a> Core<'a> {
+    #[allow(clippy::too_many_arguments)] // the shared state itself; grouping it hides nothing
     pub fn new(
         area: Arc<Area>,
         bufs: Bufs,
@@ -151,7 +165,9 @@ impl<'a> Core<'a> {
         stop: &'a Stop,
         stats: &'a RxStats,
         max_streams: Option<u64>,
+        limits: Limits,
     ) -> Core<'a> {
+        area.set_granule(bufs.size());
         Core {
             area,
             bufs,
@@ -164,7 +180,44 @@ impl<'a> Core<'a> {
             max_streams,
             drain_deadline: None,
             tokens: Vec::new(),
+            admission: Admission::new(limits),
+            held_back: false,
+            next_sweep: Instant::now(),
         }
+    }
+
+    /// Whether to take new connections now: not while draining, not while accepting is
+    /// paused after running out of descriptors, and not while the area is nearly full (the
+    /// senders wait in the listen backlog until the writer has caught up).
+    pub fn accepting(&mut self) -> bool {
+        if self.draining() || !self.admission.accepting() {
+            return false;
+        }
+        let pressure = self.area.under_pressure();
+        if pressure && !self.held_back {
+            self.stats.add(&self.stats.admission_held, 1);
+        }
+        self.held_back = pressure;
+        !pressure
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.admission.limits()
+    }
+
+    /// accept(2) failed: pause or log (see [`Admission::accept_failed`]).
+    pub fn accept_failed(&mut self, e: &io::Error) {
+        self.admission.accept_failed(e, self.stats);
+    }
+
+    /// Due to check waiting connections for a close ([`SWEEP`]).
+    pub fn sweep_due(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return false;
+        }
+        self.next_sweep = now + SWEEP;
+        true
     }
 
     /// The channel to the writer, for a backend that manages its own streams (zcrx).
@@ -182,25 +235,38 @@ impl<'a> Core<'a> {
             .map_err(|_| io::Error::other("the writer stopped"))
     }
 
-    /// Starts a stream for a new connection.
-    pub fn open(&mut self, sock: TcpStream) -> io::Result<Conn> {
+    /// Starts a stream for a new connection, or closes it at once when the connection
+    /// limits refuse it (counted and logged; `None`).
+    pub fn open(&mut self, sock: TcpStream) -> io::Result<Option<Conn>> {
+        let peer = sock
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
+        if self.admission.admit(peer, self.stats).is_err() {
+            if let Source::Connect(d) = &mut self.source {
+                d.ended(0);
+            }
+            return Ok(None); // dropping the socket closes it
+        }
         let name = stream_name(&sock);
         let stream = self.next_id;
         self.next_id += 1;
         self.send(Event::Open {
             stream,
             name: name.clone(),
+            area: Arc::clone(&self.area),
+            network: true,
         })?;
         self.stats.add(&self.stats.streams_opened, 1);
         self.stats.add(&self.stats.streams_open, 1);
         eprintln!("zcap: stream {name}: connected");
-        Ok(Conn {
+        Ok(Some(Conn {
             sock,
             stream,
             name,
             bytes: 0,
             aborted: false,
-        })
+            peer,
+        }))
     }
 
     /// Lends the next `len` bytes of buffer `bid` (just filled for `conn`) to the writer.
@@ -224,6 +290,7 @@ impl<'a> Core<'a> {
             d.ended(conn.bytes);
         }
         self.ended += 1;
+        self.admission.left(conn.peer);
         self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
         let stream = conn.stream;
         drop(conn); // closes the socket

@@ -6,9 +6,9 @@
 
 use super::bufs::{buffer_count, Bufs};
 use super::conn::{Core, Dialer, Source};
+use super::limits::Limits;
 use super::{recv, ring, zcrx, Events, RxStats, Stop};
 use crate::area::Area;
-use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN};
 use crate::steer;
 use std::io;
 use std::net::TcpListener;
@@ -16,8 +16,41 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which receive backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// zcrx when an interface is given and it works, else ring, else recv.
+    Auto,
+    Zcrx,
+    Ring,
+    Recv,
+    /// The zcrx backend against the in-process emulation of the kernel's half.
+    ZcrxEmulated,
+}
+
+/// What the engine needs to know; `record` builds it from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rx: Backend,
+    /// Address to listen on (when not connecting).
+    pub listen: String,
+    pub connect: Option<String>,
+    /// The NIC and queue zcrx registers, and whether to steer the listen port there.
+    pub iface: Option<String>,
+    pub queue: u32,
+    pub steer: bool,
+    pub hugepages: bool,
+    pub area_size: u64,
+    pub buf_size: u64,
+    /// Stop after this many streams have ended.
+    pub max_streams: Option<u64>,
+    /// At most this many connections at once (never more than the descriptors allow).
+    pub max_conns: Option<usize>,
+    pub max_conns_per_peer: usize,
+}
+
 /// Records PCAP-over-IP connections until `stop` (or `--max-streams`), then ends every stream.
-pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<()> {
+pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<()> {
     if a.buf_size == 0 || a.buf_size > u32::MAX as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -28,12 +61,22 @@ pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Resu
     let size = a.buf_size as usize;
     let area = Area::new(count * size, a.hugepages)?;
     crate::stats::publish_area(&area);
+    let nofile = super::sys::raise_nofile().unwrap_or(1024);
+    let limits = Limits::derive(nofile, a.max_conns, a.max_conns_per_peer);
+    if a.max_conns.is_some_and(|m| m > limits.max_conns) {
+        eprintln!(
+            "zcap: --max-conns lowered to {}: the descriptor limit is {nofile} and every \
+             connection needs two (raise `ulimit -n`)",
+            limits.max_conns
+        );
+    }
     let source = match &a.connect {
         Some(target) => Source::Connect(Dialer::new(target)),
         None => {
-            let addr = a.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+            let addr = a.listen.as_str();
             let l = TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            super::sys::set_backlog(std::os::fd::AsRawFd::as_raw_fd(&l), super::conn::BACKLOG)?;
             Source::Listen(l)
         }
     };
@@ -45,13 +88,14 @@ pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Resu
         stop,
         stats,
         a.max_streams,
+        limits,
     );
     let zcrx_note = match a.rx {
-        RxKind::ZcrxEmulated => return run_zcrx_emulated(&mut core, a.max_streams),
-        RxKind::Zcrx | RxKind::Auto if a.iface.is_some() || a.rx == RxKind::Zcrx => {
+        Backend::ZcrxEmulated => return run_zcrx_emulated(&mut core, a.max_streams),
+        Backend::Zcrx | Backend::Auto if a.iface.is_some() || a.rx == Backend::Zcrx => {
             match try_zcrx(a, &mut core) {
                 Ok(result) => return result,
-                Err(reason) if a.rx == RxKind::Zcrx => {
+                Err(reason) if a.rx == Backend::Zcrx => {
                     return Err(io::Error::other(format!("--rx zcrx: {reason}")))
                 }
                 Err(reason) => reason,
@@ -60,11 +104,11 @@ pub fn run(a: &RecordArgs, tx: Events, stop: &Stop, stats: &RxStats) -> io::Resu
         _ => "no --iface given".to_string(),
     };
     let backend = match a.rx {
-        RxKind::Recv => {
+        Backend::Recv => {
             announce("recv", None, &core);
             None
         }
-        RxKind::Ring => {
+        Backend::Ring => {
             let r =
                 ring::new_ring().map_err(|why| io::Error::other(format!("--rx ring: {why}")))?;
             announce("ring", None, &core);
@@ -111,7 +155,7 @@ fn announce(backend: &str, why: Option<String>, core: &Core) {
 /// `--iface`/`--queue` over the same area, optionally steers the listen port to it, and runs
 /// zero-copy receive. `Err(reason)` in words when zcrx cannot run here, in which case `auto`
 /// falls back to `ring`; `Ok(result)` once it ran.
-fn try_zcrx(a: &RecordArgs, core: &mut Core) -> Result<io::Result<()>, String> {
+fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
     let iface = a
         .iface
         .as_deref()
@@ -135,6 +179,7 @@ fn try_zcrx(a: &RecordArgs, core: &mut Core) -> Result<io::Result<()>, String> {
         queue_napi_id: steer::queue_napi_id(iface, a.queue).ok().flatten(),
         label: format!("{iface} queue {}", a.queue),
         max_streams: a.max_streams,
+        limits: core.limits(),
         ..Default::default()
     };
     announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
@@ -144,11 +189,13 @@ fn try_zcrx(a: &RecordArgs, core: &mut Core) -> Result<io::Result<()>, String> {
 /// The zcrx backend against the emulated kernel half: the same backend code, for tests and
 /// benchmarks here. Fails if the emulator saw the protocol broken (reuse, leak, bad entry).
 fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()> {
+    let limits = core.limits();
     let mut emu = zcrx::emu::Emulator::new(&core.area, zcrx::emu::EmuConfig::default())?;
     announce("zcrx", Some("emulated kernel half".into()), core);
     let opts = zcrx::Options {
         label: "emulated queue".into(),
         max_streams,
+        limits,
         ..Default::default()
     };
     drive_zcrx(&mut emu, core, &opts)?;

@@ -30,7 +30,13 @@ pub fn run(
             .send(ev)
             .map_err(|_| io::Error::other("writer stopped"))
     };
-    send(Event::Open { stream, name })?;
+    send(Event::Open {
+        stream,
+        name,
+        area: Arc::clone(area),
+        network: false,
+    })?;
+    area.set_granule(buf_size);
     let mut total = 0u64;
     let mut error = None;
     loop {

@@ -13,12 +13,13 @@ pub mod bufs;
 pub mod conn;
 pub mod engine;
 pub mod file;
+pub mod limits;
 pub mod recv;
 pub mod ring;
 pub mod sys;
 pub mod zcrx;
 
-use crate::area::{Chunk, StreamId};
+use crate::area::{Area, Chunk, StreamId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SendError, SyncSender};
 use std::sync::Arc;
@@ -26,8 +27,15 @@ use std::sync::Arc;
 /// What a backend tells the writer.
 #[derive(Debug)]
 pub enum Event {
-    /// A stream begins. `name` is unique in the archive (peer or file, plus start time).
-    Open { stream: StreamId, name: String },
+    /// A stream begins. `name` is unique in the archive (peer or file, plus start time);
+    /// `area` is where its chunks come from (and where the writer asks to close it);
+    /// `network` streams are subject to the idle and header timeouts, files are not.
+    Open {
+        stream: StreamId,
+        name: String,
+        area: Arc<Area>,
+        network: bool,
+    },
     /// Stream bytes, in order for that stream.
     Data(Chunk),
     /// The stream ended: `None` for an orderly end, or the transport error in words.
@@ -84,6 +92,13 @@ pub struct RxStats {
     pub streams_open: AtomicU64,
     /// Times the backend had no free buffer to post (backpressure engaged).
     pub starved: AtomicU64,
+    /// Connections refused by the connection limits (closed at once).
+    pub refused: AtomicU64,
+    /// accept(2) failures (out of descriptors pauses accepting).
+    pub accept_errors: AtomicU64,
+    /// Times accepting was held back because the area was nearly full (senders waited in
+    /// the listen backlog).
+    pub admission_held: AtomicU64,
 }
 
 impl RxStats {

@@ -4,9 +4,12 @@
 //! connections (as the kernel does for `ring` with incremental buffers); each piece is lent
 //! as it arrives. When no buffer is free, starved connections are taken out of the epoll set
 //! until buffers come back, so their senders meet TCP flow control: backpressure, not loss.
+//! Meanwhile they are checked for a close every [`SWEEP`](super::conn::SWEEP) without being
+//! read, so a sender that went away ends its stream and frees what it holds. The listener
+//! leaves the epoll set while the area is nearly full or accepting is paused.
 
 use super::conn::{transport_error, Conn, Core, Source};
-use super::sys::Epoll;
+use super::sys::{peer_gone, Epoll};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 
@@ -26,6 +29,8 @@ struct Recv {
     starved: Vec<usize>,
     /// Retire the buffer being filled once less than this is left in it.
     min_room: usize,
+    /// The listener is in the epoll set.
+    listening: bool,
 }
 
 impl Recv {
@@ -75,7 +80,7 @@ pub fn run(core: &mut Core) -> io::Result<()> {
     ep.add(core.area.wake_fd(), libc::EPOLLIN as u32, WAKE)?;
     if let Source::Listen(l) = &core.source {
         l.set_nonblocking(true)?;
-        ep.add(l.as_raw_fd(), libc::EPOLLIN as u32, LISTEN)?;
+        ep.add(l.as_raw_fd(), 0, LISTEN)?;
     }
     let count = core.bufs.count();
     let mut r = Recv {
@@ -86,6 +91,7 @@ pub fn run(core: &mut Core) -> io::Result<()> {
         cur: None,
         starved: Vec::new(),
         min_room: (core.bufs.size() / 16).max(1),
+        listening: false,
     };
     let (mut aborts, mut freed) = (Vec::new(), Vec::new());
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -106,13 +112,41 @@ pub fn run(core: &mut Core) -> io::Result<()> {
         if !r.starved.is_empty() && (!r.free.is_empty() || r.cur.is_some()) {
             for slot in std::mem::take(&mut r.starved) {
                 if let Some(c) = &r.conns[slot] {
-                    r.ep.modify(c.sock.as_raw_fd(), READY, slot as u64)?;
+                    r.ep.add(c.sock.as_raw_fd(), READY, slot as u64)?;
                 }
+            }
+        }
+        core.area.set_starving(!r.starved.is_empty());
+        if !r.starved.is_empty() && core.sweep_due() {
+            for slot in r.starved.clone() {
+                let fd = r.conns[slot]
+                    .as_ref()
+                    .expect("starved slot is live")
+                    .sock
+                    .as_raw_fd();
+                if let Some(gone) = peer_gone(fd) {
+                    let conn = r.take(slot);
+                    let words = gone.map(|e| transport_error(&e, conn.bytes));
+                    core.end(conn, words)?;
+                }
+            }
+        }
+        let listen_fd = match &core.source {
+            Source::Listen(l) if !core.draining() => Some(l.as_raw_fd()),
+            _ => None,
+        };
+        if let Some(fd) = listen_fd {
+            let want = core.accepting();
+            if want != r.listening {
+                let mask = if want { libc::EPOLLIN as u32 } else { 0 };
+                r.ep.modify(fd, mask, LISTEN)?;
+                r.listening = want;
             }
         }
         if core.should_stop() && !core.draining() {
             if let Source::Listen(l) = &core.source {
                 let _ = r.ep.delete(l.as_raw_fd());
+                r.listening = false;
             }
             let conns: Vec<&Conn> = r.conns.iter().flatten().collect();
             core.begin_drain(conns.into_iter());
@@ -129,8 +163,9 @@ pub fn run(core: &mut Core) -> io::Result<()> {
             return Ok(());
         }
         if let Some(sock) = core.dial() {
-            let conn = core.open(sock)?;
-            r.add(conn)?;
+            if let Some(conn) = core.open(sock)? {
+                r.add(conn)?;
+            }
         }
 
         let n = r.ep.wait(&mut events, 100)?;
@@ -145,26 +180,29 @@ pub fn run(core: &mut Core) -> io::Result<()> {
 }
 
 fn accept_all(core: &mut Core, r: &mut Recv) -> io::Result<()> {
-    loop {
+    // Bounded per wake-up so that reading the connections we have keeps its turn.
+    for _ in 0..64 {
+        if !core.accepting() {
+            return Ok(()); // the next loop takes the listener out of the epoll set
+        }
         let Source::Listen(l) = &core.source else {
             return Ok(());
         };
         match l.accept() {
             Ok((sock, _)) => {
-                if core.draining() {
-                    continue; // dropped: closed
+                if let Some(conn) = core.open(sock)? {
+                    r.add(conn)?;
                 }
-                let conn = core.open(sock)?;
-                r.add(conn)?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                eprintln!("zcap: accept failed: {e}");
+                core.accept_failed(&e);
                 return Ok(());
             }
         }
     }
+    Ok(())
 }
 
 fn read_conn(core: &mut Core, r: &mut Recv, slot: usize) -> io::Result<()> {
@@ -175,9 +213,12 @@ fn read_conn(core: &mut Core, r: &mut Recv, slot: usize) -> io::Result<()> {
         let Some(bid) = r.space(core) else {
             // Out of buffers: stop reading this socket until some come back.
             let c = r.conns[slot].as_ref().expect("live");
-            r.ep.modify(c.sock.as_raw_fd(), 0, slot as u64)?;
-            r.starved.push(slot);
-            core.stats.add(&core.stats.starved, 1);
+            if !r.starved.contains(&slot) {
+                r.ep.delete(c.sock.as_raw_fd())?;
+                r.starved.push(slot);
+                core.stats.add(&core.stats.starved, 1);
+                core.area.set_starving(true);
+            }
             return Ok(());
         };
         let room = core.bufs.room(bid);

@@ -5,11 +5,13 @@
 //! where they landed; the buffer goes back into the ring only when every piece of it has come
 //! back. When the ring runs dry the kernel ends a recv with -ENOBUFS; that connection is
 //! re-armed only once buffers return, so the socket's receive queue fills and TCP flow control
-//! slows its sender: backpressure, not loss.
+//! slows its sender: backpressure, not loss. A connection waiting for buffers is checked for
+//! a close every [`SWEEP`](super::conn::SWEEP) without being read. The multishot accept is
+//! cancelled while the area is nearly full or accepting is paused, and armed again after.
 
 use super::bufring::BufRing;
 use super::conn::{transport_error, Conn, Core, Source};
-use super::sys::adopt_socket;
+use super::sys::{adopt_socket, peer_gone};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::Shutdown;
@@ -106,6 +108,8 @@ struct Ring {
     in_ring: usize,
     starved: Vec<usize>,
     accept_armed: bool,
+    /// An AsyncCancel was sent for the multishot accept.
+    accept_cancelling: bool,
 }
 
 impl Ring {
@@ -187,6 +191,7 @@ pub fn run(core: &mut Core, ring: IoUring) -> io::Result<()> {
         in_ring: count,
         starved: Vec::new(),
         accept_armed: false,
+        accept_cancelling: false,
     };
     let result = event_loop(core, &mut r, &mut br);
     // The ring goes first: no request may be left that could write into the buffer ring or
@@ -221,9 +226,6 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
         Source::Connect(_) => None,
     };
     arm_wake(r, wake_fd)?;
-    if let Some(fd) = listen_fd {
-        arm_accept(r, fd)?;
-    }
     let size = core.bufs.size();
     let base = core.area.base();
     let (mut aborts, mut freed) = (Vec::new(), Vec::new());
@@ -266,8 +268,34 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
                 }
             }
         }
+        core.area.set_starving(!r.starved.is_empty());
+        if !r.starved.is_empty() && core.sweep_due() {
+            for slot in r.starved.clone() {
+                let c = r.conns[slot].as_ref().expect("starved slot is live");
+                if let Some(gone) = peer_gone(c.conn.sock.as_raw_fd()) {
+                    r.starved.retain(|&s| s != slot);
+                    let conn = r.take(slot);
+                    let words = gone.map(|e| transport_error(&e, conn.bytes));
+                    core.end(conn, words)?;
+                }
+            }
+        }
+        if let Some(fd) = listen_fd.filter(|_| !core.draining()) {
+            let want = core.accepting();
+            if want && !r.accept_armed {
+                arm_accept(r, fd)?;
+            } else if !want && r.accept_armed && !r.accept_cancelling {
+                r.accept_cancelling = true;
+                r.push(
+                    opcode::AsyncCancel::new(TAG_ACCEPT)
+                        .build()
+                        .user_data(TAG_CANCEL),
+                )?;
+            }
+        }
         if core.should_stop() && !core.draining() {
-            if r.accept_armed {
+            if r.accept_armed && !r.accept_cancelling {
+                r.accept_cancelling = true;
                 r.push(
                     opcode::AsyncCancel::new(TAG_ACCEPT)
                         .build()
@@ -300,8 +328,9 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
             return Ok(());
         }
         if let Some(sock) = core.dial() {
-            let conn = core.open(sock)?;
-            r.add(conn)?;
+            if let Some(conn) = core.open(sock)? {
+                r.add(conn)?;
+            }
         }
 
         match r
@@ -330,7 +359,7 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
                         arm_wake(r, wake_fd)?;
                     }
                 }
-                TAG_ACCEPT => on_accept(core, r, res, flags, listen_fd)?,
+                TAG_ACCEPT => on_accept(core, r, res, flags)?,
                 TAG_CANCEL => {}
                 _ => on_recv(core, r, br, (ud & !TAG_MASK) as usize, res, flags, cut_off)?,
             }
@@ -338,34 +367,24 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
     }
 }
 
-fn on_accept(
-    core: &mut Core,
-    r: &mut Ring,
-    res: i32,
-    flags: u32,
-    listen_fd: Option<i32>,
-) -> io::Result<()> {
+/// An accept completion. The main loop arms the accept again after its final one, when
+/// accepting is wanted.
+fn on_accept(core: &mut Core, r: &mut Ring, res: i32, flags: u32) -> io::Result<()> {
     if res >= 0 {
         // SAFETY: a successful accept CQE's result is a new descriptor that only we hold.
         let sock = unsafe { adopt_socket(res) };
         if core.draining() {
             return Ok(()); // dropping it closes the connection
         }
-        let conn = core.open(sock)?;
-        r.add(conn)?;
-    } else if -res != libc::ECANCELED {
-        let e = io::Error::from_raw_os_error(-res);
-        eprintln!("zcap: accept failed: {e}");
-        if matches!(-res, libc::EMFILE | libc::ENFILE) {
-            eprintln!("zcap: raise the descriptor limit (`ulimit -n`) for more senders");
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(conn) = core.open(sock)? {
+            r.add(conn)?;
         }
+    } else if -res != libc::ECANCELED {
+        core.accept_failed(&io::Error::from_raw_os_error(-res));
     }
     if !cqueue::more(flags) {
         r.accept_armed = false;
-        if let (false, Some(fd)) = (core.draining(), listen_fd) {
-            arm_accept(r, fd)?;
-        }
+        r.accept_cancelling = false;
     }
     Ok(())
 }

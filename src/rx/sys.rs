@@ -66,3 +66,64 @@ pub unsafe fn adopt_socket(fd: RawFd) -> TcpStream {
     // SAFETY: forwarded to the caller's contract.
     unsafe { TcpStream::from_raw_fd(fd) }
 }
+
+/// Raises the soft limit on open descriptors to the hard limit and returns the new soft
+/// limit: every connection costs a descriptor, and so does its open segment file.
+pub fn raise_nofile() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own; failure leaves the limit unchanged.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Sets the accept backlog of a listening socket (std uses 128; senders that wait while
+/// the area is nearly full wait there). The kernel caps it at net.core.somaxconn.
+pub fn set_backlog(fd: RawFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen(2) on a descriptor we own; calling it again only changes the backlog.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a connection that cannot be read now (no free buffer) says without being read:
+/// `Some(None)` the sender closed and nothing is left to read, `Some(Some(e))` the
+/// connection failed, `None` it is open or still has bytes waiting.
+pub fn peer_gone(fd: RawFd) -> Option<Option<io::Error>> {
+    let mut byte = 0u8;
+    // SAFETY: recv with MSG_PEEK writes at most one byte into a local; it consumes nothing.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Some(None),
+        n if n > 0 => None,
+        _ => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Some(e)),
+            }
+        }
+    }
+}

@@ -6,15 +6,26 @@
 //! Per chunk the hot path is: run the framer over the chunk's bytes (headers only, no
 //! copies), and when a frame is due, hand the borrowed area slices to the encoder in one
 //! go. Nothing is allocated per packet.
+//!
+//! **The area has owners.** Every chunk a stream holds is charged to it in area granules
+//! (the buffer or page a piece keeps from reuse, however few bytes it holds). A stream may
+//! hold at most its share: the area divided among the open streams. Over its share, or while
+//! the area is under pressure, the writer first persists the complete records it holds; what
+//! is left is one incomplete record or block, which it copies out of the area into the
+//! stream's own buffer (bounded in total by the copy budget, counted) so that the buffers go
+//! back. A stream that would exceed the copy budget, holds an incomplete unit without a new
+//! byte for the stall timeout, or (network streams) sends nothing or only a header for too
+//! long is *cut*: everything complete is kept, the rest is counted as not archived, and the
+//! backend closes the connection. So no sender can hold the area from the others.
 
 pub mod segment;
 
 use crate::archive::index::{FrameEntry, FRAME_HAS_IDB};
 use crate::archive::manifest::{self, Entry, SegmentEntry};
 use crate::archive::{self, retention};
-use crate::area::{Chunk, StreamId};
+use crate::area::{Area, Chunk, StreamId};
 use crate::rx::Event;
-use crate::stream::{Format, FrameError, Framer, UnitKind};
+use crate::stream::{Format, Framer, UnitKind};
 pub use segment::Compress;
 use segment::{Encoder, SegmentFile};
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +52,15 @@ pub struct Config {
     pub idle_flush: Duration,
     pub max_bytes: Option<u64>,
     pub max_age: Option<Duration>,
+    /// Cut a stream that holds an incomplete record or block this long without a new byte.
+    pub stall_timeout: Duration,
+    /// Cut a network stream that sent nothing this long after it connected.
+    pub idle_timeout: Option<Duration>,
+    /// Cut a network stream that sent its header but no packet for this long.
+    pub header_timeout: Option<Duration>,
+    /// Bytes of incomplete units that may be copied out of the area at once, across all
+    /// streams; `None`: half the area.
+    pub copy_budget: Option<u64>,
 }
 
 impl Config {
@@ -54,9 +74,17 @@ impl Config {
             idle_flush: Duration::from_secs(1),
             max_bytes: None,
             max_age: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            copy_budget: None,
         }
     }
 }
+
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Live counters (read by the stats line from another thread).
 #[derive(Debug, Default)]
@@ -69,6 +97,15 @@ pub struct WriterStats {
     pub streams_active: AtomicU64,
     pub stream_errors: AtomicU64,
     pub deleted_segments: AtomicU64,
+    /// Streams the writer cut (over the copy budget, stalled, idle, header only).
+    pub streams_cut: AtomicU64,
+    /// Bytes received and not archived: after a cut or a framing error, or an incomplete
+    /// unit at a stream's end. Each such stream names them in a log line.
+    pub discarded_bytes: AtomicU64,
+    /// Bytes of incomplete units copied out of the area, in total.
+    pub copied_bytes: AtomicU64,
+    /// Bytes copied out of the area and still held (against the copy budget).
+    pub copy_in_use: AtomicU64,
 }
 
 /// How one stream ended, for the final summary and for tests.
@@ -80,6 +117,12 @@ pub struct StreamReport {
     pub segments: u64,
     pub error: Option<String>,
     pub warnings: crate::stream::Warnings,
+    /// Bytes the backend delivered for this stream.
+    pub received: u64,
+    /// Of those, bytes not in the archive (after a cut or error, or a truncated last unit).
+    pub discarded: u64,
+    /// The writer cut the stream (the reason is in `error`).
+    pub cut: bool,
 }
 
 /// Errors that stop the writer (not a single stream): the archive cannot be written.
@@ -98,6 +141,9 @@ pub enum WriterError {
 struct Held {
     chunk: Chunk,
     start: u64,
+    /// Area granules this chunk is charged for: those it touches that the chunk before it
+    /// in the stream does not.
+    charge: u64,
 }
 
 impl Held {
@@ -170,6 +216,21 @@ struct StreamState {
     cont: bool,
     failed: Option<String>,
     last_data: Instant,
+    opened: Instant,
+    /// Connections are subject to the idle and header timeouts; files are not.
+    network: bool,
+    area: Arc<Area>,
+    /// Bytes delivered, including any dropped after the stream failed.
+    received: u64,
+    /// Area granules charged for the held chunks.
+    charge: u64,
+    /// Bytes of the incomplete unit copied out of the area: stream bytes
+    /// `spill_start..spill_start + spill.len()`; the held chunks follow them.
+    spill: Vec<u8>,
+    spill_start: u64,
+    /// Stream offset up to which everything is archived, frozen when the stream failed.
+    archived_upto: Option<u64>,
+    cut: bool,
     segments: u64,
     /// Segments finalized since the current pcapng section began.
     section_segments: u64,
@@ -179,14 +240,24 @@ struct StreamState {
 
 impl StreamState {
     fn push(&mut self, chunk: Chunk, cx: &mut Ctx) -> io::Result<()> {
+        let len = chunk.len();
+        self.received += len as u64;
         if self.failed.is_some() {
-            return Ok(()); // dropping the chunk releases it
+            // Dropping the chunk releases it; its bytes are counted, not archived.
+            cx.stats
+                .discarded_bytes
+                .fetch_add(len as u64, Ordering::Relaxed);
+            return Ok(());
         }
         self.last_data = Instant::now();
         let start = self.framer.position();
-        let len = chunk.len();
-        let area = Arc::clone(chunk.area());
-        self.held.push_back(Held { chunk, start });
+        let charge = self.charge_of(&chunk);
+        self.charge += charge;
+        self.held.push_back(Held {
+            chunk,
+            start,
+            charge,
+        });
         *cx.held_total += len as u64;
         let mut pos = 0;
         while pos < len {
@@ -197,8 +268,9 @@ impl StreamState {
             let (n, unit) = match step {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail(e, cx)?;
-                    area.abort(self.id);
+                    let unframed = (len - pos) as u64;
+                    self.fail(&format!("closed: {e}"), unframed, cx)?;
+                    self.area.abort(self.id);
                     return Ok(());
                 }
             };
@@ -210,28 +282,157 @@ impl StreamState {
         // Backpressure valve: when open frames hold half the area, the backend could run dry
         // with nothing left to release; persist what this stream has, even if the frame is
         // small, so its buffers go back.
-        if *cx.held_total as usize > area.len() / (2 * cx.writers) {
+        if *cx.held_total as usize > self.area.len() / (2 * cx.writers) {
             self.cut(cx)?;
         }
-        let held_bytes = self
-            .held
-            .back()
-            .map_or(0, |h| h.end())
-            .saturating_sub(self.frame.end);
-        if held_bytes as usize > area.len() / 2 {
-            let at = self.frame.end;
-            self.fail(
-                FrameError {
-                    offset: at,
-                    reason: format!(
-                        "a single record or block is larger than half the receive area ({} bytes held); \
-                         raise --area-size",
-                        held_bytes
+        if self.charge > self.share(cx) {
+            self.make_room(cx)?;
+        }
+        Ok(())
+    }
+
+    /// Granules `chunk` adds to what the stream holds (see [`Held::charge`]).
+    fn charge_of(&self, chunk: &Chunk) -> u64 {
+        if chunk.is_empty() {
+            return 0;
+        }
+        let g = self.area.granule();
+        let (first, last) = (chunk.offset() / g, (chunk.offset() + chunk.len() - 1) / g);
+        let shared = self.held.back().is_some_and(|h| {
+            let c = &h.chunk;
+            !c.is_empty() && (c.offset() + c.len() - 1) / g == first
+        });
+        (last - first + 1) as u64 - u64::from(shared)
+    }
+
+    /// The most area this stream may hold, in granules: its part of the area among the open
+    /// streams, never less than four granules.
+    fn share(&self, cx: &Ctx) -> u64 {
+        let granules = (self.area.len() / self.area.granule()) as u64;
+        let open = cx.stats.streams_active.load(Ordering::Relaxed).max(1);
+        (granules / open).max(4)
+    }
+
+    /// The stream holds more area than it may (or the area is under pressure): persist its
+    /// complete units, then copy its incomplete one out of the area, or cut the stream when
+    /// the copy budget cannot take it.
+    fn make_room(&mut self, cx: &mut Ctx) -> io::Result<()> {
+        self.cut(cx)?;
+        if self.failed.is_some() || self.charge <= 2 {
+            return Ok(());
+        }
+        let from = if self.spill.is_empty() {
+            self.frame.end
+        } else {
+            self.spill_start + self.spill.len() as u64
+        };
+        let upto = self.framer.position();
+        let need = upto.saturating_sub(from);
+        let budget = cx.cfg.copy_budget.unwrap_or(self.area.len() as u64 / 2);
+        let in_use = cx.stats.copy_in_use.load(Ordering::Relaxed);
+        if in_use + need > budget {
+            let total = upto - self.frame.end;
+            let reason = format!(
+                "an incomplete {} of {} so far holds more than its share of the receive area, \
+                 and copying it out would exceed the copy budget ({} of {} in use); raise \
+                 --area-size",
+                self.framer_noun(),
+                crate::units::human_bytes(total),
+                crate::units::human_bytes(in_use),
+                crate::units::human_bytes(budget),
+            );
+            return self.cut_off(&reason, cx);
+        }
+        if self.spill.is_empty() {
+            self.spill_start = from;
+        }
+        for h in &self.held {
+            let (s, e) = (h.start.max(from), h.end().min(upto));
+            if s < e {
+                self.spill.extend_from_slice(
+                    &h.chunk.bytes()[(s - h.start) as usize..(e - h.start) as usize],
+                );
+            }
+        }
+        debug_assert_eq!(self.spill_start + self.spill.len() as u64, upto);
+        cx.stats.copy_in_use.fetch_add(need, Ordering::Relaxed);
+        cx.stats.copied_bytes.fetch_add(need, Ordering::Relaxed);
+        for h in self.held.drain(..) {
+            *cx.held_total -= h.chunk.len() as u64;
+        }
+        self.charge = 0;
+        Ok(())
+    }
+
+    fn framer_noun(&self) -> &'static str {
+        match self.framer.format() {
+            Some(Format::Pcap(_)) => "record",
+            Some(Format::PcapNg { .. }) => "block",
+            None => "file header",
+        }
+    }
+
+    /// Bytes of the unit in progress (received, not yet a complete unit).
+    fn incomplete(&self) -> u64 {
+        self.framer.position() - self.frame.end
+    }
+
+    /// Ends the stream for breaking a limit: keeps what is complete, counts the rest, and
+    /// has the backend close the connection.
+    fn cut_off(&mut self, reason: &str, cx: &mut Ctx) -> io::Result<()> {
+        self.cut = true;
+        cx.stats.streams_cut.fetch_add(1, Ordering::Relaxed);
+        self.fail(&format!("cut: {reason}"), 0, cx)?;
+        self.area.abort(self.id);
+        Ok(())
+    }
+
+    /// Time-driven limits: idle and header-only network streams, stalled incomplete units,
+    /// and an area under pressure.
+    fn check_limits(&mut self, now: Instant, cx: &mut Ctx) -> io::Result<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let age = now.saturating_duration_since(self.opened);
+        let quiet = now.saturating_duration_since(self.last_data);
+        let secs = |d: Duration| humantime::format_duration(d).to_string();
+        if self.network {
+            if let Some(t) = cx
+                .cfg
+                .idle_timeout
+                .filter(|t| self.received == 0 && age >= *t)
+            {
+                return self.cut_off(
+                    &format!("sent nothing for {} (--idle-timeout)", secs(t)),
+                    cx,
+                );
+            }
+            if let Some(t) = cx
+                .cfg
+                .header_timeout
+                .filter(|t| self.framer.packets() == 0 && self.received > 0 && age >= *t)
+            {
+                return self.cut_off(
+                    &format!(
+                        "sent no packet for {} after connecting (--header-timeout)",
+                        secs(t)
                     ),
-                },
-                cx,
-            )?;
-            area.abort(self.id);
+                    cx,
+                );
+            }
+        }
+        let stall = cx.cfg.stall_timeout;
+        if self.incomplete() > 0 && quiet >= stall {
+            let reason = format!(
+                "held {} of an incomplete {} for {} without a new byte (--stall-timeout)",
+                crate::units::human_bytes(self.incomplete()),
+                self.framer_noun(),
+                secs(stall)
+            );
+            return self.cut_off(&reason, cx);
+        }
+        if self.area.under_pressure() && self.charge > 2 {
+            self.make_room(cx)?;
         }
         Ok(())
     }
@@ -313,7 +514,14 @@ impl StreamState {
         let f = self.frame;
         if !f.is_empty() {
             let seg = self.seg.as_mut().expect("a data unit opened the segment");
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(self.held.len());
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(self.held.len() + 1);
+            if !self.spill.is_empty() {
+                let (a, b) = (self.spill_start, self.spill_start + self.spill.len() as u64);
+                let (s, e) = (a.max(f.start), b.min(f.end));
+                if s < e {
+                    parts.push(&self.spill[(s - a) as usize..(e - a) as usize]);
+                }
+            }
             for h in &self.held {
                 let (s, e) = (h.start.max(f.start), h.end().min(f.end));
                 if s < e {
@@ -361,13 +569,35 @@ impl StreamState {
         {
             let h = self.held.pop_front().expect("checked");
             *cx.held_total -= h.chunk.len() as u64;
+            self.charge -= h.charge;
+            if let Some(next) = self.held.front_mut() {
+                // The new front no longer shares its first granule with a held chunk.
+                let g = self.area.granule();
+                let popped_last = (h.chunk.offset() + h.chunk.len().max(1) - 1) / g;
+                if !next.chunk.is_empty() && next.chunk.offset() / g == popped_last {
+                    next.charge += 1;
+                    self.charge += 1;
+                }
+            }
         }
+        if !self.spill.is_empty() && self.spill_start + self.spill.len() as u64 <= self.frame.start
+        {
+            self.free_spill(cx);
+        }
+    }
+
+    fn free_spill(&mut self, cx: &mut Ctx) {
+        let n = self.spill.len() as u64;
+        cx.stats.copy_in_use.fetch_sub(n, Ordering::Relaxed);
+        self.spill = Vec::new();
     }
 
     fn release_all(&mut self, cx: &mut Ctx) {
         for h in self.held.drain(..) {
             *cx.held_total -= h.chunk.len() as u64;
         }
+        self.charge = 0;
+        self.free_spill(cx);
     }
 
     /// Finalizes the open segment and records it in the manifest; applies retention.
@@ -429,18 +659,25 @@ impl StreamState {
         Ok(())
     }
 
-    /// Keeps every complete record before the error, finalizes, and stops taking data.
-    fn fail(&mut self, e: FrameError, cx: &mut Ctx) -> io::Result<()> {
+    /// Keeps every complete unit, finalizes, and stops taking data. `what` says why (logged
+    /// and recorded); `unframed` bytes of the newest chunk were never framed.
+    fn fail(&mut self, what: &str, unframed: u64, cx: &mut Ctx) -> io::Result<()> {
         self.cut(cx)?;
         self.finish_segment(cx)?;
         self.release_all(cx);
+        let upto = self.frame.end;
+        self.archived_upto = Some(upto);
+        let lost = self.received - upto;
+        debug_assert!(lost >= unframed);
         cx.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+        cx.stats.discarded_bytes.fetch_add(lost, Ordering::Relaxed);
         eprintln!(
-            "zcap: stream {}: closed: {e}; kept {} complete packets",
+            "zcap: stream {}: {what}; kept {} complete packets ({} bytes), {lost} received bytes not archived",
             self.name,
-            self.framer.packets()
+            self.framer.packets(),
+            upto,
         );
-        self.failed = Some(e.to_string());
+        self.failed = Some(what.strip_prefix("closed: ").unwrap_or(what).to_string());
         Ok(())
     }
 
@@ -450,9 +687,10 @@ impl StreamState {
         if error.is_none() {
             if let Err(e) = self.framer.finish() {
                 eprintln!(
-                    "zcap: stream {}: {e}; kept {} complete packets",
+                    "zcap: stream {}: {e}; kept {} complete packets, {} received bytes not archived",
                     self.name,
-                    self.framer.packets()
+                    self.framer.packets(),
+                    self.incomplete(),
                 );
                 cx.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
                 error = Some(e.to_string());
@@ -474,8 +712,24 @@ impl StreamState {
         }
         self.finish_segment(cx)?;
         self.release_all(cx);
+        let archived = match self.archived_upto {
+            Some(upto) => upto,
+            None => {
+                let upto = self.frame.end;
+                let lost = self.received - upto;
+                cx.stats.discarded_bytes.fetch_add(lost, Ordering::Relaxed);
+                upto
+            }
+        };
+        let discarded = self.received - archived;
         let w = self.framer.warnings();
         let mut warnings = serde_json::Map::new();
+        if discarded > 0 {
+            warnings.insert("bytes_not_archived".into(), discarded.into());
+        }
+        if self.cut {
+            warnings.insert("cut".into(), true.into());
+        }
         if w.caplen_over_snaplen > 0 {
             warnings.insert("caplen_over_snaplen".into(), w.caplen_over_snaplen.into());
             eprintln!(
@@ -506,6 +760,9 @@ impl StreamState {
             segments: self.segments,
             error,
             warnings: w,
+            received: self.received,
+            discarded,
+            cut: self.cut,
         })
     }
 }
@@ -607,7 +864,12 @@ impl Writer {
     /// logged, recorded in the manifest and reported, and do not stop the writer.
     pub fn handle(&mut self, ev: Event) -> Result<(), WriterError> {
         let r = match ev {
-            Event::Open { stream, name } => self.open_stream(stream, &name),
+            Event::Open {
+                stream,
+                name,
+                area,
+                network,
+            } => self.open_stream(stream, &name, area, network),
             Event::Data(chunk) => match self.streams.get_mut(&chunk.stream()) {
                 Some(st) => st.push(chunk, &mut ctx!(self)),
                 None => Ok(()), // unknown or finished stream: dropping releases the chunk
@@ -620,7 +882,13 @@ impl Writer {
         r.map_err(|e| self.ioe(e))
     }
 
-    fn open_stream(&mut self, id: StreamId, name: &str) -> io::Result<()> {
+    fn open_stream(
+        &mut self,
+        id: StreamId,
+        name: &str,
+        area: Arc<Area>,
+        network: bool,
+    ) -> io::Result<()> {
         let base = archive::sanitize(name);
         let mut name = base.clone();
         let mut n = 1;
@@ -651,6 +919,15 @@ impl Writer {
                 cont: false,
                 failed: None,
                 last_data: Instant::now(),
+                opened: Instant::now(),
+                network,
+                area,
+                received: 0,
+                charge: 0,
+                spill: Vec::new(),
+                spill_start: 0,
+                archived_upto: None,
+                cut: false,
                 segments: 0,
                 section_segments: 0,
                 seg_linktypes: Vec::new(),
@@ -670,13 +947,12 @@ impl Writer {
                 .seg
                 .as_ref()
                 .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
-            if idle || old {
-                if let Err(e) = st.cut(&mut cx) {
-                    return Err(WriterError::Io {
-                        dir: cx.cfg.dir.clone(),
-                        source: e,
-                    });
-                }
+            let r = if idle || old { st.cut(&mut cx) } else { Ok(()) };
+            if let Err(e) = r.and_then(|()| st.check_limits(now, &mut cx)) {
+                return Err(WriterError::Io {
+                    dir: cx.cfg.dir.clone(),
+                    source: e,
+                });
             }
         }
         Ok(())

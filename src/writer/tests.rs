@@ -26,6 +26,8 @@ fn record(streams: &[(&[u8], &[usize])], cfg: impl Fn(&mut Config)) -> Run {
         w.handle(Event::Open {
             stream: i as u64,
             name: format!("s{i}"),
+            area: Arc::clone(&area),
+            network: false,
         })
         .unwrap();
     }

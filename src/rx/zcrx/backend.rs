@@ -13,10 +13,11 @@
 use super::rings::{Full, RefillRing};
 use super::sys::{errno_words, ZcrxCompletion, IORING_ZCRX_AREA_SHIFT};
 use crate::area::{Area, ReleaseToken, StreamId};
+use crate::rx::limits::{Admission, Limits};
 use crate::rx::{Event, Events, RxStats, Stop};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct Options {
     pub first_stream: StreamId,
     /// Stop once this many streams have ended (`record --max-streams`).
     pub max_streams: Option<u64>,
+    /// Connection limits (see `rx::limits`).
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(30),
             first_stream: 1,
             max_streams: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -120,6 +124,7 @@ struct Stream {
     recv: Recv,
     napi_checked: bool,
     bytes: u64,
+    peer: IpAddr,
 }
 
 struct Core<'a, K: ZcrxKernel> {
@@ -143,6 +148,8 @@ struct Core<'a, K: ZcrxKernel> {
     stopping: bool,
     ended: u64,
     report: ZcrxReport,
+    admission: Admission,
+    held_back: bool,
 }
 
 /// Runs the zcrx backend until `stop` is set (or the writer goes away): accepts from
@@ -162,6 +169,8 @@ pub fn run<K: ZcrxKernel>(
     opts: &Options,
 ) -> io::Result<ZcrxReport> {
     let area_id = kernel.refill().area_token() >> IORING_ZCRX_AREA_SHIFT;
+    // A completion's bytes lie in one page (niov) of the area.
+    area.set_granule(crate::area::page_size());
     kernel.watch(area.wake_fd())?;
     let mut listener = sources.listener;
     if let Some(l) = &listener {
@@ -187,6 +196,8 @@ pub fn run<K: ZcrxKernel>(
         stopping: false,
         ended: 0,
         report: ZcrxReport::default(),
+        admission: Admission::new(opts.limits),
+        held_back: false,
     };
     for s in sources.connected {
         core.open(s);
@@ -203,20 +214,30 @@ pub fn run<K: ZcrxKernel>(
             }
             core.cancel_all();
         }
-        if let Some(l) = &listener {
-            loop {
+        // New senders wait in the listen backlog while the area is nearly full.
+        let admit = !area.under_pressure();
+        if !admit && !core.held_back {
+            stats.add(&stats.admission_held, 1);
+        }
+        core.held_back = !admit;
+        if let Some(l) = listener.as_ref().filter(|_| admit) {
+            for _ in 0..64 {
+                if !core.admission.accepting() {
+                    break;
+                }
                 match l.accept() {
                     Ok((s, _)) => core.open(s),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // Peer gone before accept, fd limits: report and keep serving the others.
                     Err(e) => {
-                        eprintln!("zcap: {}: accept failed: {e}", opts.label);
+                        core.admission.accept_failed(&e, stats);
                         break;
                     }
                 }
             }
         }
+        area.set_starving(core.starved_at.is_some());
         core.release();
         if stopping && core.streams.is_empty() {
             break;
@@ -243,6 +264,12 @@ impl<K: ZcrxKernel> Core<'_, K> {
     }
 
     fn open(&mut self, sock: TcpStream) {
+        let peer = sock
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
+        if self.admission.admit(peer, self.stats).is_err() {
+            return; // dropping the socket closes it
+        }
         let id = self.next_id;
         self.next_id += 1;
         let name = crate::rx::conn::stream_name(&sock);
@@ -253,6 +280,8 @@ impl<K: ZcrxKernel> Core<'_, K> {
         self.send(Event::Open {
             stream: id,
             name: name.clone(),
+            area: Arc::clone(self.area),
+            network: true,
         });
         let fd = sock.as_raw_fd();
         self.streams.insert(
@@ -263,6 +292,7 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 recv: Recv::Armed,
                 napi_checked: false,
                 bytes: 0,
+                peer,
             },
         );
         if let Err(e) = self.kernel.arm(fd, id) {
@@ -276,6 +306,7 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 crate::rx::conn::log_end(&st.name, st.bytes, self.stopping);
             }
             drop(st.sock);
+            self.admission.left(st.peer);
             self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
             self.ended += 1;
             self.send(Event::End { stream: id, error });

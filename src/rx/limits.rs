@@ -1,0 +1,226 @@
+//! Who gets a connection slot: the total connection limit (from the descriptor limit, which
+//! `record` raises to its hard maximum at start), the per-peer limit, and a pause of
+//! accepting after EMFILE/ENFILE instead of failing. Shared by every network backend; pure
+//! bookkeeping, the backends do the accepting and closing.
+//!
+//! A refused connection is accepted and closed at once (the sender sees the close), counted,
+//! and logged at most once a second with the running count.
+
+use super::RxStats;
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Descriptors kept for the archive, the manifest, rings and the program itself.
+const RESERVED_FDS: u64 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once.
+    pub max_conns: usize,
+    /// Connections open at once from one address.
+    pub max_per_peer: usize,
+}
+
+impl Limits {
+    /// The limits for a process allowed `nofile` descriptors: each connection needs two (its
+    /// socket and its stream's open segment file). `max_conns` can only lower that.
+    pub fn derive(nofile: u64, max_conns: Option<usize>, max_per_peer: usize) -> Limits {
+        let by_fds = (nofile.saturating_sub(RESERVED_FDS) / 2).max(1) as usize;
+        Limits {
+            max_conns: max_conns.map_or(by_fds, |m| m.min(by_fds)).max(1),
+            max_per_peer: max_per_peer.max(1),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_conns: 4096,
+            max_per_peer: DEFAULT_MAX_PER_PEER,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_PER_PEER: usize = 128;
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooMany,
+    PeerTooMany,
+}
+
+pub struct Admission {
+    limits: Limits,
+    open: usize,
+    by_peer: HashMap<IpAddr, usize>,
+    paused_until: Option<Instant>,
+    pause: Duration,
+    last_log: Option<Instant>,
+}
+
+const PAUSE_MIN: Duration = Duration::from_millis(50);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+impl Admission {
+    pub fn new(limits: Limits) -> Admission {
+        Admission {
+            limits,
+            open: 0,
+            by_peer: HashMap::new(),
+            paused_until: None,
+            pause: PAUSE_MIN,
+            last_log: None,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Takes a slot for a connection from `peer`, or says why not (counted and logged).
+    pub fn admit(&mut self, peer: IpAddr, stats: &RxStats) -> Result<(), Refusal> {
+        let from_peer = self.by_peer.get(&peer).copied().unwrap_or(0);
+        let refusal = if self.open >= self.limits.max_conns {
+            Some(Refusal::TooMany)
+        } else if from_peer >= self.limits.max_per_peer {
+            Some(Refusal::PeerTooMany)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            stats.add(&stats.refused, 1);
+            let now = Instant::now();
+            if self
+                .last_log
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.last_log = Some(now);
+                let why = match r {
+                    Refusal::TooMany => format!(
+                        "{} connections are open, the limit (--max-conns, and the descriptor limit)",
+                        self.open
+                    ),
+                    Refusal::PeerTooMany => format!(
+                        "{from_peer} connections from it are open, the limit (--max-conns-per-peer)"
+                    ),
+                };
+                eprintln!(
+                    "zcap: refusing a connection from {}: {why}; {} refused so far",
+                    peer.to_canonical(),
+                    stats.refused.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            return Err(r);
+        }
+        self.open += 1;
+        *self.by_peer.entry(peer).or_insert(0) += 1;
+        self.pause = PAUSE_MIN;
+        Ok(())
+    }
+
+    /// A connection from `peer` that [`Admission::admit`] let in has closed.
+    pub fn left(&mut self, peer: IpAddr) {
+        self.open = self.open.saturating_sub(1);
+        if let Some(n) = self.by_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// accept(2) failed with `e`. Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): stop
+    /// accepting for a while (backing off up to a second) and say so; the recorder goes on.
+    pub fn accept_failed(&mut self, e: &io::Error, stats: &RxStats) {
+        stats.add(&stats.accept_errors, 1);
+        let out_of_fds = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if out_of_fds {
+            self.paused_until = Some(Instant::now() + self.pause);
+            eprintln!(
+                "zcap: accept failed: {e}; not accepting for {} ms ({} connections open; raise \
+                 `ulimit -n` or lower --max-conns)",
+                self.pause.as_millis(),
+                self.open
+            );
+            self.pause = (self.pause * 2).min(PAUSE_MAX);
+        } else {
+            eprintln!("zcap: accept failed: {e}");
+        }
+    }
+
+    /// False while accepting is paused after an accept failure.
+    pub fn accepting(&mut self) -> bool {
+        match self.paused_until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                self.paused_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_follow_the_descriptor_limit() {
+        let l = Limits::derive(1024, None, 16);
+        assert_eq!(l.max_conns, 480);
+        assert_eq!(Limits::derive(1024, Some(100), 16).max_conns, 100);
+        assert_eq!(
+            Limits::derive(1024, Some(100_000), 16).max_conns,
+            480,
+            "never more than the descriptors allow"
+        );
+        assert_eq!(Limits::derive(10, None, 16).max_conns, 1);
+    }
+
+    #[test]
+    fn admission_counts_per_peer_and_in_total() {
+        let stats = RxStats::default();
+        let mut a = Admission::new(Limits {
+            max_conns: 3,
+            max_per_peer: 2,
+        });
+        let p: IpAddr = "10.0.0.1".parse().unwrap();
+        let q: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(a.admit(p, &stats).is_ok());
+        assert!(a.admit(p, &stats).is_ok());
+        assert_eq!(a.admit(p, &stats), Err(Refusal::PeerTooMany));
+        assert!(a.admit(q, &stats).is_ok());
+        assert_eq!(a.admit(q, &stats), Err(Refusal::TooMany));
+        a.left(p);
+        assert!(a.admit(q, &stats).is_ok());
+        assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_pauses_accepting() {
+        let stats = RxStats::default();
+        let mut a = Admission::new(Limits::default());
+        assert!(a.accepting());
+        a.accept_failed(&io::Error::from_raw_os_error(libc::EMFILE), &stats);
+        assert!(!a.accepting(), "paused after EMFILE");
+        a.accept_failed(&io::Error::from_raw_os_error(libc::ECONNABORTED), &stats);
+        assert_eq!(
+            stats
+                .accept_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
+}
