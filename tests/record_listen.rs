@@ -5,86 +5,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::{assert_streams, start, streams};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A recorder child process and everything it printed on stderr.
-struct Recorder {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-fn start(backend: &str, dir: &Path, extra: &[&str]) -> Recorder {
-    let mut child = common::zcap()
-        .args(["record", "--listen", "127.0.0.1:0", "--rx", backend, "-o"])
-        .arg(dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start zcap record");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    let l = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("zcap: listening on ") {
-                let _ = tx.send(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
-            }
-            let mut g = l.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "the recorder printed no `listening on` line:\n{}",
-                log.lock().unwrap()
-            )
-        });
-    Recorder { child, port, log }
-}
-
-impl Recorder {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for the recorder to exit on its own (`--max-streams`).
-    fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let the log reader finish
-                return (s, self.log());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the recorder did not finish in {limit:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
 
 /// Byte offsets of each record of a little-endian pcap.
 fn record_ends(pcap: &[u8]) -> Vec<usize> {
@@ -117,49 +44,6 @@ fn variants(base: &[u8], n: usize, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             (p, bytes)
         })
         .collect()
-}
-
-/// Every stream of the archive: name → its bytes as `zcap cat --stream` gives them back.
-fn streams(dir: &Path) -> HashMap<String, Vec<u8>> {
-    let out = common::run_ok(common::zcap().arg("ls").arg(dir).arg("--json"));
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["status"] == "ok")
-        .filter_map(|v| v["stream"].as_str().map(String::from))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-        .into_iter()
-        .map(|n| {
-            let out = common::run_ok(common::zcap().arg("cat").arg(dir).args(["--stream", &n]));
-            (n, out.stdout)
-        })
-        .collect()
-}
-
-/// Asserts that the archive holds exactly the `want` streams, byte for byte.
-fn assert_streams(dir: &Path, want: &[Vec<u8>], log: &str) {
-    let got = streams(dir);
-    let mut got: Vec<&Vec<u8>> = got.values().collect();
-    got.sort_by_key(|b| (b.len(), (*b).clone()));
-    let mut want: Vec<&Vec<u8>> = want.iter().collect();
-    want.sort_by_key(|b| (b.len(), (*b).clone()));
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "streams in the archive (recorder log:\n{log})"
-    );
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(
-            g == w,
-            "stream {i}: {} bytes recorded, {} sent, first difference at {:?}\n{log}",
-            g.len(),
-            w.len(),
-            g.iter().zip(w.iter()).position(|(a, b)| a != b)
-        );
-    }
 }
 
 fn replay(file: &Path, to: &str) -> Child {

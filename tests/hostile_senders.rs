@@ -1,0 +1,295 @@
+//! Senders that try to stall the recorder, on every backend over loopback: connections that
+//! pin the receive area with units they never finish (pcapng blocks claiming 16 MiB, pcap
+//! records claiming 256 KiB), while good senders record during and after the attack. Every
+//! good stream must come back byte for byte, new senders must be accepted once the
+//! attackers close, and the summary must count what was cut instead of claiming that
+//! nothing was lost.
+
+mod common;
+
+use common::{start, streams};
+use socket2::{Domain, Socket, Type};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connects to `to` from the loopback address `from` (so per-peer limits see distinct peers).
+fn connect_from(from: [u8; 4], to: &str) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: SocketAddr = (from, 0).into();
+    s.bind(&local.into()).unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// A pcapng section header and one Ethernet interface.
+fn pcapng_header() -> Vec<u8> {
+    let mut v = Vec::new();
+    for w in [0x0A0D_0D0Au32, 28, 0x1A2B_3C4D] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&0u16.to_le_bytes());
+    v.extend_from_slice(&(-1i64).to_le_bytes());
+    v.extend_from_slice(&28u32.to_le_bytes());
+    for w in [1u32, 20, 1, 0, 20] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+/// A pcap file header with the snaplen 262144.
+fn pcap_header() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&4u16.to_le_bytes());
+    for w in [0u32, 0, 262_144, 1] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+/// An attacker: a valid header, then `body` bytes of a unit whose head claims `claim`
+/// bytes, sent in 64 KiB pieces a few milliseconds apart so that they interleave with the
+/// good senders' bytes in the area; then it stalls with the connection open until `release`.
+fn attack(
+    to: String,
+    from: [u8; 4],
+    pcapng: bool,
+    claim: u32,
+    body: usize,
+    sent: Arc<AtomicUsize>,
+    release: Arc<AtomicBool>,
+) {
+    let mut s = connect_from(from, &to);
+    let mut head = if pcapng {
+        let mut h = pcapng_header();
+        // A custom block (type 0x00000BAD) claiming `claim` bytes.
+        h.extend_from_slice(&0x0000_0BADu32.to_le_bytes());
+        h.extend_from_slice(&claim.to_le_bytes());
+        h
+    } else {
+        let mut h = pcap_header();
+        for w in [0u32, 0, claim, claim] {
+            h.extend_from_slice(&w.to_le_bytes());
+        }
+        h
+    };
+    head.resize(head.len() + body, 0x5a);
+    // A write fails once the recorder cut the connection.
+    for piece in head.chunks(64 << 10) {
+        if s.write_all(piece).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    sent.fetch_add(1, Ordering::Relaxed);
+    while !release.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn replay_from(file: &Path, to: &str) -> std::process::Child {
+    common::zcap()
+        .arg("replay")
+        .arg(file)
+        .args(["--to", to, "--topspeed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start zcap replay")
+}
+
+/// Good senders through `zcap replay` (from 127.0.0.1), each must finish in time.
+fn good_senders(inputs: &[std::path::PathBuf], to: &str, log: &dyn Fn() -> String) {
+    let children: Vec<_> = inputs.iter().map(|p| replay_from(p, to)).collect();
+    for mut c in children {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert!(st.success(), "a good sender failed: {st}\n{}", log());
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "a good sender did not finish while attackers held connections:\n{}",
+                    log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Good streams (from 127.0.0.1) that the recorder saw end in order.
+fn good_ended(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.starts_with("zcap: stream 127.0.0.1_") && l.contains("sender closed"))
+        .count()
+}
+
+fn inputs(dir: &Path, n: usize, tag: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("{tag}-{i}.pcap"));
+            common::gen(
+                &[
+                    "--bytes",
+                    "3M",
+                    "--seed",
+                    &(100 + i).to_string(),
+                    "--mix",
+                    "realistic",
+                ],
+                &p,
+            );
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+/// Runs one attack: `attackers` connections spread over three loopback addresses, then good
+/// senders while they hold on, then the attackers close, then good senders again.
+fn pinned_area_attack(backend: &str, pcapng: bool, attackers: usize, claim: u32, body: usize) {
+    if !common::need_tool("python3") {
+        return;
+    }
+    let t = common::tempdir();
+    let arch = t.path().join("arch");
+    let during = inputs(t.path(), 3, "during");
+    let after = inputs(t.path(), 2, "after");
+    // Defaults but for --max-streams: the recorder exits once every stream has ended.
+    let total = (attackers + during.len() + after.len()).to_string();
+    let rec = start(backend, &arch, &["--max-streams", &total]);
+    let addr = rec.addr();
+    // Attackers from 127.0.0.2..4, each on its own thread, still sending while the good
+    // senders start.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(AtomicBool::new(false));
+    let held: Vec<_> = (0..attackers)
+        .map(|i| {
+            let (addr, sent, release) = (addr.clone(), Arc::clone(&sent), Arc::clone(&release));
+            let from = [127, 0, 0, 2 + (i % 3) as u8];
+            std::thread::spawn(move || attack(addr, from, pcapng, claim, body, sent, release))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let paths: Vec<_> = during.iter().map(|(p, _)| p.clone()).collect();
+    good_senders(&paths, &addr, &|| rec.log());
+    // The good streams are recorded to their end while the attackers still hold their
+    // connections (a sender's exit only means the kernel took its bytes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while good_ended(&rec.log()) < during.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "good streams did not end while the attackers held on:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while sent.load(Ordering::Relaxed) < attackers {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attackers stuck:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    release.store(true, Ordering::Relaxed); // the attackers close
+    for h in held {
+        h.join().unwrap();
+    }
+    let paths: Vec<_> = after.iter().map(|(p, _)| p.clone()).collect();
+    good_senders(&paths, &addr, &|| rec.log());
+    let (st, log) = rec.wait(Duration::from_secs(120));
+    assert!(
+        st.success(),
+        "the recorder exits 0 after its streams: {st}\n{log}"
+    );
+    // Every good stream (from 127.0.0.1) byte for byte.
+    let got = streams(&arch);
+    let mut good: Vec<&Vec<u8>> = got
+        .iter()
+        .filter(|(n, _)| n.starts_with("127.0.0.1_"))
+        .map(|(_, b)| b)
+        .collect();
+    good.sort_by_key(|b| b.len());
+    let mut want: Vec<&Vec<u8>> = during.iter().chain(&after).map(|(_, b)| b).collect();
+    want.sort_by_key(|b| b.len());
+    assert_eq!(
+        good.len(),
+        want.len(),
+        "good streams in the archive:\n{log}"
+    );
+    for (g, w) in good.iter().zip(&want) {
+        assert!(
+            g == w,
+            "a good stream differs ({} vs {} bytes):\n{log}",
+            g.len(),
+            w.len()
+        );
+    }
+    // What the attackers sent is accounted for: none of it is claimed as kept.
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("zcap: rx: ") && l.contains("connection(s)"))
+        .unwrap_or_else(|| panic!("no receive summary:\n{log}"));
+    assert!(
+        summary.contains("received bytes not archived") && !summary.contains("nothing"),
+        "the summary counts what was not archived: {summary}"
+    );
+    let attacker_lines = log
+        .lines()
+        .filter(|l| l.starts_with("zcap: stream 127.0.0.") && !l.contains("127.0.0.1_"))
+        .filter(|l| l.contains("not archived"))
+        .count();
+    assert!(
+        attacker_lines >= attackers.min(1),
+        "each attacker's loss is named:\n{log}"
+    );
+    let v = common::zcap().arg("verify").arg(&arch).output().unwrap();
+    assert!(
+        v.status.success(),
+        "the archive verifies:\n{}\n{log}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}
+
+/// Four pcapng senders each send 15 MiB of a custom block that claims 16 MiB, then stall:
+/// together they would pin nearly all of the default 64 MiB area.
+fn pcapng_blocks_claiming_16mib_do_not_stall_the_others(backend: &str) {
+    pinned_area_attack(backend, true, 4, 16 << 20, 15 << 20);
+}
+
+/// 300 pcap senders each send 250,000 bytes of a 262,144-byte record, then stall.
+fn three_hundred_unfinished_pcap_records_do_not_stall_the_others(backend: &str) {
+    pinned_area_attack(backend, false, 300, 262_144, 250_000 - 40);
+}
+
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod ring {
+            $( #[test] fn $test() { super::$test("ring") } )*
+        }
+        mod recv {
+            $( #[test] fn $test() { super::$test("recv") } )*
+        }
+        mod zcrx_emulated {
+            $( #[test] fn $test() { super::$test("zcrx-emulated") } )*
+        }
+    };
+}
+
+for_each_backend!(
+    pcapng_blocks_claiming_16mib_do_not_stall_the_others,
+    three_hundred_unfinished_pcap_records_do_not_stall_the_others,
+);
