@@ -91,10 +91,15 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Appends chained entries to an archive's manifest.
+/// Appends chained entries to an archive's manifest. Its I/O errors name the manifest.
 pub struct Writer {
     file: File,
+    path: PathBuf,
     head: String,
+}
+
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 impl Writer {
@@ -106,7 +111,7 @@ impl Writer {
             if e.kind() == io::ErrorKind::NotFound {
                 Ok(String::new())
             } else {
-                Err(e)
+                Err(named(&path, e))
             }
         })?;
         let head = match parse(&existing) {
@@ -122,9 +127,14 @@ impl Writer {
                 ))
             }
         };
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| named(&path, e))?;
         let mut w = Writer {
             file,
+            path,
             head: head.clone().unwrap_or_else(|| GENESIS.to_string()),
         };
         if head.is_none() {
@@ -136,8 +146,10 @@ impl Writer {
     /// Appends one entry and fsyncs the manifest.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
         let (line, hash) = render(entry, &self.head);
-        self.file.write_all(line.as_bytes())?;
-        self.file.sync_data()?;
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| named(&self.path, e))?;
         self.head = hash;
         Ok(())
     }
