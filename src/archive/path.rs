@@ -30,7 +30,7 @@ pub enum Why {
     Segment(String),
     /// A `.partial` named where only finalized segments may be.
     Partial,
-    /// This part of the path is a symbolic link.
+    /// This part of the path (named in words) is a symbolic link.
     Symlink(String),
     /// This part of the path is not a directory (the stream) or not a regular file (the
     /// segment).
@@ -185,7 +185,11 @@ fn check_parts(dir: &Path, rel: &str, partial_ok: bool) -> Result<PathBuf, PathE
     };
     let sdir = super::stream_dir(dir, stream);
     let file = sdir.join(name);
-    for (p, shown, dir_expected) in [(&sdir, stream, true), (&file, rel, false)] {
+    let sname = format!("its stream directory {stream}");
+    for (p, shown, dir_expected) in [
+        (&sdir, sname.as_str(), true),
+        (&file, "the segment file", false),
+    ] {
         match std::fs::symlink_metadata(p) {
             Ok(m) if m.file_type().is_symlink() => return Err(err(Why::Symlink(shown.into()))),
             Ok(m) if dir_expected && !m.is_dir() => {
@@ -295,22 +299,22 @@ mod tests {
             checked_path(&dir, "linked/000001.pcap.zst")
                 .unwrap_err()
                 .why,
-            Why::Symlink("linked".into())
+            Why::Symlink("its stream directory linked".into())
         );
         symlink(out.join("000001.pcap.zst"), dir.join("s/000003.pcap.zst")).unwrap();
         assert_eq!(
             checked_path(&dir, "s/000003.pcap.zst").unwrap_err().why,
-            Why::Symlink("s/000003.pcap.zst".into())
+            Why::Symlink("the segment file".into())
         );
         std::fs::create_dir(dir.join("s/000004.pcap.zst")).unwrap();
         assert_eq!(
             checked_path(&dir, "s/000004.pcap.zst").unwrap_err().why,
-            Why::Kind("s/000004.pcap.zst".into(), "a regular file")
+            Why::Kind("the segment file".into(), "a regular file")
         );
         std::fs::write(dir.join("plain"), b"").unwrap();
         assert_eq!(
             checked_path(&dir, "plain/000001.pcap.zst").unwrap_err().why,
-            Why::Kind("plain".into(), "a directory")
+            Why::Kind("its stream directory plain".into(), "a directory")
         );
         let e = open_nofollow(&dir.join("s/000003.pcap.zst")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
