@@ -80,9 +80,10 @@ pub fn create_entry() -> manifest::Entry {
 }
 
 /// Takes the archive's writer lock (`.lock`, flock exclusive, non-blocking). `None` when
-/// another recorder holds it. Errors name the lock file.
+/// another recorder holds it. Errors name the lock file; a link there is refused.
 pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(".lock");
     let named =
         |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
@@ -90,6 +91,7 @@ pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(named)?;
     // SAFETY: flock on a descriptor we own; no memory is involved.

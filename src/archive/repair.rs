@@ -18,6 +18,7 @@ use crate::stream::Format;
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 use zstd::zstd_safe;
@@ -72,7 +73,12 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
                 .map(str::len)
                 .sum();
             let tmp = dir.join(format!("{}.repair-tmp", manifest::FILE));
-            File::create(&tmp)
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
                 .and_then(|mut f| {
                     f.write_all(&text.as_bytes()[..keep])?;
                     f.sync_all()
@@ -292,7 +298,6 @@ fn recover_partial(
     let dropped = bytes.len() - off;
     {
         use std::io::Seek;
-        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
