@@ -4,7 +4,7 @@
 //! loopback as PCAP-over-IP, waits for the recorder to finalize, then lists and verifies the
 //! fresh archive and shows what to try next.
 
-use crate::cli::{DemoArgs, LsArgs, VerifyArgs};
+use crate::cli::DemoArgs;
 use crate::replay::{self, Opts, Src};
 use anyhow::{bail, Context};
 use clap::ValueEnum;
@@ -106,7 +106,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
     writeln!(out, "\n$ zcap ls {}", dir.display())?;
     out.flush()?;
     drop(out);
-    crate::archive::read::ls(&LsArgs {
+    crate::archive::read::ls(&crate::archive::read::LsOptions {
         dir: dir.clone(),
         json: false,
     })?;
@@ -114,7 +114,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
     writeln!(out, "\n$ zcap verify {}", dir.display())?;
     out.flush()?;
     drop(out);
-    let ok = crate::archive::verify::run(&VerifyArgs {
+    let ok = crate::archive::verify::run(&crate::archive::verify::Options {
         dir: dir.clone(),
         repair: false,
         json: false,

@@ -1,18 +1,49 @@
 //! The `zcap` binary: parse the command line, run the job, map the outcome to an exit code
-//! (0 ok, 1 a check failed or input was bad, 2 an error). A closed stdout pipe
-//! (`zcap cat A | head`) ends quietly with 0.
+//! (0 ok, 1 a check failed or input was bad — an archive that names paths outside itself
+//! included — 2 an error). A closed stdout pipe (`zcap cat A | head`) ends quietly with 0.
+//! The archive commands take plain option structs; this is the one place they are made from
+//! the command line.
 
 use clap::Parser;
 use std::process::ExitCode;
-use zcap::cli::{Cli, Command};
+use zcap::archive::{path::Untrusted, read, verify};
+use zcap::cli::{CatArgs, Cli, Command, LsArgs, VerifyArgs};
+
+fn ls_options(a: &LsArgs) -> read::LsOptions {
+    read::LsOptions {
+        dir: a.dir.clone(),
+        json: a.json,
+    }
+}
+
+fn cat_options(a: &CatArgs) -> read::CatOptions {
+    read::CatOptions {
+        dir: a.dir.clone(),
+        sel: read::Selection {
+            streams: a.stream.clone(),
+            from: a.from,
+            to: a.to,
+        },
+        write: a.write.clone(),
+        stats: a.stats,
+    }
+}
+
+fn verify_options(a: &VerifyArgs) -> verify::Options {
+    verify::Options {
+        dir: a.dir.clone(),
+        repair: a.repair,
+        json: a.json,
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Record(a) => zcap::record::run(a),
-        Command::Ls(a) => zcap::archive::read::ls(a),
-        Command::Cat(a) => zcap::archive::read::cat(a),
-        Command::Verify(a) => zcap::archive::verify::run(a),
+        Command::Ls(a) => read::ls(&ls_options(a)),
+        Command::Cat(a) => read::cat(&cat_options(a)),
+        Command::Verify(a) => verify::run(&verify_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json),
         Command::Demo(a) => zcap::demo::run(a),
@@ -28,7 +59,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("zcap: error: {e:#}");
-            ExitCode::from(2)
+            if e.chain().any(|c| c.downcast_ref::<Untrusted>().is_some()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct Sent {
 /// Runs `zcap replay`.
 pub fn run(a: &ReplayArgs) -> anyhow::Result<bool> {
     let src = if a.src.is_dir() {
+        // An archive that names paths outside itself is refused before anyone is connected
+        // to (cat_to, which reads it, refuses it too).
+        crate::archive::catalog::Catalog::load(&a.src)?.trusted()?;
         Src::Archive {
             dir: a.src.clone(),
             sel: Selection {

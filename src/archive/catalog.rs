@@ -1,9 +1,13 @@
 //! What an archive holds, as its readers see it: the manifest read leniently (a torn last
 //! line or a broken chain is reported, not fatal, so `ls` and `cat` still work after a crash
 //! and `verify` can say what is wrong), the live segments (finalized and not deleted), how
-//! streams ended, and the segment files actually on disk. Read-only.
+//! streams ended, and the segment files actually on disk. Read-only. Every path a manifest
+//! line names and every segment file on disk passes [`super::path`]'s rule first; what
+//! breaks it is set aside with its reason ([`Catalog::bad_paths`], [`Disk::refused`]) and is
+//! never listed as a segment, so no reader opens it.
 
 use super::manifest::{self, ChainError, Entry, SegmentEntry};
+use super::path::{self, PathError, Untrusted, Why};
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,9 @@ pub struct Catalog {
     pub stream_ends: Vec<StreamEnd>,
     /// Lines that are not valid entries: (line number, reason).
     pub unreadable: Vec<(usize, String)>,
+    /// Segment and delete lines whose path breaks the naming rule, in line order. Their
+    /// entries are left out of `segments` and `deleted`.
+    pub bad_paths: Vec<PathError>,
 }
 
 impl Catalog {
@@ -61,6 +68,7 @@ impl Catalog {
             deleted: HashSet::new(),
             stream_ends: Vec::new(),
             unreadable: Vec::new(),
+            bad_paths: Vec::new(),
         };
         let good_lines = match &c.chain {
             Ok(()) => c.lines,
@@ -89,6 +97,10 @@ impl Catalog {
             };
             match entry {
                 Entry::Segment(s) => {
+                    if let Err(e) = path::checked_path(dir, &s.path) {
+                        c.bad_paths.push(e.at(number));
+                        continue;
+                    }
                     c.deleted.remove(&s.path);
                     c.segments.push(LiveSegment {
                         line: number,
@@ -96,6 +108,10 @@ impl Catalog {
                     })
                 }
                 Entry::Delete { path, .. } => {
+                    if let Err(e) = path::check_name(&path, false) {
+                        c.bad_paths.push(e.at(number));
+                        continue;
+                    }
                     c.segments.retain(|s| s.entry.path != path);
                     c.deleted.insert(path);
                 }
@@ -116,6 +132,18 @@ impl Catalog {
             }
         }
         c
+    }
+
+    /// Refuses the archive when a manifest line names a path that breaks the rule.
+    pub fn trusted(&self) -> Result<(), Untrusted> {
+        if self.bad_paths.is_empty() {
+            Ok(())
+        } else {
+            Err(Untrusted {
+                dir: self.dir.clone(),
+                errors: self.bad_paths.clone(),
+            })
+        }
     }
 
     /// Stream names in order of first appearance (segments and stream entries).
@@ -183,31 +211,58 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, bool, bool)> {
     Some((digits.parse().ok()?, pcapng, partial))
 }
 
-/// Every segment file (finalized or `.partial`) in the archive's stream directories, sorted
-/// by stream and sequence number.
-pub fn scan_disk(dir: &Path) -> io::Result<Vec<DiskSegment>> {
-    let mut out = Vec::new();
-    for d in std::fs::read_dir(dir)? {
-        let d = d?;
-        if !d.file_type()?.is_dir() {
+/// What [`scan_disk`] found.
+#[derive(Debug, Default)]
+pub struct Disk {
+    /// Segment files that pass the naming rule, sorted by stream and sequence number.
+    pub segments: Vec<DiskSegment>,
+    /// Links in the archive's top directory and segment files that break the rule.
+    pub refused: Vec<PathError>,
+}
+
+/// Every segment file (finalized or `.partial`) in the archive's stream directories. A
+/// symbolic link is never followed: one in the archive's top directory, or a segment-named
+/// file that is one, is refused. Errors name the directory that could not be read.
+pub fn scan_disk(dir: &Path) -> io::Result<Disk> {
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let mut out = Disk::default();
+    for d in std::fs::read_dir(dir).map_err(|e| named(dir, e))? {
+        let d = d.map_err(|e| named(dir, e))?;
+        let stream = d.file_name().to_string_lossy().into_owned();
+        let kind = d.file_type().map_err(|e| named(&d.path(), e))?;
+        if kind.is_symlink() {
+            out.refused.push(PathError {
+                line: None,
+                path: stream,
+                why: Why::Symlink("it".into()),
+            });
             continue;
         }
-        let stream = d.file_name().to_string_lossy().into_owned();
-        for f in std::fs::read_dir(d.path())? {
-            let f = f?;
+        if !kind.is_dir() {
+            continue;
+        }
+        let sdir = d.path();
+        for f in std::fs::read_dir(&sdir).map_err(|e| named(&sdir, e))? {
+            let f = f.map_err(|e| named(&sdir, e))?;
             let name = f.file_name().to_string_lossy().into_owned();
-            if let Some((seq, pcapng, partial)) = parse_segment_name(&name) {
-                out.push(DiskSegment {
-                    rel: format!("{stream}/{name}"),
+            let Some((seq, pcapng, partial)) = parse_segment_name(&name) else {
+                continue;
+            };
+            let rel = format!("{stream}/{name}");
+            match path::checked_disk_path(dir, &rel) {
+                Ok(_) => out.segments.push(DiskSegment {
+                    rel,
                     stream: stream.clone(),
                     seq,
                     pcapng,
                     partial,
-                });
+                }),
+                Err(e) => out.refused.push(e),
             }
         }
     }
-    out.sort_by(|a, b| (&a.stream, a.seq, a.partial).cmp(&(&b.stream, b.seq, b.partial)));
+    out.segments
+        .sort_by(|a, b| (&a.stream, a.seq, a.partial).cmp(&(&b.stream, b.seq, b.partial)));
     Ok(out)
 }
 
@@ -249,5 +304,86 @@ mod tests {
         assert_eq!(c.head.as_deref(), Some(head.as_str()));
         assert!(c.knows("s/000001.pcap.zst"));
         assert_eq!(c.unreadable.len(), 1);
+    }
+
+    #[test]
+    fn lines_naming_bad_paths_are_set_aside_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = manifest::Writer::open(dir.path(), crate::archive::create_entry).unwrap();
+        let seg = |path: &str| {
+            Entry::Segment(SegmentEntry {
+                stream: "s".into(),
+                seq: 1,
+                path: path.into(),
+                format: "pcap".into(),
+                linktypes: vec![1],
+                nanos: false,
+                bytes: 1,
+                raw: 1,
+                packets: 0,
+                frames: 0,
+                first_ns: None,
+                last_ns: None,
+                stream_off: 24,
+                cont: false,
+                sha256: String::new(),
+                time: String::new(),
+                repaired: false,
+            })
+        };
+        w.append(&seg("s/000001.pcap.zst")).unwrap();
+        w.append(&seg("../outside/000001.pcap.zst")).unwrap();
+        w.append(&Entry::Delete {
+            path: "/etc/passwd".into(),
+            reason: "max-bytes".into(),
+        })
+        .unwrap();
+        drop(w);
+        let c = Catalog::load(dir.path()).unwrap();
+        assert!(c.chain.is_ok());
+        assert_eq!(c.segments.len(), 1);
+        assert_eq!(c.segments[0].entry.path, "s/000001.pcap.zst");
+        assert!(c.deleted.is_empty());
+        let lines: Vec<_> = c
+            .bad_paths
+            .iter()
+            .map(|e| (e.line, e.path.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (Some(3), "../outside/000001.pcap.zst"),
+                (Some(4), "/etc/passwd")
+            ]
+        );
+        let msg = c.trusted().unwrap_err().to_string();
+        assert!(
+            msg.contains("manifest line 3: path \"../outside/000001.pcap.zst\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("manifest line 4: path \"/etc/passwd\": an absolute path"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn scan_disk_refuses_links() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (dir, out) = (t.path().join("a"), t.path().join("out"));
+        std::fs::create_dir_all(dir.join("s")).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("000001.pcap.zst"), b"x").unwrap();
+        std::fs::write(dir.join("s/000001.pcap.zst"), b"x").unwrap();
+        std::fs::write(dir.join("s/000002.pcap.zst.partial"), b"x").unwrap();
+        symlink(out.join("000001.pcap.zst"), dir.join("s/000003.pcap.zst")).unwrap();
+        symlink(&out, dir.join("t")).unwrap();
+        let d = scan_disk(&dir).unwrap();
+        let found: Vec<_> = d.segments.iter().map(|s| s.rel.as_str()).collect();
+        assert_eq!(found, ["s/000001.pcap.zst", "s/000002.pcap.zst.partial"]);
+        let mut refused: Vec<_> = d.refused.iter().map(|e| e.path.as_str()).collect();
+        refused.sort();
+        assert_eq!(refused, ["s/000003.pcap.zst", "t"]);
     }
 }

@@ -1,11 +1,13 @@
 //! The manifest: an append-only JSON-lines log in which every line carries the SHA-256 of
 //! everything before its own `hash` field and the previous line's hash (docs/ARCHIVE.md).
-//! This module is the only writer and the only chain checker.
+//! This module is the only writer and the only chain checker. The manifest is never read or
+//! appended to through a symbolic link (`O_NOFOLLOW`).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "manifest.jsonl";
@@ -91,10 +93,15 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Appends chained entries to an archive's manifest.
+/// Appends chained entries to an archive's manifest. Its I/O errors name the manifest.
 pub struct Writer {
     file: File,
+    path: PathBuf,
     head: String,
+}
+
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 impl Writer {
@@ -102,13 +109,15 @@ impl Writer {
     /// missing. A torn last line is an error: run `zcap verify --repair` first.
     pub fn open(dir: &Path, create: impl FnOnce() -> Entry) -> io::Result<Writer> {
         let path = dir.join(FILE);
-        let existing = std::fs::read_to_string(&path).or_else(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Ok(String::new())
-            } else {
-                Err(e)
-            }
-        })?;
+        let existing = read_nofollow(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(String::new())
+                } else {
+                    Err(named(&path, e))
+                }
+            })?;
         let head = match parse(&existing) {
             Ok(lines) => lines.last().map(|l| l.hash.clone()),
             Err(e) => {
@@ -122,9 +131,15 @@ impl Writer {
                 ))
             }
         };
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| named(&path, e))?;
         let mut w = Writer {
             file,
+            path,
             head: head.clone().unwrap_or_else(|| GENESIS.to_string()),
         };
         if head.is_none() {
@@ -136,8 +151,10 @@ impl Writer {
     /// Appends one entry and fsyncs the manifest.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
         let (line, hash) = render(entry, &self.head);
-        self.file.write_all(line.as_bytes())?;
-        self.file.sync_data()?;
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| named(&self.path, e))?;
         self.head = hash;
         Ok(())
     }
@@ -215,7 +232,7 @@ pub fn parse(text: &str) -> Result<Vec<Line>, ChainError> {
 /// the damaged line), with an error that says which archive was expected.
 pub fn read_text(dir: &Path) -> io::Result<String> {
     let path: PathBuf = dir.join(FILE);
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = read_nofollow(&path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -226,6 +243,12 @@ pub fn read_text(dir: &Path) -> io::Result<String> {
         )
     })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    super::path::open_nofollow(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Reads and checks the manifest of an archive directory.
@@ -292,5 +315,27 @@ mod tests {
         w.append(&Entry::Repair { what: "y".into() }).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert_eq!(parse(&text).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_linked_manifest_is_neither_read_nor_appended_to() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, outside) = (t.path().join("a"), t.path().join("elsewhere"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(&outside, b"not yours\n").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join(FILE)).unwrap();
+        let e = read_text(&dir).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&dir.join(FILE).display().to_string()),
+            "{e}"
+        );
+        let e = Writer::open(&dir, create).err().expect("refused");
+        assert!(
+            e.to_string()
+                .contains(&dir.join(FILE).display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&outside).unwrap(), b"not yours\n");
     }
 }

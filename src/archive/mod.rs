@@ -1,16 +1,19 @@
 //! The archive format (docs/ARCHIVE.md): directory layout and naming, the manifest, the
 //! segment index trailer. The writer produces archives through these types; readers,
-//! `verify` and retention consume them. Nothing here touches the receive path.
+//! `verify` and retention consume them. Nothing here touches the receive path. Archives
+//! are untrusted input: every path one names about itself passes [`path::checked_path`].
 
 pub mod catalog;
 pub mod index;
 pub mod manifest;
+pub mod path;
 pub mod read;
 pub mod repair;
 pub mod retention;
 pub mod segment;
 pub mod verify;
 
+pub use path::{checked_path, PathError};
 use std::path::{Path, PathBuf};
 
 /// Format version written to the manifest's `create` line.
@@ -77,14 +80,20 @@ pub fn create_entry() -> manifest::Entry {
 }
 
 /// Takes the archive's writer lock (`.lock`, flock exclusive, non-blocking). `None` when
-/// another recorder holds it.
+/// another recorder holds it. Errors name the lock file; a link there is refused.
 pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".lock");
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(".lock"))?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(named)?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
@@ -94,7 +103,7 @@ pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             Ok(None)
         } else {
-            Err(e)
+            Err(named(e))
         }
     }
 }

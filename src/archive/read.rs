@@ -4,13 +4,14 @@
 //! copied as they decompress, and with a time window only the frames the index says overlap
 //! it are decompressed, then only records inside it are kept. Several streams are merged by
 //! timestamp into one pcap (all pcap with one link type) or pcapng (one interface per stream
-//! and interface). Nothing here writes to the archive.
+//! and interface). Nothing here writes to the archive. An archive whose manifest names a
+//! path that breaks the naming rule ([`super::path`]) is refused whole, before anything in
+//! it is read.
 
 use super::catalog::{scan_disk, Catalog};
 use super::index::FRAME_HAS_IDB;
 use super::manifest::SegmentEntry;
 use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
-use crate::cli::{CatArgs, LsArgs};
 use crate::stream::{pcap, pcapng, Format, UnitKind};
 use crate::units::human_bytes;
 use anyhow::{bail, Context};
@@ -18,7 +19,7 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 const OUT_BUF: usize = 1 << 20;
@@ -65,11 +66,24 @@ struct Row {
     json: serde_json::Value,
 }
 
+/// What `zcap ls` lists.
+#[derive(Debug, Clone)]
+pub struct LsOptions {
+    pub dir: PathBuf,
+    /// One JSON object per row instead of the table.
+    pub json: bool,
+}
+
 /// `zcap ls DIR [--json]`.
-pub fn ls(a: &LsArgs) -> anyhow::Result<bool> {
+pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let c = Catalog::load(&a.dir)?;
+    c.trusted()?;
     warn_chain(&c);
-    let disk = scan_disk(&a.dir).with_context(|| format!("reading {}", a.dir.display()))?;
+    let disk = scan_disk(&a.dir)?;
+    for e in &disk.refused {
+        eprintln!("zcap: warning: {}: not listed: {e}", a.dir.display());
+    }
+    let disk = disk.segments;
     let mut rows = Vec::new();
     for name in c.stream_names() {
         for e in c.stream_segments(&name) {
@@ -272,14 +286,21 @@ impl Selection {
     }
 }
 
+/// What `zcap cat` writes, and where.
+#[derive(Debug, Clone)]
+pub struct CatOptions {
+    pub dir: PathBuf,
+    pub sel: Selection,
+    /// Write to this file instead of stdout.
+    pub write: Option<PathBuf>,
+    /// Print to stderr how much was decompressed.
+    pub stats: bool,
+}
+
 /// `zcap cat`: writes the selection to stdout (or `-w FILE`).
-pub fn cat(a: &CatArgs) -> anyhow::Result<bool> {
-    let sel = Selection {
-        streams: a.stream.clone(),
-        from: a.from,
-        to: a.to,
-    };
-    if let (Some(f), Some(t)) = (a.from, a.to) {
+pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
+    let sel = &a.sel;
+    if let (Some(f), Some(t)) = (sel.from, sel.to) {
         if f > t {
             bail!("--from is after --to: the window is empty");
         }
@@ -289,7 +310,7 @@ pub fn cat(a: &CatArgs) -> anyhow::Result<bool> {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::with_capacity(OUT_BUF, f);
-            let s = cat_to(&a.dir, &sel, &mut w)?;
+            let s = cat_to(&a.dir, sel, &mut w)?;
             w.flush()
                 .with_context(|| format!("writing {}", path.display()))?;
             s
@@ -297,7 +318,7 @@ pub fn cat(a: &CatArgs) -> anyhow::Result<bool> {
         None => {
             let stdout = io::stdout();
             let mut w = BufWriter::with_capacity(OUT_BUF, stdout.lock());
-            let s = cat_to(&a.dir, &sel, &mut w)?;
+            let s = cat_to(&a.dir, sel, &mut w)?;
             w.flush().context("writing to stdout")?;
             s
         }
@@ -315,6 +336,7 @@ pub fn cat(a: &CatArgs) -> anyhow::Result<bool> {
 /// took. One stream: its own format, byte for byte; several: merged by timestamp.
 pub fn cat_to<W: Write>(dir: &Path, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
     let c = Catalog::load(dir)?;
+    c.trusted()?;
     warn_chain(&c);
     let known = c.stream_names();
     let streams: Vec<String> = if sel.streams.is_empty() {
@@ -354,7 +376,7 @@ pub fn cat_to<W: Write>(dir: &Path, sel: &Selection, out: &mut W) -> anyhow::Res
 
 fn open_segment(dir: &Path, e: &SegmentEntry, dec: &mut Decoder) -> anyhow::Result<Segment> {
     dec.stats.segments += 1;
-    Ok(Segment::open(&dir.join(&e.path))?)
+    Ok(Segment::open(&super::checked_path(dir, &e.path)?)?)
 }
 
 /// One stream in its own format.

@@ -5,6 +5,9 @@
 //! were renamed but never logged, and records that interrupted streams ended. Every change is
 //! logged in the manifest. It never rewrites a manifest line that belongs to the chain and
 //! never touches a segment the manifest already finalized. The caller holds the archive lock.
+//! An archive whose manifest names paths that break the naming rule ([`super::path`]) is
+//! not crash debris: it is left unchanged. Files are never opened through symbolic links,
+//! and every I/O error names its path.
 
 use super::catalog::{scan_disk, Catalog, DiskSegment};
 use super::index::{FrameEntry, Trailer, FLAG_CONT, FRAME_HAS_IDB};
@@ -14,7 +17,8 @@ use super::verify::{scan_segment, sha256_file};
 use crate::stream::Format;
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 use zstd::zstd_safe;
@@ -23,8 +27,19 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Reads a whole file, never through a symbolic link.
+fn read_nofollow(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    super::path::open_nofollow(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Runs every repair and returns what it did, one sentence each. Damage that is not crash
@@ -32,8 +47,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     let path = dir.join(manifest::FILE);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_nofollow(&path)?;
     let text = String::from_utf8_lossy(&text).into_owned();
+    let bad = Catalog::parse(dir, &text).bad_paths;
+    if !bad.is_empty() {
+        for e in &bad {
+            eprintln!("zcap: verify --repair: {e}");
+        }
+        eprintln!(
+            "zcap: verify --repair: the manifest names paths outside the archive's naming rule: that is damage or tampering, not crash debris, so nothing was changed"
+        );
+        return Ok(done);
+    }
     let mut dropped = None;
     match manifest::parse(&text) {
         Ok(_) => {}
@@ -48,11 +73,17 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
                 .map(str::len)
                 .sum();
             let tmp = dir.join(format!("{}.repair-tmp", manifest::FILE));
-            let mut f =
-                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&text.as_bytes()[..keep])?;
-            f.sync_all()?;
-            drop(f);
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .and_then(|mut f| {
+                    f.write_all(&text.as_bytes()[..keep])?;
+                    f.sync_all()
+                })
+                .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("replacing {}", path.display()))?;
             sync_dir(dir)?;
@@ -77,7 +108,11 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
 
     let cat = Catalog::load(dir)?;
     let mut dec = Decoder::new();
-    for d in scan_disk(dir)? {
+    let disk = scan_disk(dir)?;
+    for e in &disk.refused {
+        eprintln!("zcap: verify --repair: leaving {e} alone");
+    }
+    for d in disk.segments {
         if d.partial {
             let what = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
             done.push(what);
@@ -104,7 +139,9 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
         let segs = cat.stream_segments(&s);
         let packets = segs.iter().map(|e| e.packets).sum();
         let bytes = segs.last().map_or(0, |e| {
-            Segment::open(&dir.join(&e.path))
+            super::checked_path(dir, &e.path)
+                .map_err(|e| e.to_string())
+                .and_then(|p| Segment::open(&p).map_err(|e| e.to_string()))
                 .map(|seg| {
                     seg.trailer.stream_off
                         + seg
@@ -149,7 +186,10 @@ fn previous(
         .find(|e| e.seq < seq)?
         .clone();
     let mut hdr = Vec::new();
-    match Segment::open(&dir.join(&e.path)) {
+    let seg = super::checked_path(dir, &e.path)
+        .map_err(|e| e.to_string())
+        .and_then(|p| Segment::open(&p).map_err(|e| e.to_string()));
+    match seg {
         Ok(seg) => {
             let ok = seg.read_header(dec, &mut hdr).is_ok();
             let hlen = seg.trailer.header_raw_len as u64;
@@ -169,7 +209,7 @@ fn recover_partial(
     w: &mut manifest::Writer,
 ) -> anyhow::Result<String> {
     let path = dir.join(&d.rel);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_nofollow(&path)?;
     let remove = |w: &mut manifest::Writer, why: &str| -> anyhow::Result<String> {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         sync_dir(path.parent().expect("segments live in stream directories"))?;
@@ -257,15 +297,23 @@ fn recover_partial(
     let tail = trailer.encode();
     let dropped = bytes.len() - off;
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.set_len(off as u64)?;
         use std::io::Seek;
-        f.seek(io::SeekFrom::End(0))?;
-        f.write_all(&tail)?;
-        f.sync_all()?;
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| {
+                f.set_len(off as u64)?;
+                f.seek(io::SeekFrom::End(0))?;
+                f.write_all(&tail)?;
+                f.sync_all()
+            })
+            .with_context(|| {
+                format!(
+                    "cutting {} to its last whole frame and writing its trailer",
+                    path.display()
+                )
+            })?;
     }
     let final_rel = d
         .rel

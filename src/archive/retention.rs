@@ -1,6 +1,12 @@
 //! Retention: the archive as a ring buffer. `--max-bytes` and `--max-age` delete the oldest
 //! finalized segments first (finalization order), never the newest one, and record each
 //! deletion in the manifest.
+//!
+//! It deletes only files that match their manifest entry: the path passes the archive's
+//! naming rule ([`super::path`]), the file is a regular file (not a link) and has the
+//! entry's size. Anything else is left in place, logged (`zcap: retention: not deleting
+//! PATH: why`), counted in [`Live::refused`] and dropped from the books, and retention
+//! moves on to the next segment.
 
 use super::manifest::{self, Entry};
 use std::collections::VecDeque;
@@ -13,6 +19,11 @@ use std::time::{Duration, SystemTime};
 pub struct Live {
     segs: VecDeque<(String, u64, SystemTime)>,
     total: u64,
+    refused: u64,
+}
+
+fn refuse(path: &str, why: impl std::fmt::Display) {
+    eprintln!("zcap: retention: not deleting {path}: {why}");
 }
 
 impl Live {
@@ -29,6 +40,11 @@ impl Live {
         for l in lines {
             match l.entry {
                 Entry::Segment(s) => {
+                    if let Err(e) = super::checked_path(dir, &s.path) {
+                        refuse(&s.path, e.at(l.number));
+                        live.refused += 1;
+                        continue;
+                    }
                     let t = humantime::parse_rfc3339(&s.time).unwrap_or(SystemTime::UNIX_EPOCH);
                     live.add(s.path, s.bytes, t);
                 }
@@ -55,6 +71,28 @@ impl Live {
         self.total
     }
 
+    /// Segments retention refused to delete (or to take on from the manifest) since this
+    /// list was loaded.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Why the file of an entry (`path`, `bytes`) must not be deleted, if it must not. A
+    /// file already gone passes: its deletion is still recorded.
+    fn deletable(dir: &Path, path: &str, bytes: u64) -> Result<(), String> {
+        let p = super::checked_path(dir, path).map_err(|e| e.to_string())?;
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.file_type().is_file() => Err("not a regular file".into()),
+            Ok(m) if m.len() != bytes => Err(format!(
+                "{} bytes, but its manifest entry says {bytes}: not the file the manifest finalized",
+                m.len()
+            )),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot examine {}: {e}", p.display())),
+        }
+    }
+
     /// Deletes oldest segments until the limits hold (keeping the newest), logging each in
     /// the manifest. Returns how many were deleted.
     pub fn enforce(
@@ -75,16 +113,29 @@ impl Live {
             } else {
                 break;
             };
+            if let Err(why) = Self::deletable(dir, &path, bytes) {
+                refuse(&path, why);
+                self.refused += 1;
+                self.segs.pop_front();
+                self.total -= bytes;
+                continue;
+            }
             // Record first: a crash between the two leaves a deleted segment's file behind,
             // which `verify --repair` removes, rather than a live segment with no file.
             manifest.append(&Entry::Delete {
                 path: path.clone(),
                 reason: reason.into(),
             })?;
-            match std::fs::remove_file(dir.join(&path)) {
+            let file = dir.join(&path);
+            match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("deleting {path}: {e}"))),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("deleting {}: {e}", file.display()),
+                    ))
+                }
             }
             self.segs.pop_front();
             self.total -= bytes;
@@ -134,5 +185,41 @@ mod tests {
         );
         let text = std::fs::read_to_string(dir.path().join(manifest::FILE)).unwrap();
         assert_eq!(text.matches("\"op\":\"delete\"").count(), 2);
+    }
+
+    #[test]
+    fn leaves_files_that_do_not_match_their_entry() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (dir, out) = (t.path().join("a"), t.path().join("out"));
+        std::fs::create_dir_all(dir.join("s")).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let sentinel = out.join("000001.pcap.zst");
+        std::fs::write(&sentinel, vec![1u8; 100]).unwrap();
+        let mut m = manifest::Writer::open(&dir, crate::archive::create_entry).unwrap();
+        let mut live = Live::default();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        // Outside the archive, a link, a file of another size, a good one, the newest.
+        live.add("../out/000001.pcap.zst".into(), 100, old);
+        symlink(&sentinel, dir.join("s/000002.pcap.zst")).unwrap();
+        live.add("s/000002.pcap.zst".into(), 100, old);
+        std::fs::write(dir.join("s/000003.pcap.zst"), vec![0u8; 99]).unwrap();
+        live.add("s/000003.pcap.zst".into(), 100, old);
+        std::fs::write(dir.join("s/000004.pcap.zst"), vec![0u8; 100]).unwrap();
+        live.add("s/000004.pcap.zst".into(), 100, old);
+        std::fs::write(dir.join("s/000005.pcap.zst"), vec![0u8; 100]).unwrap();
+        live.add("s/000005.pcap.zst".into(), 100, SystemTime::now());
+
+        assert_eq!(live.enforce(&dir, &mut m, Some(1), None).unwrap(), 1);
+        assert_eq!(live.refused(), 3);
+        assert_eq!(std::fs::read(&sentinel).unwrap(), vec![1u8; 100]);
+        assert!(dir.join("s/000002.pcap.zst").symlink_metadata().is_ok());
+        assert!(dir.join("s/000003.pcap.zst").exists());
+        assert!(!dir.join("s/000004.pcap.zst").exists());
+        assert!(dir.join("s/000005.pcap.zst").exists(), "the newest stays");
+        assert_eq!(live.total_bytes(), 100);
+        let text = std::fs::read_to_string(dir.join(manifest::FILE)).unwrap();
+        assert_eq!(text.matches("\"op\":\"delete\"").count(), 1);
+        assert!(text.contains("s/000004.pcap.zst"));
     }
 }

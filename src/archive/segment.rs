@@ -164,13 +164,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Opens a finalized segment and reads its index trailer.
+    /// Opens a finalized segment (never through a symbolic link: `O_NOFOLLOW`) and reads its
+    /// index trailer.
     pub fn open(path: &Path) -> Result<Segment, SegmentError> {
         let io_err = |source| SegmentError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
+        let file = super::path::open_nofollow(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let trailer = read_trailer(&file).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {

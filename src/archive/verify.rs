@@ -3,18 +3,28 @@
 //! as whole records agreeing with the index) — and finds what a crash leaves behind
 //! (`.partial` segments, a torn manifest line, a finalized segment the manifest never heard
 //! of). `--repair` hands those to [`super::repair`] under the archive lock, then checks again.
-//! Altered data is reported, never "repaired".
+//! Altered data is reported, never "repaired". A manifest line whose path breaks the naming
+//! rule ([`super::path`]) is damage, and the file it names is not read.
 
 use super::catalog::{scan_disk, Catalog, LiveSegment};
 use super::index::{FLAG_CONT, FRAME_HAS_IDB};
 use super::manifest::{self, ChainError};
 use super::segment::{summarize_frame, Decoder, Segment};
-use crate::cli::VerifyArgs;
 use crate::stream::Format;
 use crate::units::human_bytes;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What `zcap verify` does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dir: PathBuf,
+    /// Run [`super::repair`] first (under the archive lock).
+    pub repair: bool,
+    /// Print the report as one JSON object.
+    pub json: bool,
+}
 
 /// One thing wrong with the archive. `what` names the file (or manifest line).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -136,9 +146,9 @@ pub fn scan_segment(path: &Path, dec: &mut Decoder) -> Result<Scan, String> {
     })
 }
 
-/// SHA-256 (lowercase hex) and length of a file.
+/// SHA-256 (lowercase hex) and length of a file, never read through a symbolic link.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = super::path::open_nofollow(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n_total = 0u64;
@@ -155,7 +165,13 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
 
 fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
     let e = &l.entry;
-    let path = dir.join(&e.path);
+    let path = match super::checked_path(dir, &e.path) {
+        Ok(p) => p,
+        Err(err) => {
+            r.problem(err.at(l.line).to_string(), false);
+            return;
+        }
+    };
     let (sha, len) = match sha256_file(&path) {
         Ok(x) => x,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -248,22 +264,34 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
         head: c.head.clone(),
         ..Report::default()
     };
+    // `--repair` leaves an archive with bad manifest paths alone, crash debris included.
+    let fixable = c.bad_paths.is_empty();
     match &c.chain {
         Ok(()) => {}
         Err(e @ ChainError::Torn { last: true, .. }) => r.problem(
             format!("{}: {e}: an append interrupted by a crash", manifest::FILE),
-            true,
+            fixable,
         ),
         Err(e) => r.problem(format!("{}: {e}", manifest::FILE), false),
     }
     if c.lines == 0 {
         r.problem(format!("{}: empty", manifest::FILE), false);
     }
+    for e in &c.bad_paths {
+        r.problem(format!("{e}; the file it names was not read"), false);
+    }
     let mut dec = Decoder::new();
     for l in &c.segments {
         check_live(dir, l, &mut dec, &mut r);
     }
-    for d in scan_disk(dir)? {
+    let disk = scan_disk(dir)?;
+    for e in &disk.refused {
+        // A link the manifest names is reported once, at its line.
+        if !c.bad_paths.iter().any(|b| b.path == e.path) {
+            r.problem(format!("{e}; it was not read"), false);
+        }
+    }
+    for d in disk.segments {
         if d.partial {
             if recorder_running {
                 r.notes
@@ -274,7 +302,7 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
                         "{}: unfinalized segment left by an interrupted recorder; `zcap verify --repair` keeps its complete frames",
                         d.rel
                     ),
-                    true,
+                    fixable,
                 );
             }
         } else if c.deleted.contains(&d.rel) {
@@ -283,7 +311,7 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
                     "{}: the manifest records its deletion, but the file is still there (a crash during retention?); `zcap verify --repair` removes it",
                     d.rel
                 ),
-                true,
+                fixable,
             );
         } else if !c.knows(&d.rel) {
             if recorder_running {
@@ -297,7 +325,7 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
                         "{}: finalized segment missing from the manifest (a crash between rename and manifest append); `zcap verify --repair` adds it",
                         d.rel
                     ),
-                    true,
+                    fixable,
                 );
             }
         }
@@ -392,7 +420,7 @@ fn print_report(r: &Report, dir: &Path, repairs: &[String], json: bool) -> io::R
 }
 
 /// `zcap verify DIR [--repair] [--json]`. Ok(false) when damage remains.
-pub fn run(a: &VerifyArgs) -> anyhow::Result<bool> {
+pub fn run(a: &Options) -> anyhow::Result<bool> {
     let dir = &a.dir;
     if !dir.join(manifest::FILE).is_file() {
         anyhow::bail!(

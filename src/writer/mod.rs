@@ -106,6 +106,8 @@ pub struct WriterStats {
     pub copied_bytes: AtomicU64,
     /// Bytes copied out of the area and still held (against the copy budget).
     pub copy_in_use: AtomicU64,
+    /// Segments retention left in place: their files did not match their manifest entries.
+    pub retention_refused: AtomicU64,
 }
 
 /// How one stream ended, for the final summary and for tests.
@@ -651,8 +653,13 @@ impl StreamState {
         self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
         retention.add(rel, bytes, now);
+        let refused = retention.refused();
         let deleted = retention.enforce(&cx.cfg.dir, manifest, cx.cfg.max_bytes, cx.cfg.max_age)?;
+        let refused = retention.refused() - refused;
         drop(shared);
+        cx.stats
+            .retention_refused
+            .fetch_add(refused, Ordering::Relaxed);
         cx.stats
             .deleted_segments
             .fetch_add(deleted, Ordering::Relaxed);
@@ -809,6 +816,9 @@ impl Writer {
         };
         let manifest = manifest::Writer::open(&cfg.dir, archive::create_entry).map_err(ioe)?;
         let retention = retention::Live::load(&cfg.dir).map_err(ioe)?;
+        stats
+            .retention_refused
+            .fetch_add(retention.refused(), Ordering::Relaxed);
         let enc = Encoder::new(cfg.compress).map_err(ioe)?;
         Ok(Writer {
             cfg,
