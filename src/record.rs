@@ -124,7 +124,7 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let gave_up = stats.gave_up.load(Ordering::Relaxed);
     if unwritten > 0 || gave_up > 0 {
         anyhow::bail!(
-            "the disk of {} stayed full through the shutdown: {unwritten} bytes received ({})              could not be written and {gave_up} write(s) were given up (see above); segments              left as .partial or without a manifest line are recovered by `zcap verify --repair {}`",
+            "the disk of {} stayed full through the shutdown: {unwritten} bytes received ({}) could not be written and {gave_up} write(s) were given up (see above); segments left as .partial or without a manifest line are recovered by `zcap verify --repair {}`",
             a.output.display(),
             human_bytes(unwritten),
             a.output.display()

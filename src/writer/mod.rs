@@ -446,7 +446,7 @@ impl StreamState {
         if let Err(e) = appended {
             if space::is_abandoned(&e) {
                 eprintln!(
-                    "zcap: stream {}: segment {rel} is complete but its manifest line could not                      be written; `zcap verify --repair {}` records it",
+                    "zcap: stream {}: segment {rel} is complete but its manifest line could not be written; `zcap verify --repair {}` records it",
                     self.name,
                     cx.cfg.dir.display()
                 );
@@ -508,7 +508,7 @@ impl StreamState {
             if let Some(mut seg) = self.seg.take() {
                 seg.abandon();
                 eprintln!(
-                    "zcap: stream {}: {} could not be finalized; its complete frames stay                      there for `zcap verify --repair {}`",
+                    "zcap: stream {}: {} could not be finalized; its complete frames stay there for `zcap verify --repair {}`",
                     self.name,
                     seg.path().display(),
                     cx.cfg.dir.display()
@@ -520,7 +520,7 @@ impl StreamState {
         *self.unwritten.get_or_insert(0) += lost;
         cx.stats.unwritten_bytes.fetch_add(lost, Ordering::Relaxed);
         eprintln!(
-            "zcap: stream {}: stopped with the disk still full at shutdown: {lost} bytes received              from stream byte {} on could not be written ({e})",
+            "zcap: stream {}: stopped with the disk still full at shutdown: {lost} bytes received from stream byte {} on could not be written ({e})",
             self.name,
             held_end - lost
         );

@@ -96,6 +96,8 @@ pub fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// ...or after this many bytes reserved, and before every frame when nearer than this.
 const PROBE_BYTES: u64 = 16 << 20;
+/// A file's last page: a write can take this much more than its length.
+const PAGE: u64 = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -104,8 +106,11 @@ struct Probe {
     at: Option<Instant>,
     avail: u64,
     total: u64,
-    /// Bytes the writers reserved since `at` (upper bounds of what they wrote).
+    /// Bytes the writers wrote (upper bounds) since `at`: not yet in `avail`.
     reserved: u64,
+    /// Bytes admitted and being written now: perhaps not yet in `avail` even after a new
+    /// statvfs, so they survive it.
+    inflight: u64,
 }
 
 /// What every writer thread of one archive shares about its space.
@@ -150,19 +155,22 @@ impl Space {
             avail,
             total,
             reserved: 0,
+            inflight: p.inflight,
         };
         Ok(())
     }
 
-    /// Reserves room for `bytes` about to be written, or fails (as ENOSPC does) when that
-    /// would take free space below the `--min-free` floor.
+    /// Reserves room for `bytes` about to be written (plus a page for the file's rounding),
+    /// or fails (as ENOSPC does) when that would take free space below the `--min-free`
+    /// floor. Every admitted reservation is ended with [`Space::done`].
     pub fn admit(&self, bytes: u64) -> io::Result<()> {
         let Some(min) = self.min_free else {
             return Ok(());
         };
+        let bytes = bytes + PAGE;
         let mut p = self.lock();
         let floor = min.floor(p.total);
-        let est = p.avail.saturating_sub(p.reserved);
+        let est = p.avail.saturating_sub(p.reserved + p.inflight);
         if p.at.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
             || p.reserved >= PROBE_BYTES
             || est < floor + bytes + PROBE_BYTES
@@ -170,7 +178,7 @@ impl Space {
             self.refresh(&mut p)?;
         }
         let floor = min.floor(p.total);
-        let est = p.avail.saturating_sub(p.reserved);
+        let est = p.avail.saturating_sub(p.reserved + p.inflight);
         if est < floor.saturating_add(bytes) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -183,8 +191,18 @@ impl Space {
                 )),
             ));
         }
-        p.reserved += bytes;
+        p.inflight += bytes;
         Ok(())
+    }
+
+    /// The write admitted for `bytes` is over (written or failed and rolled back).
+    pub fn done(&self, bytes: u64) {
+        if self.min_free.is_some() {
+            let bytes = bytes + PAGE;
+            let mut p = self.lock();
+            p.inflight = p.inflight.saturating_sub(bytes);
+            p.reserved += bytes;
+        }
     }
 
     /// Free bytes above the floor right now (a fresh statvfs), or `None` if that fails.
@@ -315,7 +333,11 @@ pub(super) fn persist<T>(
     let mut fault: Option<Fault> = None;
     loop {
         let r = if need > 0 {
-            cx.disk.space.admit(need).and_then(|()| op(cx))
+            cx.disk.space.admit(need).and_then(|()| {
+                let r = op(cx);
+                cx.disk.space.done(need);
+                r
+            })
         } else {
             op(cx)
         };
@@ -349,8 +371,13 @@ pub(super) fn persist<T>(
         if retention && !eio && !cx.disk.gave_up {
             let (n, bytes) = free_space(cx, &e)?;
             if n > 0 {
+                let what = if e.get_ref().is_some_and(|r| r.is::<BelowFloor>()) {
+                    "free space below --min-free"
+                } else {
+                    "disk full"
+                };
                 eprintln!(
-                    "zcap: disk full on {}: deleted {n} oldest segment(s) ({}) to make room",
+                    "zcap: {what} on {}: deleted {n} oldest segment(s) ({}) to make room",
                     cx.cfg.dir.display(),
                     human_bytes(bytes)
                 );
@@ -517,7 +544,13 @@ mod tests {
         assert!(is_fault(&e, Step::Manifest), "{e}");
         assert!(e.to_string().contains("below --min-free"), "{e}");
         s.admit(1 << 20).unwrap();
-        assert!(s.lock().reserved >= 1 << 20, "admitted bytes are reserved");
+        assert!(s.lock().inflight > 1 << 20, "admitted bytes are reserved");
+        s.done(1 << 20);
+        assert_eq!(s.lock().inflight, 0);
+        assert!(
+            s.lock().reserved > 1 << 20,
+            "and count until the next statvfs"
+        );
         let none = Space::new(dir.path(), None);
         none.admit(u64::MAX / 2).unwrap();
     }
