@@ -3,7 +3,7 @@
 //! times RFC 3339 or epoch seconds.
 
 use crate::units::{parse_duration, parse_size, parse_time};
-use crate::writer::Compress;
+use crate::writer::{Compress, MinFree};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -144,6 +144,11 @@ pub struct RecordArgs {
     /// Delete segments finalized longer ago than this.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
+
+    /// Keep at least this much free on the archive's file system (e.g. 5% or 2GiB): below it,
+    /// delete the oldest segments (with --max-bytes/--max-age) or pause and backpressure.
+    #[arg(long, value_name = "PERCENT|SIZE")]
+    pub min_free: Option<MinFree>,
 
     /// Print one JSON stats line per interval on stdout, for pipelines.
     #[arg(long)]
@@ -323,6 +328,12 @@ mod tests {
             Cli::try_parse_from(["zcap", "record", "-r", "x", "--listen", "1.2.3.4:5"]).is_err()
         );
         assert!(Cli::try_parse_from(["zcap", "record", "--compress", "gzip"]).is_err());
+        let c = Cli::try_parse_from(["zcap", "record", "--min-free", "5%"]).unwrap();
+        let Command::Record(r) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.min_free, Some(MinFree::Percent(5.0)));
+        assert!(Cli::try_parse_from(["zcap", "record", "--min-free", "150%"]).is_err());
     }
 
     #[test]

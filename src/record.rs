@@ -29,6 +29,7 @@ pub fn writer_config(a: &RecordArgs) -> Config {
         stall_timeout: a.stall_timeout,
         idle_timeout: Some(a.idle_timeout),
         header_timeout: Some(a.header_timeout),
+        min_free: a.min_free,
         ..Config::new(&a.output)
     }
 }
@@ -73,6 +74,7 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    w.stop_on(Arc::clone(&stop));
     let mut senders = Vec::new();
     let mut writers = Vec::new();
     for (i, w) in w.into_workers(a.writers as usize)?.into_iter().enumerate() {
@@ -149,6 +151,16 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
+    let unwritten = stats.unwritten_bytes.load(Ordering::Relaxed);
+    let gave_up = stats.gave_up.load(Ordering::Relaxed);
+    if unwritten > 0 || gave_up > 0 {
+        anyhow::bail!(
+            "the disk of {} stayed full through the shutdown: {unwritten} bytes received ({}) could not be written and {gave_up} write(s) were given up (see above); segments left as .partial or without a manifest line are recovered by `zcap verify --repair {}`",
+            a.output.display(),
+            human_bytes(unwritten),
+            a.output.display()
+        );
+    }
     // A bad file is a failed job; a bad sender is an event a network recorder logs and
     // survives (each such stream's error is in the log and the manifest).
     Ok(a.read.is_none() || reports.iter().all(|r| r.error.is_none()))
@@ -159,8 +171,18 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
     let stored = s.stored_bytes.load(Ordering::Relaxed);
     let packets = s.packets.load(Ordering::Relaxed);
     let bad = reports.iter().filter(|r| r.error.is_some()).count();
+    let full = s.disk_full_events.load(Ordering::Relaxed);
+    let disk = if full > 0 {
+        format!(
+            "; disk full {full} time(s): {} segment(s) deleted for space, blocked {:.1} s",
+            s.deleted_for_space.load(Ordering::Relaxed),
+            s.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{}",
+        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{}",
         reports.len(),
         human_bytes(raw),
         human_bytes(stored),

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub starved: u64,
     pub area_in_use: u64,
     pub area_size: u64,
+    pub disk_full_events: u64,
+    pub blocked_secs: f64,
 }
 
 impl Snapshot {
@@ -62,6 +64,8 @@ impl Snapshot {
             starved: ld(&rx.starved),
             area_in_use: lent as u64,
             area_size: len as u64,
+            disk_full_events: ld(&w.disk_full_events),
+            blocked_secs: ld(&w.blocked_ns) as f64 / 1e9,
         }
     }
 
@@ -102,6 +106,8 @@ impl Snapshot {
             "mb_per_s": (self.rate(prev) * 1000.0).round() / 1000.0,
             "area_in_use": self.area_in_use,
             "area_size": self.area_size,
+            "disk_full_events": self.disk_full_events,
+            "blocked_s": self.blocked_secs,
             "starved": self.starved,
         })
         .to_string()

@@ -98,6 +98,9 @@ pub struct Writer {
     file: File,
     path: PathBuf,
     head: String,
+    /// The manifest's length before an append that failed and could not be undone: the
+    /// next append cuts the file back to it first.
+    torn_at: Option<u64>,
 }
 
 fn named(path: &Path, e: io::Error) -> io::Error {
@@ -141,6 +144,7 @@ impl Writer {
             file,
             path,
             head: head.clone().unwrap_or_else(|| GENESIS.to_string()),
+            torn_at: None,
         };
         if head.is_none() {
             w.append(&create())?;
@@ -148,19 +152,57 @@ impl Writer {
         Ok(w)
     }
 
-    /// Appends one entry and fsyncs the manifest.
+    /// Appends one entry and fsyncs the manifest. All or nothing: when the write or the
+    /// fsync fails (a full disk), the file is cut back to its length before the line, so a
+    /// retry appends the same line again and no torn line is left for `verify --repair`.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
+        if let Some(len) = self.torn_at {
+            self.file.set_len(len)?;
+            self.torn_at = None;
+        }
+        let before = self.file.metadata()?.len();
         let (line, hash) = render(entry, &self.head);
-        self.file
+        let r = self
+            .file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| named(&self.path, e))?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = r {
+            if self.file.set_len(before).is_err() {
+                self.torn_at = Some(before);
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                AppendError {
+                    path: self.path.clone(),
+                    source: e,
+                },
+            ));
+        }
         self.head = hash;
         Ok(())
     }
 
     pub fn head(&self) -> &str {
         &self.head
+    }
+}
+
+/// A failed manifest append: names the file and keeps the OS error.
+#[derive(Debug)]
+pub struct AppendError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "appending to {}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for AppendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 

@@ -79,7 +79,7 @@ impl Live {
 
     /// Why the file of an entry (`path`, `bytes`) must not be deleted, if it must not. A
     /// file already gone passes: its deletion is still recorded.
-    fn deletable(dir: &Path, path: &str, bytes: u64) -> Result<(), String> {
+    fn check_deletable(dir: &Path, path: &str, bytes: u64) -> Result<(), String> {
         let p = super::checked_path(dir, path).map_err(|e| e.to_string())?;
         match std::fs::symlink_metadata(&p) {
             Ok(m) if !m.file_type().is_file() => Err("not a regular file".into()),
@@ -105,7 +105,7 @@ impl Live {
         let now = SystemTime::now();
         let mut deleted = 0;
         while self.segs.len() > 1 {
-            let (path, bytes, time) = self.segs.front().cloned().expect("non-empty");
+            let time = self.segs.front().expect("non-empty").2;
             let reason = if max_bytes.is_some_and(|m| self.total > m) {
                 "max-bytes"
             } else if max_age.is_some_and(|a| now.duration_since(time).unwrap_or_default() > a) {
@@ -113,36 +113,93 @@ impl Live {
             } else {
                 break;
             };
-            if let Err(why) = Self::deletable(dir, &path, bytes) {
-                refuse(&path, why);
-                self.refused += 1;
-                self.segs.pop_front();
-                self.total -= bytes;
-                continue;
+            if self.delete_oldest(dir, manifest, reason)?.is_some() {
+                deleted += 1;
             }
-            // Record first: a crash between the two leaves a deleted segment's file behind,
-            // which `verify --repair` removes, rather than a live segment with no file.
-            manifest.append(&Entry::Delete {
-                path: path.clone(),
-                reason: reason.into(),
-            })?;
-            let file = dir.join(&path);
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("deleting {}: {e}", file.display()),
-                    ))
-                }
-            }
-            self.segs.pop_front();
-            self.total -= bytes;
-            deleted += 1;
         }
         Ok(deleted)
     }
+
+    /// Deletes oldest segments (never the newest) for a full disk or the `--min-free`
+    /// floor, until `enough(bytes freed so far)` holds or only the newest is left. Counts
+    /// into `freed` (segments, bytes) as it goes, so the count survives an error.
+    pub fn free_oldest(
+        &mut self,
+        dir: &Path,
+        manifest: &mut manifest::Writer,
+        reason: &str,
+        freed: &mut (u64, u64),
+        mut enough: impl FnMut(u64) -> bool,
+    ) -> io::Result<()> {
+        while self.segs.len() > 1 && !enough(freed.1) {
+            if let Some(bytes) = self.delete_oldest(dir, manifest, reason)? {
+                freed.0 += 1;
+                freed.1 += bytes;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finalized segments that retention could delete now (all but the newest).
+    pub fn deletable(&self) -> usize {
+        self.segs.len().saturating_sub(1)
+    }
+
+    /// Deletes the oldest segment: records the deletion in the manifest, then removes the
+    /// file. Returns the segment's size, or `None` when the file does not match its entry:
+    /// then it is left in place, logged and counted, and leaves the books.
+    ///
+    /// Record first: a crash between the two leaves a deleted segment's file behind, which
+    /// `verify --repair` removes, rather than a live segment with no file. Only when the disk
+    /// is too full for the manifest line is the file removed first (that frees the room for
+    /// the line); the segment leaves the books only once its line is written, so a retry
+    /// writes the same line.
+    fn delete_oldest(
+        &mut self,
+        dir: &Path,
+        manifest: &mut manifest::Writer,
+        reason: &str,
+    ) -> io::Result<Option<u64>> {
+        let (path, bytes, _) = self.segs.front().cloned().expect("a segment to delete");
+        if let Err(why) = Self::check_deletable(dir, &path, bytes) {
+            refuse(&path, why);
+            self.refused += 1;
+            self.segs.pop_front();
+            self.total -= bytes;
+            return Ok(None);
+        }
+        let entry = Entry::Delete {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let remove = || match std::fs::remove_file(dir.join(&path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("deleting {}: {e}", dir.join(&path).display()),
+            )),
+        };
+        match manifest.append(&entry) {
+            Ok(()) => remove()?,
+            Err(e) if is_out_of_space(&e) => {
+                remove()?;
+                manifest.append(&entry)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.segs.pop_front();
+        self.total -= bytes;
+        Ok(Some(bytes))
+    }
+}
+
+/// ENOSPC or EDQUOT: the file system (or the user's quota) is full.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 #[cfg(test)]
@@ -221,5 +278,38 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(manifest::FILE)).unwrap();
         assert_eq!(text.matches("\"op\":\"delete\"").count(), 1);
         assert!(text.contains("s/000004.pcap.zst"));
+    }
+
+    #[test]
+    fn freeing_space_deletes_oldest_until_enough_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest::Writer::open(dir.path(), crate::archive::create_entry).unwrap();
+        let mut live = Live::default();
+        std::fs::create_dir_all(dir.path().join("s")).unwrap();
+        for i in 1..=4 {
+            let p = format!("s/{i:06}.pcap.zst");
+            std::fs::write(dir.path().join(&p), vec![0u8; 100 * i]).unwrap();
+            live.add(p, 100 * i as u64, SystemTime::now());
+        }
+        let mut freed = (0, 0);
+        live.free_oldest(dir.path(), &mut m, "disk-full", &mut freed, |b| b >= 250)
+            .unwrap();
+        assert_eq!(freed, (2, 300), "the two oldest: 100 + 200 bytes");
+        assert!(!dir.path().join("s/000002.pcap.zst").exists());
+        assert!(dir.path().join("s/000003.pcap.zst").exists());
+        assert_eq!(live.deletable(), 1);
+        live.free_oldest(dir.path(), &mut m, "disk-full", &mut freed, |_| false)
+            .unwrap();
+        assert_eq!(freed, (3, 600), "never the newest");
+        assert!(dir.path().join("s/000004.pcap.zst").exists());
+        let lines = manifest::read(dir.path()).unwrap().unwrap();
+        let reasons: Vec<_> = lines
+            .iter()
+            .filter_map(|l| match &l.entry {
+                Entry::Delete { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, ["disk-full"; 3]);
     }
 }

@@ -19,6 +19,7 @@
 //! backend closes the connection. So no sender can hold the area from the others.
 
 pub mod segment;
+pub mod space;
 
 use crate::archive::index::{FrameEntry, FRAME_HAS_IDB};
 use crate::archive::manifest::{self, Entry, SegmentEntry};
@@ -28,6 +29,8 @@ use crate::rx::Event;
 use crate::stream::{Format, Framer, UnitKind};
 pub use segment::Compress;
 use segment::{Encoder, SegmentFile};
+pub use space::MinFree;
+use space::Step;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
@@ -61,6 +64,9 @@ pub struct Config {
     /// Bytes of incomplete units that may be copied out of the area at once, across all
     /// streams; `None`: half the area.
     pub copy_budget: Option<u64>,
+    /// Keep at least this much free on the archive's file system (statvfs): below it the
+    /// writer behaves as on a full disk.
+    pub min_free: Option<MinFree>,
 }
 
 impl Config {
@@ -78,6 +84,7 @@ impl Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             copy_budget: None,
+            min_free: None,
         }
     }
 }
@@ -108,6 +115,16 @@ pub struct WriterStats {
     pub copy_in_use: AtomicU64,
     /// Segments retention left in place: their files did not match their manifest entries.
     pub retention_refused: AtomicU64,
+    /// Steps that hit a full disk (ENOSPC, EDQUOT, EIO on a segment, the --min-free floor).
+    pub disk_full_events: AtomicU64,
+    /// Segments retention deleted to make room (also counted in `deleted_segments`).
+    pub deleted_for_space: AtomicU64,
+    /// Time writers spent between a full-disk fault and its end, in nanoseconds.
+    pub blocked_ns: AtomicU64,
+    /// Bytes received that could not be written: the disk was still full at shutdown.
+    pub unwritten_bytes: AtomicU64,
+    /// Steps given up at shutdown with the disk still full.
+    pub gave_up: AtomicU64,
 }
 
 /// How one stream ended, for the final summary and for tests.
@@ -138,6 +155,8 @@ pub enum WriterError {
     },
     #[error("archive {0} is in use by another zcap recorder (its .lock is held)")]
     Locked(PathBuf),
+    #[error("{0}")]
+    Config(String),
 }
 
 struct Held {
@@ -202,6 +221,8 @@ struct Ctx<'a> {
     held_total: &'a mut u64,
     /// Writer threads sharing the receive area; each may hold its share of it.
     writers: usize,
+    /// Free space: the `--min-free` books and this writer's full-disk state.
+    disk: &'a mut space::Disk,
 }
 
 struct StreamState {
@@ -238,6 +259,8 @@ struct StreamState {
     section_segments: u64,
     /// Link types declared in the open segment (its section's, as of its last IDB).
     seg_linktypes: Vec<u32>,
+    /// Set when the disk was still full at shutdown: bytes received and not written.
+    unwritten: Option<u64>,
 }
 
 impl StreamState {
@@ -498,15 +521,13 @@ impl StreamState {
         self.seq += 1;
         let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
         self.seg_linktypes = self.framer.linktypes();
-        self.seg = Some(SegmentFile::create(
-            &self.dir,
-            &archive::segment_name(self.seq, pcapng),
-            self.seq,
-            header,
-            self.cont,
-            stream_off,
-            cx.enc,
-        )?);
+        let name = archive::segment_name(self.seq, pcapng);
+        let need = space::frame_bound(header.len() as u64);
+        self.seg = Some(space::persist(cx, Step::Segment, need, |cx| {
+            SegmentFile::create(
+                &self.dir, &name, self.seq, header, self.cont, stream_off, cx.enc,
+            )
+        })?);
         Ok(())
     }
 
@@ -538,7 +559,12 @@ impl StreamState {
                 flags: f.flags,
                 ..FrameEntry::default()
             };
-            seg.push_frame(&parts, entry, cx.enc)?;
+            // A failed write is rolled back and the frame encoded again from the same held
+            // slices: the segment ends up as if the fault never happened.
+            let need = space::frame_bound(f.end - f.start);
+            space::persist(cx, Step::Segment, need, |cx| {
+                seg.push_frame(&parts, entry, cx.enc)
+            })?;
             cx.stats
                 .packets
                 .fetch_add(f.packets as u64, Ordering::Relaxed);
@@ -604,7 +630,7 @@ impl StreamState {
 
     /// Finalizes the open segment and records it in the manifest; applies retention.
     fn finish_segment(&mut self, cx: &mut Ctx) -> io::Result<()> {
-        let Some(seg) = self.seg.take() else {
+        let Some(seg) = self.seg.as_mut() else {
             return Ok(());
         };
         let (seq, raw, frames) = (seg.seq, seg.raw, seg.trailer.frames.len() as u64);
@@ -614,7 +640,9 @@ impl StreamState {
             seg.trailer.stream_off,
             seg.trailer.flags & crate::archive::index::FLAG_CONT != 0,
         );
-        let (path, bytes, sha256) = seg.finalize()?;
+        let need = 64 + 40 * frames;
+        let (path, bytes, sha256) = space::persist(cx, Step::Segment, need, |_| seg.finalize())?;
+        self.seg = None;
         let rel = path
             .strip_prefix(&cx.cfg.dir)
             .unwrap_or(&path)
@@ -625,12 +653,7 @@ impl StreamState {
             _ => ("pcapng", false),
         };
         let now = SystemTime::now();
-        let mut shared = lock_shared(cx.shared);
-        let Shared {
-            manifest,
-            retention,
-        } = &mut *shared;
-        manifest.append(&Entry::Segment(SegmentEntry {
+        let entry = Entry::Segment(SegmentEntry {
             stream: self.name.clone(),
             seq,
             path: rel.clone(),
@@ -648,15 +671,34 @@ impl StreamState {
             sha256,
             time: humantime::format_rfc3339_seconds(now).to_string(),
             repaired: false,
-        }))?;
+        });
+        let appended = space::persist(cx, Step::Manifest, 0, |cx| {
+            lock_shared(cx.shared).manifest.append(&entry)
+        });
+        if let Err(e) = appended {
+            if space::is_abandoned(&e) {
+                eprintln!(
+                    "zcap: stream {}: segment {rel} is complete but its manifest line could not be written; `zcap verify --repair {}` records it",
+                    self.name,
+                    cx.cfg.dir.display()
+                );
+            }
+            return Err(e);
+        }
         self.segments += 1;
         self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
-        retention.add(rel, bytes, now);
-        let refused = retention.refused();
-        let deleted = retention.enforce(&cx.cfg.dir, manifest, cx.cfg.max_bytes, cx.cfg.max_age)?;
-        let refused = retention.refused() - refused;
-        drop(shared);
+        lock_shared(cx.shared).retention.add(rel, bytes, now);
+        let refused = lock_shared(cx.shared).retention.refused();
+        let deleted = space::persist(cx, Step::Manifest, 0, |cx| {
+            let mut shared = lock_shared(cx.shared);
+            let Shared {
+                manifest,
+                retention,
+            } = &mut *shared;
+            retention.enforce(&cx.cfg.dir, manifest, cx.cfg.max_bytes, cx.cfg.max_age)
+        })?;
+        let refused = lock_shared(cx.shared).retention.refused() - refused;
         cx.stats
             .retention_refused
             .fetch_add(refused, Ordering::Relaxed);
@@ -688,6 +730,50 @@ impl StreamState {
         Ok(())
     }
 
+    /// `e` from a step of this stream: a step given up at shutdown (the disk still full) ends
+    /// the stream's recording here ([`Self::give_up`]); anything else is the caller's.
+    fn absorb(&mut self, e: io::Error, cx: &mut Ctx) -> io::Result<()> {
+        if space::is_abandoned(&e) {
+            self.give_up(e, cx);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// The disk stayed full through the shutdown: keep what is written (finalizing the open
+    /// segment if the disk takes its trailer, else leaving it as a `.partial` that ends on a
+    /// frame boundary), count what is held and whatever still arrives as unwritten, and take
+    /// no more data.
+    fn give_up(&mut self, e: io::Error, cx: &mut Ctx) {
+        let held_end = self.held.back().map_or(0, |h| h.end());
+        let lost = held_end.saturating_sub(self.frame.start);
+        if self.seg.is_some() && self.finish_segment(cx).is_err() {
+            if let Some(mut seg) = self.seg.take() {
+                seg.abandon();
+                eprintln!(
+                    "zcap: stream {}: {} could not be finalized; its complete frames stay there for `zcap verify --repair {}`",
+                    self.name,
+                    seg.path().display(),
+                    cx.cfg.dir.display()
+                );
+            }
+        }
+        self.release_all(cx);
+        self.frame = OpenFrame::at(held_end.max(self.frame.start));
+        *self.unwritten.get_or_insert(0) += lost;
+        cx.stats.unwritten_bytes.fetch_add(lost, Ordering::Relaxed);
+        eprintln!(
+            "zcap: stream {}: stopped with the disk still full at shutdown: {lost} bytes received from stream byte {} on could not be written ({e})",
+            self.name,
+            held_end - lost
+        );
+        self.failed = Some(format!(
+            "disk full at shutdown: received bytes from stream byte {} on were not written: {e}",
+            held_end - lost
+        ));
+    }
+
     /// The stream's source is done: check it ended on a boundary and finalize.
     fn end(mut self, transport: Option<String>, cx: &mut Ctx) -> io::Result<StreamReport> {
         let mut error = self.failed.take();
@@ -710,14 +796,24 @@ impl StreamState {
                 None => t.clone(),
             });
         }
-        self.cut(cx)?;
-        if self.section_segments == 0 && self.seg.is_none() && !self.framer.header().is_empty() {
+        if let Err(e) = self.cut(cx) {
+            self.absorb(e, cx)?;
+        }
+        if self.unwritten.is_none()
+            && self.section_segments == 0
+            && self.seg.is_none()
+            && !self.framer.header().is_empty()
+        {
             // A valid capture (or last section) with no packets: keep its header so `cat`
             // gives it back.
             let hdr = self.framer.header().to_vec();
-            self.open_segment(&hdr, self.frame.start, cx)?;
+            if let Err(e) = self.open_segment(&hdr, self.frame.start, cx) {
+                self.absorb(e, cx)?;
+            }
         }
-        self.finish_segment(cx)?;
+        if let Err(e) = self.finish_segment(cx) {
+            self.absorb(e, cx)?;
+        }
         self.release_all(cx);
         let archived = match self.archived_upto {
             Some(upto) => upto,
@@ -729,6 +825,13 @@ impl StreamState {
             }
         };
         let discarded = self.received - archived;
+        if self.unwritten.is_some() {
+            let lost = self.failed.take().unwrap_or_default();
+            error = Some(match error {
+                Some(e) => format!("{e}; {lost}"),
+                None => lost,
+            });
+        }
         let w = self.framer.warnings();
         let mut warnings = serde_json::Map::new();
         if discarded > 0 {
@@ -751,14 +854,24 @@ impl StreamState {
                 self.name, w.unknown_blocks
             );
         }
-        lock_shared(cx.shared).manifest.append(&Entry::Stream {
+        let entry = Entry::Stream {
             stream: self.name.clone(),
             event: "end".into(),
             packets: self.framer.packets(),
             bytes: self.framer.position(),
             error: error.clone(),
             warnings,
-        })?;
+        };
+        let appended = space::persist(cx, Step::Manifest, 0, |cx| {
+            lock_shared(cx.shared).manifest.append(&entry)
+        });
+        match appended {
+            Err(e) if space::is_abandoned(&e) => eprintln!(
+                "zcap: stream {}: its end could not be recorded in the manifest: {e}",
+                self.name
+            ),
+            r => r?,
+        }
         cx.stats.streams_active.fetch_sub(1, Ordering::Relaxed);
         Ok(StreamReport {
             name: self.name,
@@ -785,6 +898,9 @@ pub struct Writer {
     reports: Vec<StreamReport>,
     held_total: u64,
     writers: usize,
+    disk: space::Disk,
+    /// Disk-full events seen by the last tick.
+    disk_faults_seen: u64,
     _lock: Arc<File>,
 }
 
@@ -797,6 +913,7 @@ macro_rules! ctx {
             stats: &$w.stats,
             held_total: &mut $w.held_total,
             writers: $w.writers,
+            disk: &mut $w.disk,
         }
     };
 }
@@ -809,6 +926,9 @@ impl Writer {
             dir: cfg.dir.clone(),
             source,
         };
+        for w in cfg.validate().map_err(WriterError::Config)? {
+            eprintln!("zcap: warning: {w}");
+        }
         std::fs::create_dir_all(&cfg.dir).map_err(ioe)?;
         let lock = archive::lock(&cfg.dir).map_err(ioe)?;
         let Some(lock) = lock else {
@@ -820,6 +940,7 @@ impl Writer {
             .retention_refused
             .fetch_add(retention.refused(), Ordering::Relaxed);
         let enc = Encoder::new(cfg.compress).map_err(ioe)?;
+        let disk = space::Disk::new(Arc::new(space::Space::new(&cfg.dir, cfg.min_free)));
         Ok(Writer {
             cfg,
             shared: Arc::new(Mutex::new(Shared {
@@ -832,6 +953,8 @@ impl Writer {
             reports: Vec::new(),
             held_total: 0,
             writers: 1,
+            disk,
+            disk_faults_seen: 0,
             _lock: Arc::new(lock),
         })
     }
@@ -852,11 +975,20 @@ impl Writer {
                 reports: Vec::new(),
                 held_total: 0,
                 writers: n,
+                disk: space::Disk::new(Arc::clone(&self.disk.space)),
+                disk_faults_seen: 0,
                 _lock: Arc::clone(&self._lock),
             });
         }
         out.push(Writer { writers: n, ..self });
         Ok(out)
+    }
+
+    /// While the disk is full the writer waits for space; once `flag` is set (SIGINT,
+    /// SIGTERM) and the backends' drain has passed, it stops waiting, keeps what is written
+    /// and counts the rest in [`WriterStats::unwritten_bytes`]. Shared by all workers.
+    pub fn stop_on(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.disk.space.stop_on(flag);
     }
 
     pub fn stats(&self) -> &Arc<WriterStats> {
@@ -881,7 +1013,20 @@ impl Writer {
                 network,
             } => self.open_stream(stream, &name, area, network),
             Event::Data(chunk) => match self.streams.get_mut(&chunk.stream()) {
-                Some(st) => st.push(chunk, &mut ctx!(self)),
+                Some(st) if st.unwritten.is_some() => {
+                    // Given up at shutdown: what still arrives cannot be written either.
+                    let n = chunk.len() as u64;
+                    *st.unwritten.get_or_insert(0) += n;
+                    self.stats.unwritten_bytes.fetch_add(n, Ordering::Relaxed);
+                    Ok(()) // dropping releases the chunk
+                }
+                Some(st) => {
+                    let mut cx = ctx!(self);
+                    match st.push(chunk, &mut cx) {
+                        Err(e) => st.absorb(e, &mut cx),
+                        ok => ok,
+                    }
+                }
                 None => Ok(()), // unknown or finished stream: dropping releases the chunk
             },
             Event::End { stream, error } => match self.streams.remove(&stream) {
@@ -902,18 +1047,17 @@ impl Writer {
         let base = archive::sanitize(name);
         let mut name = base.clone();
         let mut n = 1;
-        let dir = loop {
-            let dir = archive::stream_dir(&self.cfg.dir, &name);
+        let dir = space::persist(&mut ctx!(self), Step::Manifest, 0, |cx| loop {
+            let dir = archive::stream_dir(&cx.cfg.dir, &name);
             match std::fs::create_dir(&dir) {
-                Ok(()) => break dir,
+                Ok(()) => break segment::sync_dir(&cx.cfg.dir).map(|()| dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     n += 1;
                     name = format!("{base}-{n}");
                 }
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+                Err(e) => break Err(segment::at_path(&dir, e)),
             }
-        };
-        segment::sync_dir(&self.cfg.dir)?;
+        })?;
         self.stats.streams_active.fetch_add(1, Ordering::Relaxed);
         self.streams.insert(
             id,
@@ -941,6 +1085,7 @@ impl Writer {
                 segments: 0,
                 section_segments: 0,
                 seg_linktypes: Vec::new(),
+                unwritten: None,
             },
         );
         Ok(())
@@ -949,6 +1094,16 @@ impl Writer {
     /// Time-driven work: flush idle streams' frames, rotate segments by age.
     pub fn tick(&mut self) -> Result<(), WriterError> {
         let now = Instant::now();
+        // A stream cannot progress while the writer waits for disk space: the timeouts start
+        // over after every such wait.
+        let faults = self.stats.disk_full_events.load(Ordering::Relaxed);
+        if faults != self.disk_faults_seen {
+            self.disk_faults_seen = faults;
+            for st in self.streams.values_mut() {
+                st.last_data = now;
+                st.opened = now;
+            }
+        }
         let mut cx = ctx!(self);
         for st in self.streams.values_mut() {
             let idle = !st.frame.is_empty()
@@ -957,8 +1112,19 @@ impl Writer {
                 .seg
                 .as_ref()
                 .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
-            let r = if idle || old { st.cut(&mut cx) } else { Ok(()) };
-            if let Err(e) = r.and_then(|()| st.check_limits(now, &mut cx)) {
+            let r = if (idle || old) && st.unwritten.is_none() {
+                st.cut(&mut cx).or_else(|e| st.absorb(e, &mut cx))
+            } else {
+                Ok(())
+            };
+            let r = r.and_then(|()| {
+                if st.unwritten.is_some() {
+                    return Ok(());
+                }
+                st.check_limits(now, &mut cx)
+                    .or_else(|e| st.absorb(e, &mut cx))
+            });
+            if let Err(e) = r {
                 return Err(WriterError::Io {
                     dir: cx.cfg.dir.clone(),
                     source: e,

@@ -1,12 +1,19 @@
 //! One segment file being written: the header frame, data frames encoded from borrowed area
 //! slices (zstd, or zstd "raw" blocks written with writev straight from the area), a running
 //! SHA-256, and atomic finalization (trailer, fsync, rename, fsync directory).
+//!
+//! Every step can fail (a full disk) and be retried: a frame write that stopped half way
+//! leaves the segment *torn*; the next write or finalize first truncates the file back to
+//! `len`, the length before that frame. `len`, `raw`, the trailer's frame list and the
+//! SHA-256 change only once a whole frame is written, so a retried frame — encoded again from
+//! the same area slices — gives the file it would have been without the fault, byte for byte.
+//! Finalization goes in stages and a retry resumes at the stage that failed.
 
 use crate::archive::index::{FrameEntry, Trailer};
 use crate::archive::PARTIAL_SUFFIX;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use zstd::zstd_safe::{self, CCtx, CParameter, InBuffer, OutBuffer, ResetDirective};
@@ -153,6 +160,69 @@ impl Encoder {
     }
 }
 
+/// An I/O error that names the file it happened on and keeps the OS error (errno), so the
+/// writer can tell a full disk from other failures after the path was added.
+#[derive(Debug)]
+pub struct PathError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `e` with `path` in its message; the kind and the errno stay reachable ([`errno`]).
+pub fn at_path(path: &Path, e: io::Error) -> io::Error {
+    if e.get_ref().is_some_and(|r| r.is::<PathError>()) {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        PathError {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    )
+}
+
+/// The OS error number of `e`, looking through the errors wrapped in it ([`at_path`],
+/// the manifest's append error).
+pub fn errno(e: &io::Error) -> Option<i32> {
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> =
+        e.get_ref().map(|r| r as &(dyn std::error::Error + 'static));
+    while let Some(c) = cur {
+        if let Some(n) = c
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(n);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// How far [`SegmentFile::finalize`] got; a retry resumes here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Open,
+    TrailerWritten,
+    Synced,
+    Renamed,
+}
+
 /// A segment being written under its `.partial` name.
 pub struct SegmentFile {
     file: File,
@@ -164,6 +234,10 @@ pub struct SegmentFile {
     pub opened: Instant,
     pub trailer: Trailer,
     hasher: Sha256,
+    /// A write failed after some of its bytes may have reached the file: they lie past `len`
+    /// and are cut off before anything else is written.
+    torn: bool,
+    stage: Stage,
 }
 
 impl SegmentFile {
@@ -183,7 +257,7 @@ impl SegmentFile {
             .write(true)
             .create_new(true)
             .open(&partial)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", partial.display())))?;
+            .map_err(|e| at_path(&partial, e))?;
         let mut seg = SegmentFile {
             file,
             partial,
@@ -203,26 +277,63 @@ impl SegmentFile {
                 ..Trailer::default()
             },
             hasher: Sha256::new(),
+            torn: false,
+            stage: Stage::Open,
         };
-        let n = enc.frame(&[header], &mut seg)?;
-        seg.trailer.header_comp_len = n as u32;
-        Ok(seg)
+        match enc.frame(&[header], &mut seg) {
+            Ok(n) => {
+                seg.trailer.header_comp_len = n as u32;
+                Ok(seg)
+            }
+            Err(e) => {
+                // Leave nothing behind, so that a retry can create the file again.
+                let _ = std::fs::remove_file(&seg.partial);
+                Err(e)
+            }
+        }
     }
 
-    /// Writes all of `parts` (one writev where possible) and hashes them.
+    /// Gives the segment up as it is: cuts off a torn write, so the `.partial` ends on a
+    /// frame boundary for `zcap verify --repair`.
+    pub fn abandon(&mut self) {
+        let _ = self.rollback();
+    }
+
+    /// The `.partial` path being written.
+    pub fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Cuts off whatever a failed write left past `len` and puts the file position back.
+    fn rollback(&mut self) -> io::Result<()> {
+        if self.torn {
+            self.file
+                .set_len(self.len)
+                .and_then(|()| self.file.seek(SeekFrom::Start(self.len)).map(drop))
+                .map_err(|e| at_path(&self.partial, e))?;
+            self.torn = false;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `parts` (one writev where possible) and hashes them. On failure the
+    /// segment is torn: `len` and the hash still describe the file before this write.
     fn write(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.rollback()?;
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
-            let n = match self.file.write_vectored(&rest[..rest.len().min(1024)]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            let r = fault::write_vectored(&mut self.file, &rest[..rest.len().min(1024)]);
+            let n = match r {
+                Ok(0) => {
+                    self.torn = true;
+                    return Err(at_path(&self.partial, io::ErrorKind::WriteZero.into()));
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("{}: {e}", self.partial.display()),
-                    ))
+                    self.torn = true;
+                    return Err(at_path(&self.partial, e));
                 }
             };
             IoSlice::advance_slices(&mut rest, n);
@@ -251,20 +362,116 @@ impl SegmentFile {
     }
 
     /// Writes the trailer, fsyncs, renames to the final name and fsyncs the directory.
-    /// Returns the final path, size and SHA-256.
-    pub fn finalize(mut self) -> io::Result<(PathBuf, u64, String)> {
-        let t = self.trailer.encode();
-        self.write(&[&t])?;
-        self.file.sync_all()?;
-        std::fs::rename(&self.partial, &self.final_path)?;
+    /// Returns the final path, size and SHA-256. After an error it can be called again: it
+    /// resumes at the step that failed (a torn trailer is cut off and written again).
+    ///
+    /// A failed fsync is retried as asked; on Linux the pages it could not write may already
+    /// be marked clean, so a later successful fsync does not prove they reached the device.
+    /// ENOSPC and EDQUOT are reported by `write` on the file systems we run on (ext4, xfs and
+    /// tmpfs reserve space at write time), where this does not arise.
+    pub fn finalize(&mut self) -> io::Result<(PathBuf, u64, String)> {
+        if self.stage == Stage::Open {
+            let t = self.trailer.encode();
+            self.write(&[&t])?;
+            self.stage = Stage::TrailerWritten;
+        }
+        if self.stage == Stage::TrailerWritten {
+            self.file
+                .sync_all()
+                .map_err(|e| at_path(&self.partial, e))?;
+            self.stage = Stage::Synced;
+        }
+        if self.stage == Stage::Synced {
+            std::fs::rename(&self.partial, &self.final_path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    PathError {
+                        path: self.final_path.clone(),
+                        source: io::Error::new(
+                            e.kind(),
+                            format!("renaming {} to it: {e}", self.partial.display()),
+                        ),
+                    },
+                )
+            })?;
+            self.stage = Stage::Renamed;
+        }
         sync_dir(self.final_path.parent().expect("segment has a directory"))?;
-        let sha = crate::archive::manifest::hex(&self.hasher.finalize());
-        Ok((self.final_path, self.len, sha))
+        let sha = crate::archive::manifest::hex(&self.hasher.clone().finalize());
+        Ok((self.final_path.clone(), self.len, sha))
     }
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| at_path(dir, e))
+}
+
+/// Test-only fault injection: make a segment write on this thread stop half way with
+/// ENOSPC, as a full file system does. Outside tests `write_vectored` is the file's own.
+#[cfg(not(test))]
+mod fault {
+    use std::fs::File;
+    use std::io::{self, IoSlice, Write};
+
+    #[inline]
+    pub fn write_vectored(f: &mut File, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        f.write_vectored(bufs)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::cell::Cell;
+    use std::fs::File;
+    use std::io::{self, IoSlice, Write};
+
+    thread_local! {
+        /// Bytes this thread may still write to segments before the injected failure.
+        static BUDGET: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// After `bytes` more segment bytes, the write in progress writes what fits and the
+    /// next call fails with ENOSPC, once. (A write that fills the disk exactly returns a
+    /// short count; the next one gets ENOSPC.)
+    pub fn enospc_after(bytes: u64) {
+        BUDGET.with(|b| b.set(Some(bytes)));
+    }
+
+    /// No fault pending.
+    pub fn clear() {
+        BUDGET.with(|b| b.set(None));
+    }
+
+    pub fn write_vectored(f: &mut File, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let allow = match BUDGET.with(|b| b.get()) {
+            None => want,
+            Some(0) => {
+                BUDGET.with(|b| b.set(None));
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Some(left) => want.min(left as usize),
+        };
+        let n = if allow == want {
+            f.write_vectored(bufs)?
+        } else {
+            // Write only the first `allow` bytes of the slices.
+            let mut left = allow;
+            let mut part = Vec::new();
+            for b in bufs {
+                let k = b.len().min(left);
+                part.extend_from_slice(&b[..k]);
+                left -= k;
+            }
+            f.write(&part)?
+        };
+        if let Some(left) = BUDGET.with(|b| b.get()) {
+            BUDGET.with(|b| b.set(Some(left - n as u64)));
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +526,125 @@ mod tests {
             .unwrap();
             assert_eq!(one, b"tail", "each frame decodes on its own");
         }
+    }
+
+    /// Writes `frames` into a segment, failing once with ENOSPC after `fault_at` bytes (if
+    /// given) and retrying the step that failed, as the writer does. Returns the file, its
+    /// SHA-256 as finalize reported it, and how many faults were seen.
+    fn write_with_fault(
+        dir: &Path,
+        mode: Compress,
+        frames: &[Vec<u8>],
+        fault_at: Option<u64>,
+    ) -> (Vec<u8>, String, u32) {
+        if let Some(b) = fault_at {
+            fault::enospc_after(b);
+        }
+        let mut faults = 0;
+        let mut check = |e: io::Error| {
+            assert_eq!(errno(&e), Some(libc::ENOSPC), "{e}");
+            assert!(
+                e.to_string().contains("000001.pcap.zst"),
+                "names the file: {e}"
+            );
+            assert!(e.to_string().contains("No space left on device"), "{e}");
+            faults += 1;
+        };
+        let mut enc = Encoder::new(mode).unwrap();
+        let mut seg = loop {
+            match SegmentFile::create(dir, "000001.pcap.zst", 1, b"HEADER", true, 6, &mut enc) {
+                Ok(s) => break s,
+                Err(e) => check(e),
+            }
+        };
+        for (i, f) in frames.iter().enumerate() {
+            let (a, b) = f.split_at(f.len() / 3);
+            let entry = FrameEntry {
+                min_ns: i as i64,
+                max_ns: 2 * i as i64,
+                packets: i as u32,
+                ..FrameEntry::default()
+            };
+            while let Err(e) = seg.push_frame(&[a, b], entry, &mut enc) {
+                check(e);
+            }
+        }
+        let (path, len, sha) = loop {
+            match seg.finalize() {
+                Ok(r) => break r,
+                Err(e) => check(e),
+            }
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        assert!(!dir.join("000001.pcap.zst.partial").exists());
+        (bytes, sha, faults)
+    }
+
+    #[test]
+    fn a_write_that_fails_half_way_and_is_retried_leaves_the_same_segment() {
+        let frames: Vec<Vec<u8>> = (0..5u32)
+            .map(|k| {
+                (0..(900 + 700 * k))
+                    .map(|i| ((i * (k + 3)) % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        for mode in [Compress::Zstd(3), Compress::None] {
+            let clean_dir = tempfile::tempdir().unwrap();
+            let (clean, clean_sha, faults) =
+                write_with_fault(clean_dir.path(), mode, &frames, None);
+            assert_eq!(faults, 0);
+            assert_eq!(
+                clean_sha,
+                crate::archive::manifest::hex(&Sha256::digest(&clean))
+            );
+            // A fault at every byte of the file: in the header frame, in each data frame,
+            // between slices of one writev, in the trailer.
+            let step = if mode == Compress::None { 5 } else { 1 };
+            for at in (0..clean.len() as u64).step_by(step) {
+                let dir = tempfile::tempdir().unwrap();
+                let (got, sha, faults) = write_with_fault(dir.path(), mode, &frames, Some(at));
+                assert_eq!(faults, 1, "{mode:?}: the fault at byte {at} was hit once");
+                assert!(
+                    got == clean,
+                    "{mode:?}: fault at byte {at} changed the segment"
+                );
+                assert_eq!(sha, clean_sha, "{mode:?}: fault at byte {at}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (_, _, faults) =
+                write_with_fault(dir.path(), mode, &frames, Some(clean.len() as u64 + 1));
+            assert_eq!(faults, 0, "no fault past the end of the file");
+            fault::clear();
+        }
+    }
+
+    #[test]
+    fn an_abandoned_segment_ends_on_a_frame_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut enc = Encoder::new(Compress::None).unwrap();
+        let mut seg =
+            SegmentFile::create(dir.path(), "000001.pcap.zst", 1, b"HDR", false, 3, &mut enc)
+                .unwrap();
+        seg.push_frame(&[&[1u8; 5000]], FrameEntry::default(), &mut enc)
+            .unwrap();
+        let good = seg.len;
+        fault::enospc_after(2000);
+        let e = seg
+            .push_frame(&[&[2u8; 5000]], FrameEntry::default(), &mut enc)
+            .unwrap_err();
+        assert_eq!(errno(&e), Some(libc::ENOSPC));
+        let partial = dir.path().join("000001.pcap.zst.partial");
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), good + 2000);
+        seg.abandon();
+        assert_eq!(
+            std::fs::metadata(&partial).unwrap().len(),
+            good,
+            "the torn frame is cut off"
+        );
+        assert_eq!(seg.len, good);
+        assert_eq!(seg.trailer.frames.len(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ struct Run {
     dir: tempfile::TempDir,
     reports: Vec<StreamReport>,
     area: Arc<Area>,
+    stats: Arc<WriterStats>,
 }
 
 /// Records `streams` (each a byte string cut into pieces of the given sizes, cycling).
@@ -17,7 +18,8 @@ fn record(streams: &[(&[u8], &[usize])], cfg: impl Fn(&mut Config)) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::new(dir.path());
     cfg(&mut c);
-    let mut w = Writer::open(c, Arc::default()).unwrap();
+    let stats = Arc::new(WriterStats::default());
+    let mut w = Writer::open(c, Arc::clone(&stats)).unwrap();
     let total: usize = streams.iter().map(|s| s.0.len()).sum();
     let area = Area::new(total + 4096, false).unwrap();
     let mut off = 0;
@@ -67,7 +69,12 @@ fn record(streams: &[(&[u8], &[usize])], cfg: impl Fn(&mut Config)) -> Run {
         .unwrap();
     }
     let reports = w.close().unwrap();
-    Run { dir, reports, area }
+    Run {
+        dir,
+        reports,
+        area,
+        stats,
+    }
 }
 
 /// The segments of stream `name`, in order, decompressed.
@@ -284,4 +291,63 @@ fn a_second_recorder_is_refused() {
         e.to_string().contains("in use by another zcap recorder"),
         "{e}"
     );
+}
+
+/// Every file of stream `name`'s directory, by name.
+fn files(run: &Run, name: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(run.dir.path().join(name))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_full_disk_is_waited_out_and_leaves_the_segments_a_clean_run_writes() {
+    let s = pcap_stream(3000);
+    let cfg = |c: &mut Config| {
+        c.frame_size = 16 << 10;
+        c.segment_size = 100 << 10;
+        c.compress = Compress::None;
+    };
+    let clean = record(&[(&s, &[4000])], cfg);
+    let want = files(&clean, "s0");
+    assert!(want.len() > 3, "several segments: {}", want.len());
+    let total: usize = want.iter().map(|f| f.1.len()).sum();
+    // In the first header, mid-frame, and late (near a rotation or in a trailer).
+    for at in [5, total as u64 / 3 + 7, total as u64 - 30] {
+        segment::fault::enospc_after(at);
+        let run = record(&[(&s, &[4000])], cfg);
+        segment::fault::clear();
+        assert_eq!(
+            run.stats.disk_full_events.load(Ordering::Relaxed),
+            1,
+            "at {at}"
+        );
+        assert!(
+            run.stats.blocked_ns.load(Ordering::Relaxed) >= 100_000_000,
+            "waited"
+        );
+        assert_eq!(run.stats.unwritten_bytes.load(Ordering::Relaxed), 0);
+        let got = files(&run, "s0");
+        assert_eq!(got.len(), want.len(), "fault at {at}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g == w,
+                "fault at byte {at}: {} differs from the clean run",
+                g.0
+            );
+        }
+        assert_eq!(run.reports[0].error, None);
+        assert_eq!(run.area.lent_bytes(), 0);
+        let v = crate::archive::verify::check(run.dir.path(), false).unwrap();
+        assert!(v.ok(), "fault at {at}: {v:?}");
+    }
 }
