@@ -275,6 +275,145 @@ fn three_hundred_unfinished_pcap_records_do_not_stall_the_others(backend: &str) 
     pinned_area_attack(backend, false, 300, 262_144, 250_000 - 40);
 }
 
+/// Raises this test process's descriptor limit (it holds over a thousand sockets).
+fn raise_own_nofile(want: u64) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur >= want
+}
+
+/// 1100 idle connections against a recorder whose descriptor limit is 1024: it stays up,
+/// connected good streams go on recording, the connections over the limit are refused and
+/// counted, and once the idle timeout has closed the idle ones a new sender records again.
+fn eleven_hundred_idle_connections_under_a_1024_descriptor_limit(backend: &str) {
+    if !common::need_tool("python3") {
+        return;
+    }
+    if !raise_own_nofile(4096) {
+        // The test itself needs more than 1100 descriptors.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the test needs a descriptor limit of 4096 (ulimit -n)"
+        );
+        eprintln!("SKIP: the descriptor hard limit is below 4096");
+        return;
+    }
+    let t = common::tempdir();
+    let arch = t.path().join("arch");
+    let good = inputs(t.path(), 3, "good");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "--listen", "127.0.0.1:0", "--rx", backend, "-o"])
+        .arg(&arch)
+        .args(["--idle-timeout", "3s"]);
+    let rec = common::start_cmd(cmd);
+    let addr = rec.addr();
+    // Two good senders connect first and send their header.
+    let mut early: Vec<(TcpStream, &Vec<u8>)> = good[..2]
+        .iter()
+        .map(|(_, b)| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(&b[..24]).unwrap();
+            (s, b)
+        })
+        .collect();
+    // The flood: 1100 connections that send nothing, from nine addresses (under the
+    // per-peer limit, so the total limit is what refuses them).
+    let idle: Vec<TcpStream> = (0..1100)
+        .map(|i| connect_from([127, 0, 0, 2 + (i % 9) as u8], &addr))
+        .collect();
+    // The good streams go on while the idle connections hold every slot.
+    for (s, b) in &mut early {
+        s.write_all(&b[24..]).unwrap();
+    }
+    drop(early);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while good_ended(&rec.log()) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "good streams stalled:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The idle timeout closes the idle connections; then a new sender is admitted again.
+    while !rec.log().contains("sent nothing for 3s") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no idle cut:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loop {
+        let ended = rec
+            .log()
+            .lines()
+            .filter(|l| l.contains("sent nothing for 3s"))
+            .count();
+        if ended >= 400 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle ones stay:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    good_senders(&[good[2].0.clone()], &addr, &|| rec.log());
+    while good_ended(&rec.log()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late sender:\n{}",
+            rec.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(rec.pid(), libc::SIGTERM) };
+    let (st, log) = rec.wait(Duration::from_secs(60));
+    assert!(
+        st.success(),
+        "the recorder stays up and exits 0: {st}\n{log}"
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("zcap: rx: ") && l.contains("connection(s)"))
+        .unwrap_or_else(|| panic!("no receive summary:\n{log}"));
+    let refused: u64 = summary
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" connection(s) refused by the connection limits"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("refusals counted in the summary: {summary}"));
+    assert!(refused >= 1100 - 480, "refused {refused}: {summary}");
+    assert!(
+        log.contains("zcap: refusing a connection from 127.0.0."),
+        "{log}"
+    );
+    let got = streams(&arch);
+    for (_, want) in &good {
+        assert!(
+            got.values().any(|g| g == want),
+            "every good stream byte for byte:\n{log}"
+        );
+    }
+}
+
 macro_rules! for_each_backend {
     ($($test:ident),* $(,)?) => {
         mod ring {
@@ -292,4 +431,5 @@ macro_rules! for_each_backend {
 for_each_backend!(
     pcapng_blocks_claiming_16mib_do_not_stall_the_others,
     three_hundred_unfinished_pcap_records_do_not_stall_the_others,
+    eleven_hundred_idle_connections_under_a_1024_descriptor_limit,
 );

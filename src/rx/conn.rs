@@ -317,6 +317,30 @@ impl<'a> Core<'a> {
         self.drain_deadline.is_some()
     }
 
+    /// At a stop: the connections still in the listen backlog (held back while the area was
+    /// full, or just arrived). The kernel has acknowledged their bytes, so they are taken in
+    /// and drained with the others rather than dropped.
+    pub fn take_backlog(&mut self) -> io::Result<Vec<Conn>> {
+        let mut out = Vec::new();
+        let Source::Listen(l) = &self.source else {
+            return Ok(out);
+        };
+        let l = l.try_clone()?;
+        l.set_nonblocking(true)?;
+        for _ in 0..BACKLOG {
+            match l.accept() {
+                Ok((sock, _)) => {
+                    if let Some(c) = self.open(sock)? {
+                        out.push(c);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // empty (WouldBlock), or out of descriptors
+            }
+        }
+        Ok(out)
+    }
+
     /// Stops taking new connections and half-closes every open one, so each delivers what
     /// is already queued for it and then reads as ended. Returns false if already draining.
     pub fn begin_drain<'c>(&mut self, conns: impl Iterator<Item = &'c Conn>) -> bool {

@@ -148,6 +148,9 @@ pub fn run(core: &mut Core) -> io::Result<()> {
                 let _ = r.ep.delete(l.as_raw_fd());
                 r.listening = false;
             }
+            for conn in core.take_backlog()? {
+                r.add(conn)?;
+            }
             let conns: Vec<&Conn> = r.conns.iter().flatten().collect();
             core.begin_drain(conns.into_iter());
         }

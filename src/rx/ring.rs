@@ -1,12 +1,12 @@
-//! The `ring` backend: one io_uring on the capture thread with a multishot accept on the
-//! listening socket, a multishot poll on the area's wake eventfd (releases from the writer),
+//! The `ring` backend: one io_uring on the capture thread with an accept on the listening
+//! socket, a multishot poll on the area's wake eventfd (releases from the writer),
 //! and a multishot recv per connection that picks its buffers from a provided-buffer ring
 //! (`bufring.rs`) whose buffers are slices of the area. A CQE's bytes are lent to the writer
 //! where they landed; the buffer goes back into the ring only when every piece of it has come
 //! back. When the ring runs dry the kernel ends a recv with -ENOBUFS; that connection is
 //! re-armed only once buffers return, so the socket's receive queue fills and TCP flow control
 //! slows its sender: backpressure, not loss. A connection waiting for buffers is checked for
-//! a close every [`SWEEP`](super::conn::SWEEP) without being read. The multishot accept is
+//! a close every [`SWEEP`](super::conn::SWEEP) without being read. The accept is
 //! cancelled while the area is nearly full or accepting is paused, and armed again after.
 
 use super::bufring::BufRing;
@@ -108,7 +108,7 @@ struct Ring {
     in_ring: usize,
     starved: Vec<usize>,
     accept_armed: bool,
-    /// An AsyncCancel was sent for the multishot accept.
+    /// An AsyncCancel was sent for the accept.
     accept_cancelling: bool,
 }
 
@@ -210,9 +210,12 @@ fn arm_wake(r: &mut Ring, fd: i32) -> io::Result<()> {
     r.push(e)
 }
 
+/// One accept at a time, armed again by the main loop: a multishot accept would take a
+/// descriptor for every connection in the backlog before we could refuse any, and run the
+/// process out of descriptors that the writer needs for segment files.
 fn arm_accept(r: &mut Ring, fd: i32) -> io::Result<()> {
     r.accept_armed = true;
-    let e = opcode::AcceptMulti::new(types::Fd(fd))
+    let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
         .flags(libc::SOCK_CLOEXEC)
         .build()
         .user_data(TAG_ACCEPT);
@@ -301,6 +304,9 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
                         .build()
                         .user_data(TAG_CANCEL),
                 )?;
+            }
+            for conn in core.take_backlog()? {
+                r.add(conn)?;
             }
             let conns: Vec<&Conn> = r.live().map(|(_, c)| &c.conn).collect();
             core.begin_drain(conns.into_iter());

@@ -212,10 +212,17 @@ pub struct Recorder {
 }
 
 pub fn start(backend: &str, dir: &Path, extra: &[&str]) -> Recorder {
-    let mut child = zcap()
-        .args(["record", "--listen", "127.0.0.1:0", "--rx", backend, "-o"])
+    let mut cmd = zcap();
+    cmd.args(["record", "--listen", "127.0.0.1:0", "--rx", backend, "-o"])
         .arg(dir)
-        .args(extra)
+        .args(extra);
+    start_cmd(cmd)
+}
+
+/// Starts a recorder from a prepared command (e.g. `sh -c 'ulimit -n 1024; exec zcap ...'`)
+/// that listens on a port it announces.
+pub fn start_cmd(mut cmd: Command) -> Recorder {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
