@@ -1,6 +1,8 @@
 //! The `zcap` binary: parse the command line, run the job, map the outcome to an exit code
-//! (0 ok, 1 a check failed or input was bad, 2 an error). A closed stdout pipe
-//! (`zcap cat A | head`) ends quietly with 0.
+//! (0 ok, 1 a check failed or input was bad, 2 a usage error — clap's own code — or an error
+//! that stopped the job). A closed stdout pipe (`zcap cat A | head`) ends quietly with 0.
+//! Errors print as one line: each cause in the chain once (`{e:#}`), so an error type either
+//! names its cause in its text or returns it as `source()`, never both.
 
 use clap::Parser;
 use std::process::ExitCode;
