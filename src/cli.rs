@@ -2,7 +2,7 @@
 //! tcpdump's letters where the meaning is the same; sizes take units, durations `90s`/`5m`,
 //! times RFC 3339 or epoch seconds.
 
-use crate::units::{parse_duration, parse_size, parse_time};
+use crate::units::{duration_in, parse_time, size_in, speed_up_to};
 use crate::writer::{Compress, MinFree};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -10,6 +10,17 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:57012";
 pub const DEFAULT_ARCHIVE: &str = "zcap-archive";
+
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
+/// The fastest `--speed`: past this a replay is `--topspeed` in all but name.
+const MAX_SPEED: f64 = 1e6;
+
+/// The area must hold at least this many `--buf-size` buffers (checked by `zcap record`). A
+/// record pins every buffer it touches until it is complete; the largest (256 KiB) plus the
+/// two buffers its ends share with neighbours fits in 4 buffers of a 1 MiB area or more. With
+/// one buffer a record that straddles it pins the only buffer and the stream stalls.
+pub const MIN_BUFFERS: u64 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,36 +124,40 @@ pub struct RecordArgs {
     #[arg(long)]
     pub hugepages: bool,
 
-    /// Size of the receive area all buffers come from; bounds memory with --buf-size.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    /// Size of the receive area all buffers come from; bounds memory with --buf-size, and is
+    /// what a crash can lose of a fast stream (1MiB to 64GiB: it is pre-faulted RAM, and
+    /// must hold two of the largest records, 256 KiB each; zcrx takes at most 1GiB).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size_in(1 << 20, 64 << 30))]
     pub area_size: u64,
 
-    /// Size of one receive buffer (ring and recv backends, --read).
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    /// Size of one receive buffer (ring and recv backends, --read); the area must hold at
+    /// least 4 of them (4KiB to 16MiB).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = size_in(4 << 10, 16 << 20))]
     pub buf_size: u64,
 
-    /// Rotate a stream's segment when it reaches this stored size.
-    #[arg(short = 'C', long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    /// Rotate a stream's segment when it reaches this stored size (4KiB to 1TiB).
+    #[arg(short = 'C', long, value_name = "SIZE", default_value = "256MiB", value_parser = size_in(4 << 10, 1 << 40))]
     pub segment_size: u64,
 
-    /// Rotate a stream's segment after this long (e.g. 10m).
-    #[arg(short = 'G', long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Rotate a stream's segment after this long, e.g. 10m (1s to 365d).
+    #[arg(short = 'G', long, value_name = "DURATION", value_parser = duration_in(SECOND, 365 * DAY))]
     pub segment_time: Option<Duration>,
 
-    /// Raw bytes per compressed frame (the unit of time seeks).
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    /// Raw bytes per compressed frame, the unit of time seeks (4KiB to 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size_in(4 << 10, 256 << 20))]
     pub frame_size: u64,
 
     /// zstd, zstd:LEVEL (-7..19) or none.
     #[arg(long, value_name = "ALGO", default_value = "zstd:1")]
     pub compress: Compress,
 
-    /// Delete the oldest segments when the archive exceeds this size (ring buffer).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Delete the oldest segments when the archive exceeds this size, ring buffer
+    /// (1MiB to 1024TiB).
+    #[arg(long, value_name = "SIZE", value_parser = size_in(1 << 20, 1 << 50))]
     pub max_bytes: Option<u64>,
 
-    /// Delete segments finalized longer ago than this.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Delete segments finalized longer ago than this (1s to 36500d).
+    #[arg(long, value_name = "DURATION", value_parser = duration_in(SECOND, 36_500 * DAY))]
     pub max_age: Option<Duration>,
 
     /// Keep at least this much free on the archive's file system (e.g. 5% or 2GiB): below it,
@@ -154,8 +169,8 @@ pub struct RecordArgs {
     #[arg(long)]
     pub stats_json: bool,
 
-    /// Interval of the stats line.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// Interval of the stats line (100ms to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration_in(Duration::from_millis(100), 3600 * SECOND))]
     pub stats_interval: Duration,
 
     /// Writer threads: each frames, compresses and persists its share of the streams (one
@@ -163,31 +178,31 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = default_writers(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub writers: u16,
 
-    /// Stop after this many streams have ended (tests, one-shot jobs).
-    #[arg(long, value_name = "N")]
+    /// Stop after this many streams have ended (tests, one-shot jobs; at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_streams: Option<u64>,
 
     /// Cut a stream that holds an incomplete record or block this long without sending a
-    /// byte more (what it sent complete is kept).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// byte more (what it sent complete is kept). 1s to 1d.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_in(SECOND, DAY))]
     pub stall_timeout: Duration,
 
-    /// Close a connection that sends nothing this long after connecting.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// Close a connection that sends nothing this long after connecting. 1s to 1d.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_in(SECOND, DAY))]
     pub idle_timeout: Duration,
 
-    /// Close a connection that sent its file header but no packet for this long.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    /// Close a connection that sent its file header but no packet for this long. 1s to 30d.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration_in(SECOND, 30 * DAY))]
     pub header_timeout: Duration,
 
     /// Connections at once (default and ceiling: what the descriptor limit allows, two per
     /// connection, after raising the soft limit to the hard one). More are closed at once.
-    #[arg(long, value_name = "N")]
-    pub max_conns: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: Option<u32>,
 
     /// Connections at once from one address; more are closed at once.
-    #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER)]
-    pub max_conns_per_peer: usize,
+    #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns_per_peer: u32,
 }
 
 /// One writer per core, at most 4: compression is the work that scales.
@@ -247,8 +262,9 @@ pub struct ReplayArgs {
     /// Serve the capture to every client that connects (a PCAP-over-IP server).
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "to")]
     pub serve: Option<String>,
-    /// Play at X times the recorded pace (1 = real time).
-    #[arg(long, value_name = "X", conflicts_with = "topspeed")]
+    /// Play at X times the recorded pace: 1 = real time, 0.5 = half speed (above 0, at most
+    /// 1000000).
+    #[arg(long, value_name = "X", conflicts_with = "topspeed", allow_negative_numbers = true, value_parser = speed_up_to(MAX_SPEED))]
     pub speed: Option<f64>,
     /// Send as fast as the receiver takes it (the default when --speed is not given).
     #[arg(long)]
@@ -265,8 +281,8 @@ pub struct ReplayArgs {
     /// Only these streams of an archive.
     #[arg(long, value_name = "NAME")]
     pub stream: Vec<String>,
-    /// With --serve: exit after serving this many clients.
-    #[arg(long, value_name = "N")]
+    /// With --serve: exit after serving this many clients (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_clients: Option<u64>,
 }
 
@@ -334,6 +350,191 @@ mod tests {
         };
         assert_eq!(r.min_free, Some(MinFree::Percent(5.0)));
         assert!(Cli::try_parse_from(["zcap", "record", "--min-free", "150%"]).is_err());
+    }
+
+    /// `args` after `zcap` must fail at parse time naming `flag` and `why`.
+    fn rejected(args: &[&str], flag: &str, why: &str) {
+        let e = Cli::try_parse_from(std::iter::once("zcap").chain(args.iter().copied()))
+            .expect_err(&format!("{args:?} was accepted"));
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{args:?}: {e}"
+        );
+        let text = e.to_string();
+        let value = args.last().unwrap().rsplit('=').next().unwrap();
+        let want = format!("invalid value '{value}' for '{flag}': {why}");
+        assert!(text.contains(&want), "{args:?}: want `{want}` in:\n{text}");
+    }
+
+    const SEG: &str = "must be between 4KiB and 1TiB";
+    const FRAME: &str = "must be between 4KiB and 256MiB";
+    const AREA: &str = "must be between 1MiB and 64GiB";
+    const BUF: &str = "must be between 4KiB and 16MiB";
+
+    #[test]
+    fn zero_and_nonsense_values_are_rejected_naming_the_flag_and_range() {
+        let seg = "--segment-size <SIZE>";
+        rejected(&["record", "-C", "0"], seg, SEG);
+        rejected(&["record", "-C", "4095"], seg, SEG);
+        rejected(&["record", "--segment-size", "2TiB"], seg, SEG);
+        rejected(&["record", "-C", "0.5"], seg, SEG);
+        let frame = "--frame-size <SIZE>";
+        rejected(&["record", "--frame-size", "0"], frame, FRAME);
+        rejected(&["record", "--frame-size", "1GiB"], frame, FRAME);
+        let mb = "--max-bytes <SIZE>";
+        rejected(
+            &["record", "--max-bytes", "0"],
+            mb,
+            "must be between 1MiB and 1024TiB",
+        );
+        rejected(
+            &["record", "--max-bytes", "100KiB"],
+            mb,
+            "must be between 1MiB and 1024TiB",
+        );
+        let g = "--segment-time <DURATION>";
+        rejected(&["record", "-G", "0"], g, "must be between 1s and 365d");
+        rejected(&["record", "-G", "500ms"], g, "must be between 1s and 365d");
+        rejected(&["record", "-G", "400d"], g, "must be between 1s and 365d");
+        let age = "--max-age <DURATION>";
+        rejected(
+            &["record", "--max-age", "0s"],
+            age,
+            "must be between 1s and 36500d",
+        );
+        let si = "--stats-interval <DURATION>";
+        rejected(
+            &["record", "--stats-interval", "0"],
+            si,
+            "must be between 100ms and 1h",
+        );
+        rejected(
+            &["record", "--stats-interval", "2h"],
+            si,
+            "must be between 100ms and 1h",
+        );
+        let area = "--area-size <SIZE>";
+        rejected(&["record", "--area-size", "1"], area, AREA);
+        rejected(&["record", "--area-size", "4KiB"], area, AREA);
+        rejected(&["record", "--area-size", "1TiB"], area, AREA);
+        let buf = "--buf-size <SIZE>";
+        rejected(&["record", "--buf-size", "0"], buf, BUF);
+        rejected(&["record", "--buf-size", "100"], buf, BUF);
+        rejected(&["record", "--buf-size", "1GiB"], buf, BUF);
+        rejected(
+            &["record", "--max-streams", "0"],
+            "--max-streams <N>",
+            "0 is not in 1..",
+        );
+        rejected(
+            &["record", "--writers", "0"],
+            "--writers <N>",
+            "0 is not in 1..=64",
+        );
+
+        let to = ["replay", "a", "--to", "127.0.0.1:1", "--speed"];
+        let speed = "--speed <X>";
+        let why = "must be a number above 0 and at most 1000000 (1 = real time";
+        for bad in ["0", "-1", "-0.5", "NaN", "inf", "2e6", "fast"] {
+            let args: Vec<&str> = to.iter().copied().chain([bad]).collect();
+            rejected(&args, speed, why);
+        }
+        rejected(&["replay", "a", "--to", "h:1", "--speed=-2"], speed, why);
+        let serve = [
+            "replay",
+            "a",
+            "--serve",
+            "127.0.0.1:0",
+            "--max-clients",
+            "0",
+        ];
+        rejected(&serve, "--max-clients <N>", "0 is not in 1..");
+    }
+
+    #[test]
+    fn values_inside_the_ranges_parse() {
+        let c = Cli::try_parse_from([
+            "zcap",
+            "record",
+            "-C",
+            "4KiB",
+            "--frame-size",
+            "256MiB",
+            "--max-bytes",
+            "1MiB",
+            "-G",
+            "1s",
+            "--max-age",
+            "36500d",
+            "--stats-interval",
+            "100ms",
+            "--area-size",
+            "1MiB",
+            "--buf-size",
+            "4KiB",
+            "--max-streams",
+            "1",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!()
+        };
+        assert_eq!((r.segment_size, r.frame_size), (4096, 256 << 20));
+        assert_eq!(
+            (r.area_size, r.buf_size, r.max_bytes),
+            (1 << 20, 4096, Some(1 << 20))
+        );
+        assert_eq!(r.max_age, Some(Duration::from_secs(36_500 * 86_400)));
+        let c =
+            Cli::try_parse_from(["zcap", "replay", "a", "--to", "h:1", "--speed", "0.25"]).unwrap();
+        let Command::Replay(r) = c.command else {
+            panic!()
+        };
+        assert_eq!((r.speed, r.loops), (Some(0.25), 1));
+        let c = Cli::try_parse_from(["zcap", "replay", "a", "--to", "h:1", "--loop", "0"]);
+        assert_eq!(
+            c.map(|c| matches!(c.command, Command::Replay(r) if r.loops == 0))
+                .ok(),
+            Some(true)
+        );
+    }
+
+    /// An argument's help text with its line breaks made spaces.
+    fn words(arg: &clap::Arg) -> String {
+        let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+        help.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The ranges the parsers enforce are the ones `--help` states.
+    #[test]
+    fn help_states_each_range() {
+        let mut cmd = Cli::command();
+        let record = cmd.find_subcommand_mut("record").unwrap();
+        for (id, range) in [
+            ("segment_size", "(4KiB to 1TiB)"),
+            ("frame_size", "(4KiB to 256MiB)"),
+            ("max_bytes", "(1MiB to 1024TiB)"),
+            ("segment_time", "(1s to 365d)"),
+            ("max_age", "(1s to 36500d)"),
+            ("stats_interval", "(100ms to 1h)"),
+            ("area_size", "(1MiB to 64GiB"),
+            ("buf_size", "(4KiB to 16MiB)"),
+        ] {
+            let arg = record.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = words(arg);
+            assert!(
+                help.contains(range),
+                "--help of {id} does not say {range}: {help}"
+            );
+        }
+        let replay = cmd.find_subcommand_mut("replay").unwrap();
+        let speed = replay
+            .get_arguments()
+            .find(|a| a.get_id() == "speed")
+            .unwrap();
+        let help = words(speed);
+        assert!(help.contains("(above 0, at most 1000000)"), "{help}");
     }
 
     #[test]

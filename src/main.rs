@@ -1,8 +1,10 @@
 //! The `zcap` binary: parse the command line, run the job, map the outcome to an exit code
 //! (0 ok, 1 a check failed or input was bad — an archive that names paths outside itself
-//! included — 2 an error). A closed stdout pipe (`zcap cat A | head`) ends quietly with 0.
-//! The archive commands take plain option structs; this is the one place they are made from
-//! the command line.
+//! included — 2 a usage error (clap's own code) or an error that stopped the job). A closed
+//! stdout pipe (`zcap cat A | head`) ends quietly with 0. Errors print as one line: each cause
+//! in the chain once (`{e:#}`), so an error type either names its cause in its text or returns
+//! it as `source()`, never both. The archive commands take plain option structs; this is the
+//! one place they are made from the command line.
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -3,9 +3,9 @@
 //! the summary. Owns no data path of its own.
 
 use crate::area::Area;
-use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN};
+use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
 use crate::rx::{self, Events, RxStats};
-use crate::units::human_bytes;
+use crate::units::{human_bytes, size_text};
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
 use anyhow::Context;
 use std::io::Read;
@@ -57,16 +57,14 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         area_size: a.area_size,
         buf_size: a.buf_size,
         max_streams: a.max_streams,
-        max_conns: a.max_conns,
-        max_conns_per_peer: a.max_conns_per_peer,
+        max_conns: a.max_conns.map(|n| n as usize),
+        max_conns_per_peer: a.max_conns_per_peer as usize,
     }
 }
 
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
-    if a.buf_size == 0 || a.buf_size > a.area_size {
-        anyhow::bail!("--buf-size must be between 1 byte and --area-size");
-    }
+    check_buffers(a.area_size, a.buf_size)?;
     let stats = Arc::new(WriterStats::default());
     let w = Writer::open(writer_config(a), Arc::clone(&stats))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -166,6 +164,20 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     Ok(a.read.is_none() || reports.iter().all(|r| r.error.is_none()))
 }
 
+/// The area must hold [`MIN_BUFFERS`] buffers; clap has checked each flag's own range.
+fn check_buffers(area: u64, buf: u64) -> anyhow::Result<()> {
+    if buf == 0 || area / buf < MIN_BUFFERS {
+        anyhow::bail!(
+            "--buf-size {} is too large for --area-size {}: the area must hold at least {MIN_BUFFERS} \
+             buffers (a --buf-size of at most {})",
+            size_text(buf),
+            size_text(area),
+            size_text(area / MIN_BUFFERS)
+        );
+    }
+    Ok(())
+}
+
 fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f64) {
     let raw = s.raw_bytes.load(Ordering::Relaxed);
     let stored = s.stored_bytes.load(Ordering::Relaxed);
@@ -192,4 +204,23 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
         a.output.display(),
         if bad > 0 { format!("; {bad} stream(s) ended with an error (see above)") } else { String::new() },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_area_must_hold_four_buffers() {
+        assert!(check_buffers(1 << 20, 256 << 10).is_ok());
+        assert!(check_buffers(64 << 20, 64 << 10).is_ok());
+        let e = check_buffers(1 << 20, 512 << 10).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--buf-size 512KiB is too large for --area-size 1MiB: the area must hold at least 4 \
+             buffers (a --buf-size of at most 256KiB)"
+        );
+        assert!(check_buffers(4 << 20, 16 << 20).is_err());
+        assert!(check_buffers(4 << 20, 0).is_err());
+    }
 }

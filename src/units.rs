@@ -33,6 +33,77 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// A value parser for a size flag that takes only `min..=max` (both inclusive): clap prints
+/// `invalid value '0' for '--frame-size <SIZE>': must be between 4KiB and 256MiB`.
+pub fn size_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |s| {
+        let n = parse_size(s)?;
+        if n < min || n > max {
+            return Err(format!(
+                "must be between {} and {}",
+                size_text(min),
+                size_text(max)
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A size as the flags take it: the largest binary unit that divides it exactly (`4KiB`,
+/// `1TiB`, `1536`), so a printed range can be typed back.
+pub fn size_text(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n != 0 && n % (1u64 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A value parser for a duration flag that takes only `min..=max` (both inclusive).
+pub fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s| {
+        let d = parse_duration(s)?;
+        if d < min || d > max {
+            return Err(format!(
+                "must be between {} and {}",
+                duration_text(min),
+                duration_text(max)
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// A duration as the flags take it: the largest of d, h, m, s, ms that divides it exactly.
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit_ms, unit) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ] {
+        if ms != 0 && ms % unit_ms == 0 {
+            return format!("{}{unit}", ms / unit_ms);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// `--speed X`: a finite number above 0, at most `max` (1 = real time).
+pub fn speed_up_to(max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s| match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= max => Ok(x),
+        _ => Err(format!(
+            "must be a number above 0 and at most {max} (1 = real time, 2 = twice as fast)"
+        )),
+    }
+}
+
 /// `90s`, `5m`, `1h 30m`, `250ms` (humantime), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.trim().parse::<f64>() {
@@ -108,6 +179,43 @@ mod tests {
             .unwrap_err()
             .contains("unknown size unit"));
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn ranges_reject_what_lies_outside_and_say_the_range() {
+        let p = size_in(4 << 10, 1 << 40);
+        assert_eq!(p("4KiB"), Ok(4096));
+        assert_eq!(p("1TiB"), Ok(1 << 40));
+        for bad in ["0", "4095", "1.5", "1025GiB", "99999999999T"] {
+            assert_eq!(
+                p(bad),
+                Err("must be between 4KiB and 1TiB".to_string()),
+                "{bad}"
+            );
+        }
+        assert!(p("lots").unwrap_err().contains("not a size"));
+        assert_eq!(size_text(1536), "1536");
+        assert_eq!(size_text(3 << 20), "3MiB");
+        assert_eq!(size_text(0), "0");
+
+        let d = duration_in(Duration::from_millis(100), Duration::from_secs(3600));
+        assert_eq!(d("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["0", "0s", "99ms", "61m"] {
+            assert_eq!(
+                d(bad),
+                Err("must be between 100ms and 1h".to_string()),
+                "{bad}"
+            );
+        }
+        assert_eq!(duration_text(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(duration_text(Duration::from_secs(90)), "90s");
+
+        let sp = speed_up_to(1e6);
+        assert_eq!(sp("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "1e7", "fast"] {
+            assert!(sp(bad).unwrap_err().contains("above 0"), "{bad}");
+        }
     }
 
     #[test]

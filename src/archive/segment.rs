@@ -16,12 +16,10 @@ use zstd::zstd_safe::{self, DCtx};
 /// What went wrong reading a segment, naming the file (and frame) involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The OS error is part of the text and not a `source()`: verify prints these as one
+    /// line, and an anyhow chain would otherwise print the cause twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path}: {what}")]
     Damaged { path: PathBuf, what: String },
 }
@@ -95,9 +93,9 @@ impl Decoder {
         self.comp.resize(comp_len as usize, 0);
         seg.file
             .read_exact_at(&mut self.comp, offset)
-            .map_err(|source| SegmentError::Io {
+            .map_err(|error| SegmentError::Io {
                 path: seg.path.clone(),
-                source,
+                error,
             })?;
         match zstd_safe::find_frame_compressed_size(&self.comp) {
             Ok(n) if n == comp_len as usize => {}
@@ -167,9 +165,9 @@ impl Segment {
     /// Opens a finalized segment (never through a symbolic link: `O_NOFOLLOW`) and reads its
     /// index trailer.
     pub fn open(path: &Path) -> Result<Segment, SegmentError> {
-        let io_err = |source| SegmentError::Io {
+        let io_err = |error| SegmentError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = super::path::open_nofollow(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();

@@ -270,8 +270,8 @@ impl Framer {
             return Err(self.err(
                 self.pos - self.head_have as u64,
                 format!(
-                    "truncated {} header: the stream ends after {} bytes of it",
-                    self.unit_noun(),
+                    "truncated {}: the stream ends after {} bytes of it",
+                    self.head_noun(),
                     self.head_have
                 ),
             ));
@@ -283,6 +283,16 @@ impl Framer {
         match self.mode {
             Mode::PcapNg { .. } => "block",
             Mode::Pcap(_) => "record",
+            Mode::Detect => "file header",
+        }
+    }
+
+    /// What the bytes before a unit's body are called: the file header itself while the
+    /// format is not known yet, else the record's or block's header.
+    fn head_noun(&self) -> &'static str {
+        match self.mode {
+            Mode::PcapNg { .. } => "block header",
+            Mode::Pcap(_) => "record header",
             Mode::Detect => "file header",
         }
     }
@@ -747,6 +757,42 @@ mod tests {
         assert!(e.reason.contains("truncated record"), "{e}");
 
         assert!(frame_all(b"").unwrap_err().reason.contains("empty stream"));
+
+        // Cut inside the file header, a record header and a block header: each is named once.
+        let s = pcap(false, false, 65535, &[(1, 2, b"abcd")]);
+        let e = frame_all(&s[..10]).unwrap_err();
+        assert_eq!(
+            (e.offset, e.reason.as_str()),
+            (
+                0,
+                "truncated file header: the stream ends after 10 bytes of it"
+            )
+        );
+        let e = frame_all(&s[..2]).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "truncated file header: the stream ends after 2 bytes of it"
+        );
+        let e = frame_all(&s[..30]).unwrap_err();
+        assert_eq!(
+            (e.offset, e.reason.as_str()),
+            (
+                24,
+                "truncated record header: the stream ends after 6 bytes of it"
+            )
+        );
+        let mut ng = shb(false);
+        ng.extend(idb(false, 1));
+        let at = ng.len();
+        ng.extend(epb(false, 0, 0, b"x"));
+        let e = frame_all(&ng[..at + 5]).unwrap_err();
+        assert_eq!(
+            (e.offset, e.reason.as_str()),
+            (
+                at as u64,
+                "truncated block header: the stream ends after 5 bytes of it"
+            )
+        );
 
         let mut s = shb(false);
         s.extend(idb(false, 1));

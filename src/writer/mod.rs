@@ -145,9 +145,11 @@ pub struct StreamReport {
 }
 
 /// Errors that stop the writer (not a single stream): the archive cannot be written.
+/// `Io` names the archive and keeps the OS error as its source, so `{:#}` (main) prints
+/// the cause once, after the name; the cause is not repeated in its own text.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
-    #[error("archive {dir}: {source}")]
+    #[error("archive {dir}")]
     Io {
         dir: PathBuf,
         #[source]
