@@ -152,8 +152,8 @@ pub struct RecordArgs {
     pub compress: Compress,
 
     /// Delete the oldest segments when the archive exceeds this size, ring buffer
-    /// (1MiB to 1024TiB).
-    #[arg(long, value_name = "SIZE", value_parser = size_in(1 << 20, 1 << 50))]
+    /// (16KiB to 1024TiB; keep -C at most a quarter of it).
+    #[arg(long, value_name = "SIZE", value_parser = size_in(16 << 10, 1 << 50))]
     pub max_bytes: Option<u64>,
 
     /// Delete segments finalized longer ago than this (1s to 36500d).
@@ -386,12 +386,12 @@ mod tests {
         rejected(
             &["record", "--max-bytes", "0"],
             mb,
-            "must be between 1MiB and 1024TiB",
+            "must be between 16KiB and 1024TiB",
         );
         rejected(
-            &["record", "--max-bytes", "100KiB"],
+            &["record", "--max-bytes", "8KiB"],
             mb,
-            "must be between 1MiB and 1024TiB",
+            "must be between 16KiB and 1024TiB",
         );
         let g = "--segment-time <DURATION>";
         rejected(&["record", "-G", "0"], g, "must be between 1s and 365d");
@@ -514,7 +514,7 @@ mod tests {
         for (id, range) in [
             ("segment_size", "(4KiB to 1TiB)"),
             ("frame_size", "(4KiB to 256MiB)"),
-            ("max_bytes", "(1MiB to 1024TiB)"),
+            ("max_bytes", "(16KiB to 1024TiB"),
             ("segment_time", "(1s to 365d)"),
             ("max_age", "(1s to 36500d)"),
             ("stats_interval", "(100ms to 1h)"),

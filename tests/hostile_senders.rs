@@ -95,12 +95,16 @@ fn attack(
     }
 }
 
-fn replay_from(file: &Path, to: &str) -> std::process::Child {
-    common::zcap()
-        .arg("replay")
-        .arg(file)
-        .args(["--to", to, "--topspeed"])
-        .stdin(Stdio::null())
+/// `zcap replay FILE --to TO` at the recorded pace (`paced`) or at top speed.
+fn replay_from(file: &Path, to: &str, paced: bool) -> std::process::Child {
+    let mut cmd = common::zcap();
+    cmd.arg("replay").arg(file).args(["--to", to]);
+    if paced {
+        cmd.args(["--speed", "1"]);
+    } else {
+        cmd.arg("--topspeed");
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -109,7 +113,11 @@ fn replay_from(file: &Path, to: &str) -> std::process::Child {
 
 /// Good senders through `zcap replay` (from 127.0.0.1), each must finish in time.
 fn good_senders(inputs: &[std::path::PathBuf], to: &str, log: &dyn Fn() -> String) {
-    let children: Vec<_> = inputs.iter().map(|p| replay_from(p, to)).collect();
+    let children: Vec<_> = inputs.iter().map(|p| replay_from(p, to, false)).collect();
+    wait_senders(children, log);
+}
+
+fn wait_senders(children: Vec<std::process::Child>, log: &dyn Fn() -> String) {
     for mut c in children {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -136,16 +144,21 @@ fn good_ended(log: &str) -> usize {
         .count()
 }
 
+/// `n` captures of 3000 packets each; their timestamps span 3 s (1000 packets/s), so a
+/// sender at the recorded pace is still sending while the attack unfolds.
 fn inputs(dir: &Path, n: usize, tag: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let p = dir.join(format!("{tag}-{i}.pcap"));
+            let seed = (100 + i).to_string();
             common::gen(
                 &[
-                    "--bytes",
-                    "3M",
+                    "--count",
+                    "3000",
+                    "--rate",
+                    "1000",
                     "--seed",
-                    &(100 + i).to_string(),
+                    &seed,
                     "--mix",
                     "realistic",
                 ],
@@ -171,8 +184,13 @@ fn pinned_area_attack(backend: &str, pcapng: bool, attackers: usize, claim: u32,
     let total = (attackers + during.len() + after.len()).to_string();
     let rec = start(backend, &arch, &["--max-streams", &total]);
     let addr = rec.addr();
-    // Attackers from 127.0.0.2..4, each on its own thread, still sending while the good
-    // senders start.
+    // Good senders at the recorded pace (3 s each), then the attackers from 127.0.0.2..4,
+    // each on its own thread, so that attack bytes and good bytes share the area's buffers.
+    let paced: Vec<_> = during
+        .iter()
+        .map(|(p, _)| replay_from(p, &addr, true))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
     let sent = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(AtomicBool::new(false));
     let held: Vec<_> = (0..attackers)
@@ -182,12 +200,11 @@ fn pinned_area_attack(backend: &str, pcapng: bool, attackers: usize, claim: u32,
             std::thread::spawn(move || attack(addr, from, pcapng, claim, body, sent, release))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let paths: Vec<_> = during.iter().map(|(p, _)| p.clone()).collect();
-    good_senders(&paths, &addr, &|| rec.log());
+    wait_senders(paced, &|| rec.log());
     // The good streams are recorded to their end while the attackers still hold their
-    // connections (a sender's exit only means the kernel took its bytes).
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // connections (a sender's exit only means the kernel took its bytes) — well before the
+    // stall timeout (60 s) could have cut an attacker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     while good_ended(&rec.log()) < during.len() {
         assert!(
             std::time::Instant::now() < deadline,

@@ -127,3 +127,61 @@ pub fn peer_gone(fd: RawFd) -> Option<Option<io::Error>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    #[test]
+    fn a_close_is_seen_without_reading_and_waiting_bytes_keep_it_open() {
+        let (mut c, s) = pair();
+        assert!(peer_gone(s.as_raw_fd()).is_none(), "open and quiet");
+        c.write_all(b"x").unwrap();
+        drop(c);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            peer_gone(s.as_raw_fd()).is_none(),
+            "closed, but a byte is still to be read"
+        );
+        let (c, s) = pair();
+        drop(c);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            matches!(peer_gone(s.as_raw_fd()), Some(None)),
+            "closed, nothing left"
+        );
+    }
+
+    #[test]
+    fn a_reset_is_an_error() {
+        let (c, s) = pair();
+        // SO_LINGER with a zero timeout makes close(2) send a reset.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads the local struct for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(c);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(matches!(peer_gone(s.as_raw_fd()), Some(Some(_))));
+    }
+}
