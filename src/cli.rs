@@ -173,8 +173,14 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration_in(Duration::from_millis(100), 3600 * SECOND))]
     pub stats_interval: Duration,
 
-    /// Writer threads: each frames, compresses and persists its share of the streams (one
-    /// stream is always one writer's). More help only with several senders.
+    /// Compress threads, shared by every stream: any of them compresses any frame, so one
+    /// fast stream uses them all. 0 compresses on the writer threads. Default: one per core.
+    #[arg(long, value_name = "N", default_value_t = default_compress_threads(), value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub compress_threads: u16,
+
+    /// Writer threads: each frames and persists (writes, hashes, indexes, rotates) its share
+    /// of the streams, in order per stream. One keeps up with the compress threads of a
+    /// small host; add one per 8 or so cores for many fast senders.
     #[arg(long, value_name = "N", default_value_t = default_writers(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub writers: u16,
 
@@ -206,8 +212,19 @@ pub struct RecordArgs {
 }
 
 /// One writer per core, at most 4: compression is the work that scales.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One per core: compression is the work that scales.
+fn default_compress_threads() -> u16 {
+    cores().min(256) as u16
+}
+
+/// One per 8 cores, at least one, at most 4: framing and persisting cost far less than
+/// compressing.
 fn default_writers() -> u16 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u16)
+    (cores() / 8).clamp(1, 4) as u16
 }
 
 #[derive(Debug, Clone, Args)]

@@ -26,6 +26,7 @@ pub fn writer_config(a: &RecordArgs) -> Config {
         compress: a.compress,
         max_bytes: a.max_bytes,
         max_age: a.max_age,
+        compress_threads: a.compress_threads as usize,
         stall_timeout: a.stall_timeout,
         idle_timeout: Some(a.idle_timeout),
         header_timeout: Some(a.header_timeout),

@@ -18,6 +18,7 @@
 //! long is *cut*: everything complete is kept, the rest is counted as not archived, and the
 //! backend closes the connection. So no sender can hold the area from the others.
 
+pub mod pool;
 pub mod segment;
 pub mod space;
 
@@ -27,6 +28,7 @@ use crate::archive::{self, retention};
 use crate::area::{Area, Chunk, StreamId};
 use crate::rx::Event;
 use crate::stream::{Format, Framer, UnitKind};
+use pool::{Part, Parts, Pool, Slot, Source};
 pub use segment::Compress;
 use segment::{Encoder, SegmentFile};
 pub use space::MinFree;
@@ -64,6 +66,9 @@ pub struct Config {
     /// Bytes of incomplete units that may be copied out of the area at once, across all
     /// streams; `None`: half the area.
     pub copy_budget: Option<u64>,
+    /// Threads of the compress pool shared by all writers (zstd); 0 compresses on the
+    /// writer threads themselves.
+    pub compress_threads: usize,
     /// Keep at least this much free on the archive's file system (statvfs): below it the
     /// writer behaves as on a full disk.
     pub min_free: Option<MinFree>,
@@ -84,6 +89,7 @@ impl Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             copy_budget: None,
+            compress_threads: 0,
             min_free: None,
         }
     }
@@ -162,7 +168,9 @@ pub enum WriterError {
 }
 
 struct Held {
-    chunk: Chunk,
+    /// Shared with the frames in flight that hold some of its bytes: the buffer goes back
+    /// when the last of them is persisted.
+    chunk: Arc<Chunk>,
     start: u64,
     /// Area granules this chunk is charged for: those it touches that the chunk before it
     /// in the stream does not.
@@ -221,6 +229,12 @@ struct Ctx<'a> {
     stats: &'a WriterStats,
     /// Bytes of chunks held in open frames across this writer's streams (not those queued).
     held_total: &'a mut u64,
+    /// The compress pool (zstd with `--compress-threads` > 0).
+    pool: Option<&'a Pool>,
+    /// Frames of this writer handed to the persist step and not yet persisted, and the
+    /// order they were cut in (stream, frame number).
+    inflight: &'a mut usize,
+    order: &'a mut VecDeque<(StreamId, u64)>,
     /// Writer threads sharing the receive area; each may hold its share of it.
     writers: usize,
     /// Free space: the `--min-free` books and this writer's full-disk state.
@@ -263,6 +277,63 @@ struct StreamState {
     seg_linktypes: Vec<u32>,
     /// Set when the disk was still full at shutdown: bytes received and not written.
     unwritten: Option<u64>,
+    /// Work for the persist step, in stream order: frames (compressing in the pool or to be
+    /// encoded here), section ends, age checks.
+    ops: VecDeque<Op>,
+    /// The segment header as of the open frame's first unit (a segment that this frame
+    /// opens starts with it), and the cache it is taken from.
+    frame_header: Option<Arc<[u8]>>,
+    header_cache: Option<(u64, usize, Arc<[u8]>)>,
+    linktypes_cache: Option<(u64, usize, Arc<[u32]>)>,
+    /// Sections begun so far (the caches' key).
+    section_no: u64,
+    /// Bytes this stream needs to copy out of the area and the copy budget has no room for.
+    wants_copy: u64,
+    /// Frames handed to the persist step, and frames persisted.
+    submitted: u64,
+    persisted: u64,
+}
+
+/// A step for the persist side, kept in stream order.
+enum Op {
+    Frame(Box<FrameOp>),
+    /// A new pcapng section began: finalize the segment (keeping a section that had no data
+    /// as a header-only segment).
+    Section {
+        prev_header: Arc<[u8]>,
+        prev_linktypes: Arc<[u32]>,
+        at: u64,
+    },
+    /// Rotate the open segment if `-G` says it is old.
+    RotateIfOld,
+}
+
+struct FrameOp {
+    parts: Arc<Parts>,
+    /// Where the pool leaves the compressed frame; `None`: encode while persisting (no pool,
+    /// or `--compress none`, whose frames are written straight from the parts).
+    slot: Option<Arc<Slot>>,
+    encoded: Option<Vec<u8>>,
+    entry: FrameEntry,
+    raw: u64,
+    /// Stream offset of its first byte.
+    start: u64,
+    /// The header of a segment that this frame opens.
+    header: Arc<[u8]>,
+    /// The section's link types after this frame.
+    linktypes: Arc<[u32]>,
+    format: Option<Format>,
+}
+
+/// How long [`StreamState::pump`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Persist what is ready, wait for nothing.
+    Ready,
+    /// Wait until frame number `n` (counted from 0) is persisted.
+    Frame(u64),
+    /// Persist everything.
+    All,
 }
 
 impl StreamState {
@@ -281,7 +352,7 @@ impl StreamState {
         let charge = self.charge_of(&chunk);
         self.charge += charge;
         self.held.push_back(Held {
-            chunk,
+            chunk: Arc::new(chunk),
             start,
             charge,
         });
@@ -343,7 +414,8 @@ impl StreamState {
     /// The stream holds more area than it may (or the area is under pressure): persist its
     /// complete units, then copy its incomplete one out of the area, or cut the stream when
     /// the copy budget cannot take it.
-    fn make_room(&mut self, cx: &mut Ctx) -> io::Result<()> {
+    fn make_room_as(&mut self, last_resort: bool, cx: &mut Ctx) -> io::Result<()> {
+        self.wants_copy = 0;
         self.cut(cx)?;
         if self.failed.is_some() || self.charge <= 2 {
             return Ok(());
@@ -357,6 +429,13 @@ impl StreamState {
         let need = upto.saturating_sub(from);
         let budget = cx.cfg.copy_budget.unwrap_or(self.area.len() as u64 / 2);
         let in_use = cx.stats.copy_in_use.load(Ordering::Relaxed);
+        if in_use + need > budget && !last_resort {
+            // The writer makes room by cutting the largest holder of the budget, then asks
+            // again (see `Writer::find_copy_budget`).
+            self.wants_copy = need;
+            return Ok(());
+        }
+        self.wants_copy = 0;
         if in_use + need > budget {
             let total = upto - self.frame.end;
             let reason = format!(
@@ -389,6 +468,10 @@ impl StreamState {
         }
         self.charge = 0;
         Ok(())
+    }
+
+    fn make_room(&mut self, cx: &mut Ctx) -> io::Result<()> {
+        self.make_room_as(false, cx)
     }
 
     fn framer_noun(&self) -> &'static str {
@@ -473,30 +556,29 @@ impl StreamState {
             }
             UnitKind::Section => {
                 self.cut(cx)?;
-                if self.seg.is_none() && self.section_segments == 0 {
-                    // The section that just ended had no blocks after its header: keep it.
-                    let hdr = self.framer.previous_header().to_vec();
-                    self.open_segment(&hdr, u.start, cx)?;
-                    self.seg_linktypes = self.framer.previous_linktypes();
-                }
-                self.finish_segment(cx)?;
-                self.section_segments = 0;
-                self.cont = false;
+                let prev_header: Arc<[u8]> = self.framer.previous_header().into();
+                let prev_linktypes: Arc<[u32]> = self.framer.previous_linktypes().into();
+                self.section_no += 1;
+                self.ops.push_back(Op::Section {
+                    prev_header,
+                    prev_linktypes,
+                    at: u.start,
+                });
                 self.frame = OpenFrame::at(u.end());
                 self.release(cx);
+                self.pump(Until::Ready, cx)?;
             }
             kind => {
-                if self.seg.is_none() {
-                    // A late IDB that opens a segment is in its data already: keep it out of
-                    // that segment's header.
-                    let hdr = self.framer.header();
+                if self.frame.is_empty() {
+                    // A segment this frame opens starts with the header as of now; a late IDB
+                    // that begins the frame is in its data already: keep it out.
                     let hdr = if kind == UnitKind::LateInterface {
-                        &hdr[..hdr.len() - u.len as usize]
+                        let h = self.framer.header();
+                        Arc::from(&h[..h.len() - u.len as usize])
                     } else {
-                        hdr
+                        self.header()
                     };
-                    let hdr = hdr.to_vec();
-                    self.open_segment(&hdr, self.frame.start, cx)?;
+                    self.frame_header = Some(hdr);
                 }
                 self.frame.end = u.end();
                 match kind {
@@ -507,7 +589,6 @@ impl StreamState {
                     }
                     UnitKind::LateInterface => {
                         self.frame.flags |= FRAME_HAS_IDB;
-                        self.seg_linktypes = self.framer.linktypes();
                     }
                     _ => {}
                 }
@@ -519,10 +600,42 @@ impl StreamState {
         Ok(())
     }
 
-    fn open_segment(&mut self, header: &[u8], stream_off: u64, cx: &mut Ctx) -> io::Result<()> {
+    /// The framer's current header, shared (copied only when it changed).
+    fn header(&mut self) -> Arc<[u8]> {
+        let h = self.framer.header();
+        match &self.header_cache {
+            Some((sec, len, a)) if *sec == self.section_no && *len == h.len() => Arc::clone(a),
+            _ => {
+                let a: Arc<[u8]> = h.into();
+                self.header_cache = Some((self.section_no, h.len(), Arc::clone(&a)));
+                a
+            }
+        }
+    }
+
+    /// The current section's link types, shared (copied only when they changed).
+    fn linktypes(&mut self) -> Arc<[u32]> {
+        let n = self.framer.interfaces().len();
+        match &self.linktypes_cache {
+            Some((sec, len, a)) if *sec == self.section_no && *len == n => Arc::clone(a),
+            _ => {
+                let a: Arc<[u32]> = self.framer.linktypes().into();
+                self.linktypes_cache = Some((self.section_no, n, Arc::clone(&a)));
+                a
+            }
+        }
+    }
+
+    /// Opens the next segment (persist side), starting with `header`.
+    fn open_segment(
+        &mut self,
+        header: &[u8],
+        stream_off: u64,
+        format: Option<Format>,
+        cx: &mut Ctx,
+    ) -> io::Result<()> {
         self.seq += 1;
-        let pcapng = matches!(self.framer.format(), Some(Format::PcapNg { .. }));
-        self.seg_linktypes = self.framer.linktypes();
+        let pcapng = matches!(format, Some(Format::PcapNg { .. }));
         let name = archive::segment_name(self.seq, pcapng);
         let need = space::frame_bound(header.len() as u64);
         self.seg = Some(space::persist(cx, Step::Segment, need, |cx| {
@@ -533,57 +646,184 @@ impl StreamState {
         Ok(())
     }
 
-    /// Encodes and writes the open frame from the held area slices, then releases every
-    /// chunk that lies wholly before the next frame. Rotates when the segment is full.
+    /// Closes the open frame (framing side): hands its bytes — the held chunks and any
+    /// copied-out bytes that fall in it — to the pool to compress (or to the persist step to
+    /// encode), then releases every held chunk that lies wholly before the next frame. The
+    /// chunks stay alive through the frame until it is persisted.
     fn cut(&mut self, cx: &mut Ctx) -> io::Result<()> {
         let f = self.frame;
         if !f.is_empty() {
-            let seg = self.seg.as_mut().expect("a data unit opened the segment");
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(self.held.len() + 1);
+            let mut parts = Parts(Vec::with_capacity(self.held.len() + 1));
             if !self.spill.is_empty() {
                 let (a, b) = (self.spill_start, self.spill_start + self.spill.len() as u64);
                 let (s, e) = (a.max(f.start), b.min(f.end));
                 if s < e {
-                    parts.push(&self.spill[(s - a) as usize..(e - a) as usize]);
+                    // The copied bytes are one unit, wholly in this frame: they go with it.
+                    debug_assert!(s == a && e == b, "a copied-out unit is split by a frame");
+                    let n = self.spill.len() as u64;
+                    cx.stats.copy_in_use.fetch_sub(n, Ordering::Relaxed);
+                    parts.0.push(Part {
+                        src: Source::Copied(Arc::new(std::mem::take(&mut self.spill))),
+                        off: 0,
+                        len: n as usize,
+                    });
                 }
             }
             for h in &self.held {
                 let (s, e) = (h.start.max(f.start), h.end().min(f.end));
                 if s < e {
-                    parts.push(&h.chunk.bytes()[(s - h.start) as usize..(e - h.start) as usize]);
+                    parts.0.push(Part {
+                        src: Source::Chunk(Arc::clone(&h.chunk)),
+                        off: (s - h.start) as usize,
+                        len: (e - s) as usize,
+                    });
                 }
             }
-            let before = seg.len;
-            let entry = FrameEntry {
-                min_ns: if f.packets > 0 { f.min_ns } else { 0 },
-                max_ns: if f.packets > 0 { f.max_ns } else { 0 },
-                packets: f.packets,
-                flags: f.flags,
-                ..FrameEntry::default()
+            let parts = Arc::new(parts);
+            let slot = match (cx.pool, cx.cfg.compress) {
+                (Some(pool), Compress::Zstd(_)) => Some(pool.submit(Arc::clone(&parts))),
+                _ => None,
             };
-            // A failed write is rolled back and the frame encoded again from the same held
-            // slices: the segment ends up as if the fault never happened.
-            let need = space::frame_bound(f.end - f.start);
-            space::persist(cx, Step::Segment, need, |cx| {
-                seg.push_frame(&parts, entry, cx.enc)
-            })?;
-            cx.stats
-                .packets
-                .fetch_add(f.packets as u64, Ordering::Relaxed);
-            cx.stats
-                .raw_bytes
-                .fetch_add(f.end - f.start, Ordering::Relaxed);
-            cx.stats
-                .stored_bytes
-                .fetch_add(seg.len - before, Ordering::Relaxed);
-            cx.stats.frames.fetch_add(1, Ordering::Relaxed);
+            let header = match self.frame_header.take() {
+                Some(h) => h,
+                None => self.header(),
+            };
+            let linktypes = self.linktypes();
+            self.ops.push_back(Op::Frame(Box::new(FrameOp {
+                parts,
+                slot,
+                encoded: None,
+                entry: FrameEntry {
+                    min_ns: if f.packets > 0 { f.min_ns } else { 0 },
+                    max_ns: if f.packets > 0 { f.max_ns } else { 0 },
+                    packets: f.packets,
+                    flags: f.flags,
+                    ..FrameEntry::default()
+                },
+                raw: f.end - f.start,
+                start: f.start,
+                header,
+                linktypes,
+                format: self.framer.format(),
+            })));
+            cx.order.push_back((self.id, self.submitted));
+            self.submitted += 1;
+            *cx.inflight += 1;
             self.frame = OpenFrame::at(f.end);
         }
         self.release(cx);
-        let full = self.seg.as_ref().is_some_and(|s| {
-            s.len >= cx.cfg.segment_size
-                || cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t)
-        });
+        self.pump(Until::Ready, cx)
+    }
+
+    /// The persist step: works through [`StreamState::ops`] in order — writes each frame
+    /// once it is compressed (SHA-256, index, rotation, finalize), and only then drops its
+    /// parts, which gives their buffers back. Waits as `until` says.
+    fn pump(&mut self, until: Until, cx: &mut Ctx) -> io::Result<()> {
+        loop {
+            let wait = match until {
+                Until::Ready => false,
+                Until::Frame(n) => self.persisted <= n,
+                Until::All => true,
+            };
+            let Some(op) = self.ops.front_mut() else {
+                return Ok(());
+            };
+            match op {
+                Op::Frame(f) => {
+                    if f.encoded.is_none() {
+                        if let Some(slot) = &f.slot {
+                            let done = if wait {
+                                Some(slot.take())
+                            } else {
+                                slot.try_take()
+                            };
+                            match done {
+                                Some(r) => f.encoded = Some(r?),
+                                None => return Ok(()),
+                            }
+                        }
+                    }
+                    let Some(Op::Frame(mut f)) = self.ops.pop_front() else {
+                        unreachable!("front was a frame")
+                    };
+                    if let Err(e) = self.persist_frame(&mut f, cx) {
+                        // Keep it first in line: a retry (or the shutdown's accounting) finds it.
+                        self.ops.push_front(Op::Frame(f));
+                        return Err(e);
+                    }
+                    if let (Some(pool), Some(buf)) = (cx.pool, f.encoded.take()) {
+                        pool.recycle(buf);
+                    }
+                    drop(f); // the last hold on its chunks: their buffers go back now
+                    self.persisted += 1;
+                    *cx.inflight -= 1;
+                }
+                Op::Section {
+                    prev_header,
+                    prev_linktypes,
+                    at,
+                } => {
+                    let (hdr, lts, at) = (Arc::clone(prev_header), Arc::clone(prev_linktypes), *at);
+                    if self.seg.is_none() && self.section_segments == 0 {
+                        // The section that ended had no blocks after its header: keep it.
+                        self.open_segment(&hdr, at, self.framer.format(), cx)?;
+                        self.seg_linktypes = lts.to_vec();
+                    }
+                    self.finish_segment(cx)?;
+                    self.section_segments = 0;
+                    self.cont = false;
+                    self.ops.pop_front();
+                }
+                Op::RotateIfOld => {
+                    let old = self.seg.as_ref().is_some_and(|s| {
+                        cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t)
+                    });
+                    if old {
+                        self.finish_segment(cx)?;
+                        self.cont = true;
+                    }
+                    self.ops.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Writes one frame into the open segment (opening one if none is), then rotates when
+    /// the segment is full.
+    fn persist_frame(&mut self, f: &mut FrameOp, cx: &mut Ctx) -> io::Result<()> {
+        if self.seg.is_none() {
+            self.open_segment(&f.header, f.start, f.format, cx)?;
+        }
+        let seg = self.seg.as_mut().expect("opened above");
+        let before = seg.len;
+        // A failed write is rolled back and the frame written again from the same bytes:
+        // the segment ends up as if the fault never happened.
+        let need = space::frame_bound(f.raw);
+        match &f.encoded {
+            Some(bytes) => space::persist(cx, Step::Segment, need, |_| {
+                seg.push_encoded(bytes, f.raw as u32, f.entry)
+            })?,
+            None => {
+                let parts = f.parts.slices();
+                space::persist(cx, Step::Segment, need, |cx| {
+                    seg.push_frame(&parts, f.entry, cx.enc)
+                })?
+            }
+        }
+        self.seg_linktypes = f.linktypes.to_vec();
+        cx.stats
+            .packets
+            .fetch_add(f.entry.packets as u64, Ordering::Relaxed);
+        cx.stats.raw_bytes.fetch_add(f.raw, Ordering::Relaxed);
+        cx.stats
+            .stored_bytes
+            .fetch_add(seg.len - before, Ordering::Relaxed);
+        cx.stats.frames.fetch_add(1, Ordering::Relaxed);
+        let full = seg.len >= cx.cfg.segment_size
+            || cx
+                .cfg
+                .segment_time
+                .is_some_and(|t| seg.opened.elapsed() >= t);
         if full {
             self.finish_segment(cx)?;
             self.cont = true;
@@ -714,6 +954,7 @@ impl StreamState {
     /// and recorded); `unframed` bytes of the newest chunk were never framed.
     fn fail(&mut self, what: &str, unframed: u64, cx: &mut Ctx) -> io::Result<()> {
         self.cut(cx)?;
+        self.pump(Until::All, cx)?;
         self.finish_segment(cx)?;
         self.release_all(cx);
         let upto = self.frame.end;
@@ -749,7 +990,16 @@ impl StreamState {
     /// no more data.
     fn give_up(&mut self, e: io::Error, cx: &mut Ctx) {
         let held_end = self.held.back().map_or(0, |h| h.end());
-        let lost = held_end.saturating_sub(self.frame.start);
+        // Frames not yet written are given up too (their chunks go back as they drop).
+        let mut first = self.frame.start;
+        for op in self.ops.drain(..) {
+            if let Op::Frame(f) = op {
+                first = first.min(f.start);
+                *cx.inflight -= 1;
+                self.persisted += 1;
+            }
+        }
+        let lost = held_end.max(self.frame.start).saturating_sub(first);
         if self.seg.is_some() && self.finish_segment(cx).is_err() {
             if let Some(mut seg) = self.seg.take() {
                 seg.abandon();
@@ -766,13 +1016,11 @@ impl StreamState {
         *self.unwritten.get_or_insert(0) += lost;
         cx.stats.unwritten_bytes.fetch_add(lost, Ordering::Relaxed);
         eprintln!(
-            "zcap: stream {}: stopped with the disk still full at shutdown: {lost} bytes received from stream byte {} on could not be written ({e})",
+            "zcap: stream {}: stopped with the disk still full at shutdown: {lost} bytes received from stream byte {first} on could not be written ({e})",
             self.name,
-            held_end - lost
         );
         self.failed = Some(format!(
-            "disk full at shutdown: received bytes from stream byte {} on were not written: {e}",
-            held_end - lost
+            "disk full at shutdown: received bytes from stream byte {first} on were not written: {e}",
         ));
     }
 
@@ -798,7 +1046,7 @@ impl StreamState {
                 None => t.clone(),
             });
         }
-        if let Err(e) = self.cut(cx) {
+        if let Err(e) = self.cut(cx).and_then(|()| self.pump(Until::All, cx)) {
             self.absorb(e, cx)?;
         }
         if self.unwritten.is_none()
@@ -809,7 +1057,8 @@ impl StreamState {
             // A valid capture (or last section) with no packets: keep its header so `cat`
             // gives it back.
             let hdr = self.framer.header().to_vec();
-            if let Err(e) = self.open_segment(&hdr, self.frame.start, cx) {
+            let format = self.framer.format();
+            if let Err(e) = self.open_segment(&hdr, self.frame.start, format, cx) {
                 self.absorb(e, cx)?;
             }
         }
@@ -903,7 +1152,20 @@ pub struct Writer {
     disk: space::Disk,
     /// Disk-full events seen by the last tick.
     disk_faults_seen: u64,
+    /// The compress pool, shared by every writer of the archive.
+    pool: Option<Pool>,
+    /// Frames handed to the persist step and not yet persisted, and (stream, frame number)
+    /// of each in the order they were cut, to wait for the oldest.
+    inflight: usize,
+    order: VecDeque<(StreamId, u64)>,
     _lock: Arc<File>,
+}
+
+/// Frames in flight per writer beyond which it waits for the oldest to be persisted: enough
+/// to keep every worker busy, few enough to bound memory (each holds its area slices and,
+/// once compressed, an output buffer).
+fn max_inflight(pool: Option<&Pool>) -> usize {
+    pool.map_or(0, |p| 2 * p.threads() + 2)
 }
 
 macro_rules! ctx {
@@ -914,6 +1176,9 @@ macro_rules! ctx {
             enc: &mut $w.enc,
             stats: &$w.stats,
             held_total: &mut $w.held_total,
+            pool: $w.pool.as_ref(),
+            inflight: &mut $w.inflight,
+            order: &mut $w.order,
             writers: $w.writers,
             disk: &mut $w.disk,
         }
@@ -943,6 +1208,12 @@ impl Writer {
             .fetch_add(retention.refused(), Ordering::Relaxed);
         let enc = Encoder::new(cfg.compress).map_err(ioe)?;
         let disk = space::Disk::new(Arc::new(space::Space::new(&cfg.dir, cfg.min_free)));
+        let pool = match cfg.compress {
+            Compress::Zstd(_) if cfg.compress_threads > 0 => {
+                Some(Pool::start(cfg.compress_threads, cfg.compress).map_err(ioe)?)
+            }
+            _ => None,
+        };
         Ok(Writer {
             cfg,
             shared: Arc::new(Mutex::new(Shared {
@@ -957,6 +1228,9 @@ impl Writer {
             writers: 1,
             disk,
             disk_faults_seen: 0,
+            pool,
+            inflight: 0,
+            order: VecDeque::new(),
             _lock: Arc::new(lock),
         })
     }
@@ -979,6 +1253,9 @@ impl Writer {
                 writers: n,
                 disk: space::Disk::new(Arc::clone(&self.disk.space)),
                 disk_faults_seen: 0,
+                pool: self.pool.clone(),
+                inflight: 0,
+                order: VecDeque::new(),
                 _lock: Arc::clone(&self._lock),
             });
         }
@@ -1028,6 +1305,8 @@ impl Writer {
                         Err(e) => st.absorb(e, &mut cx),
                         ok => ok,
                     }
+                    .and_then(|()| self.find_copy_budget())
+                    .and_then(|()| self.persist_ready(true))
                 }
                 None => Ok(()), // unknown or finished stream: dropping releases the chunk
             },
@@ -1037,6 +1316,79 @@ impl Writer {
             },
         };
         r.map_err(|e| self.ioe(e))
+    }
+
+    /// Persists the frames whose compression is done, oldest first, across this writer's
+    /// streams; with `bound`, also waits for the oldest while more than the in-flight limit
+    /// are out.
+    fn persist_ready(&mut self, bound: bool) -> io::Result<()> {
+        let limit = max_inflight(self.pool.as_ref());
+        while let Some(&(id, n)) = self.order.front() {
+            let mut cx = ctx!(self);
+            let Some(st) = self.streams.get_mut(&id) else {
+                cx.order.pop_front(); // ended: everything of it is persisted
+                continue;
+            };
+            if st.persisted > n {
+                cx.order.pop_front();
+                continue;
+            }
+            let until = if bound && *cx.inflight > limit {
+                Until::Frame(n)
+            } else {
+                Until::Ready
+            };
+            if let Err(e) = st.pump(until, &mut cx) {
+                st.absorb(e, &mut cx)?;
+            }
+            if st.persisted > n {
+                cx.order.pop_front();
+            } else if until == Until::Ready {
+                break; // the oldest is still compressing
+            }
+        }
+        Ok(())
+    }
+
+    /// A stream needs to copy its incomplete unit out of the area and the copy budget is
+    /// used up: cut the stream of this writer that holds the most of it (counting what the
+    /// asker wants on top of what it holds) and let the asker try again; when that is the
+    /// asker itself, or nobody else holds any, cut the asker.
+    fn find_copy_budget(&mut self) -> io::Result<()> {
+        loop {
+            let Some((&id, _)) = self.streams.iter().find(|(_, s)| s.wants_copy > 0) else {
+                return Ok(());
+            };
+            let victim = self
+                .streams
+                .iter()
+                .filter(|(_, s)| s.failed.is_none() && !s.spill.is_empty())
+                .max_by_key(|(_, s)| s.spill.len() + s.wants_copy as usize)
+                .map(|(&k, _)| k)
+                .filter(|&k| k != id); // the asker holding most is the one to cut
+            let mut cx = ctx!(self);
+            if let Some(v) = victim {
+                let requester = self.streams[&id].name.clone();
+                let st = self.streams.get_mut(&v).expect("found above");
+                let reason = format!(
+                    "its incomplete {} ({} copied out of the area) was the largest hold on the \
+                     copy budget when stream {requester} needed room",
+                    st.framer_noun(),
+                    crate::units::human_bytes(st.spill.len() as u64),
+                );
+                st.cut_off(&reason, &mut cx)?;
+                let st = self.streams.get_mut(&id).expect("found above");
+                st.make_room(&mut cx)?;
+            } else {
+                let st = self.streams.get_mut(&id).expect("found above");
+                st.make_room_as(true, &mut cx)?;
+            }
+        }
+    }
+
+    /// Frames handed to the persist step and not yet persisted.
+    pub fn in_flight(&self) -> usize {
+        self.inflight
     }
 
     fn open_stream(
@@ -1084,6 +1436,14 @@ impl Writer {
                 spill_start: 0,
                 archived_upto: None,
                 cut: false,
+                ops: VecDeque::new(),
+                frame_header: None,
+                header_cache: None,
+                linktypes_cache: None,
+                section_no: 0,
+                wants_copy: 0,
+                submitted: 0,
+                persisted: 0,
                 segments: 0,
                 section_segments: 0,
                 seg_linktypes: Vec::new(),
@@ -1115,17 +1475,26 @@ impl Writer {
                 .as_ref()
                 .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
             let r = if (idle || old) && st.unwritten.is_none() {
+                if old {
+                    st.ops.push_back(Op::RotateIfOld);
+                }
                 st.cut(&mut cx).or_else(|e| st.absorb(e, &mut cx))
             } else {
                 Ok(())
             };
-            let r = r.and_then(|()| {
-                if st.unwritten.is_some() {
-                    return Ok(());
-                }
-                st.check_limits(now, &mut cx)
-                    .or_else(|e| st.absorb(e, &mut cx))
-            });
+            let r = r
+                .and_then(|()| {
+                    if st.unwritten.is_some() {
+                        return Ok(());
+                    }
+                    st.check_limits(now, &mut cx)?;
+                    if st.area.under_pressure() {
+                        // Every frame in flight holds buffers: get them back now.
+                        st.pump(Until::All, &mut cx)?;
+                    }
+                    Ok(())
+                })
+                .or_else(|e| st.absorb(e, &mut cx));
             if let Err(e) = r {
                 return Err(WriterError::Io {
                     dir: cx.cfg.dir.clone(),
@@ -1133,7 +1502,7 @@ impl Writer {
                 });
             }
         }
-        Ok(())
+        self.find_copy_budget().map_err(|e| self.ioe(e))
     }
 
     /// Ends every stream still open (their sources stopped without an End) and returns the
@@ -1163,10 +1532,15 @@ impl Writer {
 pub fn run(mut w: Writer, events: Receiver<Event>) -> Result<Vec<StreamReport>, WriterError> {
     let mut last_tick = Instant::now();
     loop {
-        match events.recv_timeout(Duration::from_millis(100)) {
+        // Frames in flight are persisted as soon as the pool is done with them.
+        let wait = if w.inflight > 0 { 1 } else { 100 };
+        match events.recv_timeout(Duration::from_millis(wait)) {
             Ok(ev) => w.handle(ev)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if w.inflight > 0 {
+            w.persist_ready(false).map_err(|e| w.ioe(e))?;
         }
         if last_tick.elapsed() >= Duration::from_millis(100) {
             w.tick()?;

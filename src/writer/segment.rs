@@ -79,45 +79,57 @@ impl Encoder {
         self.mode
     }
 
+    /// Compresses `parts` concatenated into one zstd frame in `out` (replacing its
+    /// contents). zstd modes only: `none` frames are written straight from the parts.
+    pub fn compress(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> io::Result<()> {
+        let raw: usize = parts.iter().map(|p| p.len()).sum();
+        let cctx = self.cctx.as_mut().expect("compress is for the zstd modes");
+        let zerr = |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
+        cctx.reset(ResetDirective::SessionOnly).map_err(zerr)?;
+        out.clear();
+        out.reserve(zstd_safe::compress_bound(raw) + 64);
+        let mut ob = OutBuffer::around_pos(out, 0);
+        for p in parts {
+            let mut ib = InBuffer::around(p);
+            while ib.pos() < p.len() {
+                cctx.compress_stream2(
+                    &mut ob,
+                    &mut ib,
+                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+                )
+                .map_err(zerr)?;
+            }
+        }
+        loop {
+            let mut empty = InBuffer::around(&[]);
+            let left = cctx
+                .compress_stream2(
+                    &mut ob,
+                    &mut empty,
+                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+                )
+                .map_err(zerr)?;
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one frame whose content is `parts` concatenated; returns its encoded length.
     pub fn frame(&mut self, parts: &[&[u8]], seg: &mut SegmentFile) -> io::Result<u64> {
         let raw: usize = parts.iter().map(|p| p.len()).sum();
-        match self.cctx.as_mut() {
-            Some(cctx) => {
-                let zerr =
-                    |code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)));
-                cctx.reset(ResetDirective::SessionOnly).map_err(zerr)?;
-                self.out.clear();
-                self.out.reserve(zstd_safe::compress_bound(raw) + 64);
-                let mut ob = OutBuffer::around_pos(&mut self.out, 0);
-                for p in parts {
-                    let mut ib = InBuffer::around(p);
-                    while ib.pos() < p.len() {
-                        cctx.compress_stream2(
-                            &mut ob,
-                            &mut ib,
-                            zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
-                        )
-                        .map_err(zerr)?;
-                    }
-                }
-                loop {
-                    let mut empty = InBuffer::around(&[]);
-                    let left = cctx
-                        .compress_stream2(
-                            &mut ob,
-                            &mut empty,
-                            zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
-                        )
-                        .map_err(zerr)?;
-                    if left == 0 {
-                        break;
-                    }
-                }
-                seg.write(&[&self.out])?;
-                Ok(self.out.len() as u64)
+        match self.mode {
+            Compress::Zstd(_) => {
+                let mut out = std::mem::take(&mut self.out);
+                let r = self
+                    .compress(parts, &mut out)
+                    .and_then(|()| seg.write(&[&out]));
+                let n = out.len() as u64;
+                self.out = out;
+                r.map(|()| n)
             }
-            None => {
+            Compress::None => {
                 // A zstd frame of raw blocks (RFC 8878 3.1.1): magic, a descriptor with the
                 // single-segment flag and an 8-byte content size, then blocks of at most 128 KiB.
                 let mut head = [0u8; 13];
@@ -357,6 +369,22 @@ impl SegmentFile {
         entry.raw_len = parts.iter().map(|p| p.len() as u32).sum();
         entry.comp_len = enc.frame(parts, self)? as u32;
         self.raw += entry.raw_len as u64;
+        self.trailer.frames.push(entry);
+        Ok(())
+    }
+
+    /// Appends one data frame already encoded (by the compress pool) from `raw_len` bytes.
+    pub fn push_encoded(
+        &mut self,
+        encoded: &[u8],
+        raw_len: u32,
+        mut entry: FrameEntry,
+    ) -> io::Result<()> {
+        entry.offset = self.len;
+        entry.raw_len = raw_len;
+        entry.comp_len = encoded.len() as u32;
+        self.write(&[encoded])?;
+        self.raw += u64::from(raw_len);
         self.trailer.frames.push(entry);
         Ok(())
     }

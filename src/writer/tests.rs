@@ -430,12 +430,14 @@ proptest::proptest! {
         senders in proptest::collection::vec(sender(), 1..7),
         order in proptest::collection::vec(0usize..64, 64..512),
         piece in 1usize..5000,
+        threads in 0usize..3,
     ) {
         const BUF: usize = 4096;
         const NBUF: usize = 64;
         let dir = tempfile::tempdir().unwrap();
         let mut c = Config::new(dir.path());
         c.frame_size = 16 << 10;
+        c.compress_threads = threads;
         let stats = Arc::new(WriterStats::default());
         let mut w = Writer::open(c, Arc::clone(&stats)).unwrap();
         let area = Area::new(BUF * NBUF, false).unwrap();
