@@ -632,17 +632,49 @@ impl StreamState {
         header: &[u8],
         stream_off: u64,
         format: Option<Format>,
+        linktypes: &[u32],
         cx: &mut Ctx,
     ) -> io::Result<()> {
         self.seq += 1;
+        self.seg_linktypes = linktypes.to_vec();
         let pcapng = matches!(format, Some(Format::PcapNg { .. }));
         let name = archive::segment_name(self.seq, pcapng);
         let need = space::frame_bound(header.len() as u64);
-        self.seg = Some(space::persist(cx, Step::Segment, need, |cx| {
-            SegmentFile::create(
-                &self.dir, &name, self.seq, header, self.cont, stream_off, cx.enc,
-            )
-        })?);
+        // With a pool, its workers compress the header too: the writer's own encoder then
+        // never builds its (level-sized) tables.
+        let encoded = match (cx.pool, cx.cfg.compress) {
+            (Some(pool), Compress::Zstd(_)) => {
+                let parts = Parts(vec![Part {
+                    src: Source::Copied(Arc::new(header.to_vec())),
+                    off: 0,
+                    len: header.len(),
+                }]);
+                Some(pool.submit(Arc::new(parts)).take()?)
+            }
+            _ => None,
+        };
+        self.seg = Some(space::persist(
+            cx,
+            Step::Segment,
+            need,
+            |cx| match &encoded {
+                Some(bytes) => SegmentFile::create_encoded(
+                    &self.dir,
+                    &name,
+                    self.seq,
+                    header.len(),
+                    bytes,
+                    self.cont,
+                    stream_off,
+                ),
+                None => SegmentFile::create(
+                    &self.dir, &name, self.seq, header, self.cont, stream_off, cx.enc,
+                ),
+            },
+        )?);
+        if let (Some(pool), Some(buf)) = (cx.pool, encoded) {
+            pool.recycle(buf);
+        }
         Ok(())
     }
 
@@ -766,8 +798,7 @@ impl StreamState {
                     let (hdr, lts, at) = (Arc::clone(prev_header), Arc::clone(prev_linktypes), *at);
                     if self.seg.is_none() && self.section_segments == 0 {
                         // The section that ended had no blocks after its header: keep it.
-                        self.open_segment(&hdr, at, self.framer.format(), cx)?;
-                        self.seg_linktypes = lts.to_vec();
+                        self.open_segment(&hdr, at, self.framer.format(), &lts, cx)?;
                     }
                     self.finish_segment(cx)?;
                     self.section_segments = 0;
@@ -792,7 +823,7 @@ impl StreamState {
     /// the segment is full.
     fn persist_frame(&mut self, f: &mut FrameOp, cx: &mut Ctx) -> io::Result<()> {
         if self.seg.is_none() {
-            self.open_segment(&f.header, f.start, f.format, cx)?;
+            self.open_segment(&f.header, f.start, f.format, &f.linktypes, cx)?;
         }
         let seg = self.seg.as_mut().expect("opened above");
         let before = seg.len;
@@ -1058,7 +1089,8 @@ impl StreamState {
             // gives it back.
             let hdr = self.framer.header().to_vec();
             let format = self.framer.format();
-            if let Err(e) = self.open_segment(&hdr, self.frame.start, format, cx) {
+            let lts = self.framer.linktypes();
+            if let Err(e) = self.open_segment(&hdr, self.frame.start, format, &lts, cx) {
                 self.absorb(e, cx)?;
             }
         }
@@ -1384,6 +1416,11 @@ impl Writer {
                 st.make_room_as(true, &mut cx)?;
             }
         }
+    }
+
+    /// The compress pool, if there is one.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.as_ref()
     }
 
     /// Frames handed to the persist step and not yet persisted.

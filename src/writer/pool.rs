@@ -103,6 +103,8 @@ struct Queue {
     jobs: VecDeque<Job>,
     spare: Vec<Vec<u8>>,
     closed: bool,
+    /// Workers take no job while set (tests hold the pipeline with it).
+    paused: bool,
 }
 
 struct Shared {
@@ -148,6 +150,7 @@ impl Pool {
                 jobs: VecDeque::new(),
                 spare: Vec::new(),
                 closed: false,
+                paused: false,
             }),
             more: Condvar::new(),
         });
@@ -190,6 +193,14 @@ impl Pool {
         slot
     }
 
+    /// Holds (`true`) or lets go (`false`) of every job not yet started: for tests that
+    /// check what a frame in flight keeps from reuse.
+    pub fn pause(&self, paused: bool) {
+        let sh = &self.inner.shared;
+        sh.q.lock().unwrap_or_else(|p| p.into_inner()).paused = paused;
+        sh.more.notify_all();
+    }
+
     /// Gives an output buffer back for reuse once its bytes are written.
     pub fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
@@ -210,8 +221,10 @@ fn work(sh: &Shared, mut enc: Encoder) {
         let job = {
             let mut q = sh.q.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if let Some(j) = q.jobs.pop_front() {
-                    break j;
+                if !q.paused {
+                    if let Some(j) = q.jobs.pop_front() {
+                        break j;
+                    }
                 }
                 if q.closed {
                     return;

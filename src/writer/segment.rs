@@ -263,6 +263,35 @@ impl SegmentFile {
         stream_off: u64,
         enc: &mut Encoder,
     ) -> io::Result<SegmentFile> {
+        Self::create_with(dir, name, seq, header.len(), cont, stream_off, |seg| {
+            enc.frame(&[header], seg)
+        })
+    }
+
+    /// As [`SegmentFile::create`], with the header frame already encoded (by the pool).
+    pub fn create_encoded(
+        dir: &Path,
+        name: &str,
+        seq: u64,
+        header_len: usize,
+        encoded: &[u8],
+        cont: bool,
+        stream_off: u64,
+    ) -> io::Result<SegmentFile> {
+        Self::create_with(dir, name, seq, header_len, cont, stream_off, |seg| {
+            seg.write(&[encoded]).map(|()| encoded.len() as u64)
+        })
+    }
+
+    fn create_with(
+        dir: &Path,
+        name: &str,
+        seq: u64,
+        header_len: usize,
+        cont: bool,
+        stream_off: u64,
+        write_header: impl FnOnce(&mut SegmentFile) -> io::Result<u64>,
+    ) -> io::Result<SegmentFile> {
         let final_path = dir.join(name);
         let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
         let file = OpenOptions::new()
@@ -276,7 +305,7 @@ impl SegmentFile {
             final_path,
             seq,
             len: 0,
-            raw: header.len() as u64,
+            raw: header_len as u64,
             opened: Instant::now(),
             trailer: Trailer {
                 flags: if cont {
@@ -284,7 +313,7 @@ impl SegmentFile {
                 } else {
                     0
                 },
-                header_raw_len: header.len() as u32,
+                header_raw_len: header_len as u32,
                 stream_off,
                 ..Trailer::default()
             },
@@ -292,7 +321,7 @@ impl SegmentFile {
             torn: false,
             stage: Stage::Open,
         };
-        match enc.frame(&[header], &mut seg) {
+        match write_header(&mut seg) {
             Ok(n) => {
                 seg.trailer.header_comp_len = n as u32;
                 Ok(seg)

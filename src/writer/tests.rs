@@ -542,3 +542,208 @@ fn read_stream(dir: &std::path::Path, name: &str) -> Vec<u8> {
         .collect();
     concat(&segs)
 }
+
+/// Records `streams` into a fresh archive with `threads` compress threads and returns every
+/// segment file's bytes by path (relative), and the reports.
+fn record_with_threads(
+    streams: &[(&[u8], &[usize])],
+    threads: usize,
+    cfg: impl Fn(&mut Config),
+) -> (
+    std::collections::BTreeMap<String, Vec<u8>>,
+    Vec<StreamReport>,
+) {
+    let run = record(streams, |c| {
+        c.compress_threads = threads;
+        cfg(c)
+    });
+    assert_eq!(run.area.lent_bytes(), 0, "every buffer came back");
+    let mut files = std::collections::BTreeMap::new();
+    for s in std::fs::read_dir(run.dir.path()).unwrap() {
+        let s = s.unwrap().path();
+        if !s.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&s).unwrap() {
+            let f = f.unwrap().path();
+            let rel = f
+                .strip_prefix(run.dir.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            files.insert(rel, std::fs::read(&f).unwrap());
+        }
+    }
+    (files, run.reports)
+}
+
+/// Frames of very different cost: runs of one byte (fast), pseudo-random bytes (slow).
+fn uneven_stream(records: u32, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let recs: Vec<(u32, u32, Vec<u8>)> = (0..records)
+        .map(|i| {
+            let len = 64 + (i as usize * 131) % 1400;
+            let body = if (i / 40) % 2 == 0 {
+                vec![i as u8; len]
+            } else {
+                (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            };
+            (1000 + i, i, body)
+        })
+        .collect();
+    let refs: Vec<(u32, u32, &[u8])> = recs.iter().map(|(a, b, c)| (*a, *b, &c[..])).collect();
+    testdata::pcap(false, false, 65535, &refs)
+}
+
+#[test]
+fn a_pool_writes_the_same_segments_as_the_single_thread_writer() {
+    let (a, b) = (uneven_stream(4000, 7), pcap_stream(3000));
+    let streams: [(&[u8], &[usize]); 2] = [(&a, &[4096, 1, 9000]), (&b, &[65536, 333])];
+    let cfg = |c: &mut Config| {
+        c.frame_size = 16 << 10;
+        c.segment_size = 200 << 10;
+    };
+    let (one, r1) = record_with_threads(&streams, 0, cfg);
+    for threads in [1, 4] {
+        let (many, rn) = record_with_threads(&streams, threads, cfg);
+        assert_eq!(r1, rn, "the same reports with {threads} compress threads");
+        assert!(one.len() > 4, "several segments: {:?}", one.keys());
+        assert_eq!(
+            one.keys().collect::<Vec<_>>(),
+            many.keys().collect::<Vec<_>>()
+        );
+        for (k, v) in &one {
+            assert!(many[k] == *v, "{k} differs with {threads} compress threads");
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+    /// Any chunking of streams whose frames cost very different amounts to compress, through a
+    /// pool of several workers: each stream comes back whole and in order, and its frames'
+    /// offsets and stream positions only grow.
+    #[test]
+    fn frames_stay_in_order_per_stream_under_a_pool(
+        seeds in proptest::collection::vec(1u64..1000, 1..4),
+        cut in 1usize..20_000,
+        threads in 2usize..5,
+    ) {
+        let inputs: Vec<Vec<u8>> = seeds.iter().map(|&s| uneven_stream(1500, s)).collect();
+        let cuts = [cut, cut / 3 + 1, 7];
+        let streams: Vec<(&[u8], &[usize])> =
+            inputs.iter().map(|v| (&v[..], &cuts[..])).collect();
+        let run = record(&streams, |c| {
+            c.compress_threads = threads;
+            c.frame_size = 8 << 10;
+        });
+        proptest::prop_assert_eq!(run.area.lent_bytes(), 0);
+        for (i, want) in inputs.iter().enumerate() {
+            let segs = segments(&run, &format!("s{i}"));
+            proptest::prop_assert!(concat(&segs) == *want, "stream s{} in order", i);
+            for (_, t) in &segs {
+                proptest::prop_assert!(t.frames.windows(2).all(|w| w[0].offset < w[1].offset));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_buffer_comes_back_only_after_its_frame_is_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new(dir.path());
+    c.frame_size = 8 << 10;
+    c.compress_threads = 2;
+    let mut w = Writer::open(c, Arc::default()).unwrap();
+    let pool = w.pool().expect("a pool").clone();
+    let s = pcap_stream(400);
+    let area = Area::new(s.len() + 4096, false).unwrap();
+    w.handle(Event::Open {
+        stream: 0,
+        name: "s0".into(),
+        area: Arc::clone(&area),
+        network: false,
+    })
+    .unwrap();
+    // Hold the pool: frames are cut but none can be compressed, so none can be persisted.
+    pool.pause(true);
+    let mut off = 0;
+    let step = 4096;
+    while off < 5 * (8 << 10) {
+        let n = step.min(s.len() - off);
+        // SAFETY: each range of the test's area is written once and lent once.
+        let chunk = unsafe {
+            area.fill_slice(off, n).copy_from_slice(&s[off..off + n]);
+            area.lend(
+                0,
+                off,
+                n,
+                ReleaseToken {
+                    id: off as u64,
+                    len: n as u32,
+                },
+            )
+        };
+        w.handle(Event::Data(chunk)).unwrap();
+        off += n;
+    }
+    w.tick().unwrap();
+    assert!(w.in_flight() >= 3, "frames were cut: {}", w.in_flight());
+    assert_eq!(
+        area.lent_bytes(),
+        off,
+        "no buffer goes back while its frame waits to be persisted"
+    );
+    let mut back = (Vec::new(), Vec::new());
+    area.take_returns(&mut back.0, &mut back.1);
+    assert!(back.0.is_empty(), "no release token yet");
+    pool.pause(false);
+    // Persisting happens on the writer's thread: drive it until the frames are written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "frames never persisted");
+        w.persist_ready(false).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        area.lent_bytes() < off,
+        "persisted frames gave their buffers back"
+    );
+    let rest = &s[off..];
+    // SAFETY: as above.
+    let chunk = unsafe {
+        area.fill_slice(off, rest.len()).copy_from_slice(rest);
+        area.lend(
+            0,
+            off,
+            rest.len(),
+            ReleaseToken {
+                id: off as u64,
+                len: rest.len() as u32,
+            },
+        )
+    };
+    w.handle(Event::Data(chunk)).unwrap();
+    w.handle(Event::End {
+        stream: 0,
+        error: None,
+    })
+    .unwrap();
+    let reports = w.close().unwrap();
+    assert_eq!(reports[0].error, None);
+    assert_eq!(area.lent_bytes(), 0);
+    let run = Run {
+        dir,
+        reports,
+        area,
+        stats: Arc::default(),
+    };
+    assert_eq!(concat(&segments(&run, "s0")), s);
+}
