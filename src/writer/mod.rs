@@ -283,6 +283,7 @@ struct StreamState {
     /// The segment header as of the open frame's first unit (a segment that this frame
     /// opens starts with it), and the cache it is taken from.
     frame_header: Option<Arc<[u8]>>,
+    frame_linktypes: Option<Arc<[u32]>>,
     header_cache: Option<(u64, usize, Arc<[u8]>)>,
     linktypes_cache: Option<(u64, usize, Arc<[u32]>)>,
     /// Sections begun so far (the caches' key).
@@ -579,6 +580,7 @@ impl StreamState {
                         self.header()
                     };
                     self.frame_header = Some(hdr);
+                    self.frame_linktypes = Some(self.linktypes());
                 }
                 self.frame.end = u.end();
                 match kind {
@@ -589,6 +591,7 @@ impl StreamState {
                     }
                     UnitKind::LateInterface => {
                         self.frame.flags |= FRAME_HAS_IDB;
+                        self.frame_linktypes = Some(self.linktypes());
                     }
                     _ => {}
                 }
@@ -720,7 +723,11 @@ impl StreamState {
                 Some(h) => h,
                 None => self.header(),
             };
-            let linktypes = self.linktypes();
+            // As of the frame's last unit: at a new section the framer has moved on already.
+            let linktypes = match self.frame_linktypes.take() {
+                Some(l) => l,
+                None => self.linktypes(),
+            };
             self.ops.push_back(Op::Frame(Box::new(FrameOp {
                 parts,
                 slot,
@@ -1475,6 +1482,7 @@ impl Writer {
                 cut: false,
                 ops: VecDeque::new(),
                 frame_header: None,
+                frame_linktypes: None,
                 header_cache: None,
                 linktypes_cache: None,
                 section_no: 0,

@@ -595,9 +595,22 @@ def ingest_cases(args, zcap: str, seg_bytes: int) -> list[Case]:
         Case("zstd-T2", "zstd -1 -T2 FILE", "file",
              ["zstd", "-1", "-T2", "-q", "-c", "{corpus}"],
              needs=("zstd",), stdout_file="{out}/corpus.zst", peer=True),
+        Case("dd-fsync", "dd bs=1M conv=fsync FILE → file", "file",
+             ["dd", "if={corpus}", "of={out}/copy.pcap", "bs=1M", "conv=fsync", "status=none"],
+             needs=("dd",), peer=True),
         Case("zcap-read-zstd1", "zcap record -r FILE --compress zstd:1", "file",
              [zcap, "record", "-r", "{corpus}", "--compress", "zstd:1", "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
              zcap=True, check="zcap"),
+    ]
+    # The scaling of one stream with the compress pool: 0 is the single-thread writer
+    # (compression on the writer thread), then 1 .. the cores here.
+    for n in range(0, (os.cpu_count() or 1) + 1):
+        cases.append(Case(
+            f"zcap-read-zstd1-t{n}", f"zcap record -r FILE zstd:1 --compress-threads {n}", "file",
+            [zcap, "record", "-r", "{corpus}", "--compress", "zstd:1", "--compress-threads", str(n),
+             "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
+            zcap=True, check="zcap"))
+    cases += [
         Case("zcap-read-none", "zcap record -r FILE --compress none", "file",
              [zcap, "record", "-r", "{corpus}", "--compress", "none", "-C", f"{seg_mb}MB", "-o", "{out}/archive"],
              zcap=True, check="zcap"),
@@ -606,7 +619,8 @@ def ingest_cases(args, zcap: str, seg_bytes: int) -> list[Case]:
 
 
 # Peers in the ratio table, in column order.
-RATIO_PEERS = ["socat-null", "socat-file", "zstd-sock", "tcpdump", "tcpdump-C", "dumpcap", "zstd-T1"]
+RATIO_PEERS = ["socat-null", "socat-file", "zstd-sock", "tcpdump", "tcpdump-C", "dumpcap", "zstd-T1",
+               "zstd-T2", "dd-fsync"]
 
 
 def missing_result(reason: str, status: str = "missing") -> dict:
