@@ -969,6 +969,10 @@ fn merges_mixed_endian_sections_with_other_streams() {
     }
     let out = t.path().join("m.pcapng");
     run_ok(zcap().arg("cat").arg(&arch).arg("-w").arg(&out));
+    assert!(
+        !shb_big_endian(&std::fs::read(&out).unwrap()),
+        "the merge is little-endian"
+    );
     let got = tshark_packets(&out);
     assert!(
         got.windows(2)
