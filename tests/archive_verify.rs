@@ -614,3 +614,111 @@ fn a_deleted_segment_still_on_disk_is_removed_by_repair() {
     assert!(!arch.join(&deleted[0]).exists());
     assert_verifies(&arch, "after repair");
 }
+
+/// A pcapng stream whose second section has the other byte order: `verify` passes, and a
+/// torn `.partial` of a segment from the second section (a rotation, so its header holds
+/// that section's SHB and IDBs) is repaired to its complete frames, which `cat` gives back.
+#[test]
+fn mixed_endian_sections_verify_and_a_torn_partial_is_repaired() {
+    let t = tempdir();
+    let input = t.path().join("in.pcapng");
+    gen(
+        &[
+            "--format",
+            "pcapng",
+            "--count",
+            "4000",
+            "--mix",
+            "small",
+            "--linktypes",
+            "1,101",
+            "--late-idb",
+            "--late-idb-after",
+            "2500",
+            "--second-section-endian",
+            "big",
+            "--second-section-after",
+            "1000",
+        ],
+        &input,
+    );
+    let arch = t.path().join("a");
+    run_ok(
+        zcap()
+            .args(["record", "--frame-size", "8KiB", "-C", "48KiB", "-r"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&arch),
+    );
+    assert_verifies(&arch, "as recorded");
+    let rels: Vec<String> = std::fs::read_to_string(arch.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["op"] == "segment")
+        .map(|v| v["path"].as_str().unwrap().to_string())
+        .collect();
+    // The last segment: big-endian, after the late IDB, in a stream that began little-endian.
+    let rel = rels.last().unwrap();
+    let seg = std::fs::read(arch.join(rel)).unwrap();
+    let tr =
+        zcap::archive::index::read_trailer(&std::fs::File::open(arch.join(rel)).unwrap()).unwrap();
+    assert!(
+        tr.frames.len() >= 4,
+        "{rel}: {} data frames",
+        tr.frames.len()
+    );
+    assert!(
+        tr.flags & zcap::archive::index::FLAG_CONT != 0,
+        "{rel} is a rotation"
+    );
+    let first = zstd_decompress(&arch.join(&rels[0]));
+    assert_eq!(
+        first[8..12],
+        [0x4d, 0x3c, 0x2b, 0x1a],
+        "the first section is little-endian"
+    );
+
+    let stream = rel.split('/').next().unwrap();
+    let crashed = arch.join(format!("{stream}-x"));
+    std::fs::create_dir(&crashed).unwrap();
+    let f3 = tr.frames[3];
+    let partial = crashed.join("000001.pcapng.zst.partial");
+    std::fs::write(
+        &partial,
+        &seg[..(f3.offset + f3.comp_len as u64 / 2) as usize],
+    )
+    .unwrap();
+    // What the complete frames hold: the header and three data frames, as stock zstd reads.
+    let whole = t.path().join("whole.zst");
+    std::fs::write(&whole, &seg[..f3.offset as usize]).unwrap();
+    let want = zstd_decompress(&whole);
+    assert_eq!(want[8..12], [0x1a, 0x2b, 0x3c, 0x4d], "{rel} is big-endian");
+
+    let v = verify(&arch, &[]);
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    assert!(stdout(&v).contains(&format!("{stream}-x/000001.pcapng.zst.partial")));
+    let r = verify(&arch, &["--repair"]);
+    assert!(r.status.success(), "{}", stdout(&r));
+    assert!(stdout(&r).contains("3 data frame(s)"), "{}", stdout(&r));
+    assert_verifies(&arch, "after repair");
+    let out = run_ok(
+        zcap()
+            .arg("cat")
+            .arg(&arch)
+            .args(["--stream", &format!("{stream}-x")]),
+    )
+    .stdout;
+    assert!(
+        out == want,
+        "cat of the repaired stream: {} bytes, {} expected",
+        out.len(),
+        want.len()
+    );
+    if need_tool("tshark") {
+        let f = t.path().join("repaired.pcapng");
+        std::fs::write(&f, &out).unwrap();
+        let n: u64 = tr.frames[..3].iter().map(|f| f.packets as u64).sum();
+        assert_eq!(tshark_count(&f) as u64, n);
+    }
+}

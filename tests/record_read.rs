@@ -735,3 +735,326 @@ fn pcapng_sections_verify() {
     let v = zcap().arg("verify").arg(&arch).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+// pcapng sections in different byte orders. libpcap 1.10 (tcpdump) reads the second
+// section's block lengths in the first one's order and stops (fixtures/README.md), so tshark
+// is the oracle here.
+
+const MIXED: [(&str, [bool; 2]); 2] = [
+    ("le-be-sections.pcapng", [false, true]),
+    ("be-le-sections.pcapng", [true, false]),
+];
+
+/// One packet as tshark reads it: (epoch time, interface (empty for pcap), original length,
+/// bytes in hex).
+type TsharkPkt = (String, String, String, String);
+
+fn tshark_packets(path: &Path) -> Vec<TsharkPkt> {
+    let out = run_ok(
+        Command::new("tshark")
+            .arg("-r")
+            .arg(path)
+            .args(["-T", "ek", "-x"]),
+    )
+    .stdout;
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["layers"].is_object())
+        .map(|v| {
+            let l = &v["layers"];
+            let f = |k: &str| l["frame"][k].as_str().unwrap().to_string();
+            (
+                f("frame_frame_time_epoch"),
+                l["frame"]["frame_frame_interface_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                f("frame_frame_len"),
+                l["frame_raw"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Byte order of the pcapng SHB that `b` starts with: true for big-endian.
+fn shb_big_endian(b: &[u8]) -> bool {
+    assert_eq!(&b[..4], &[0x0a, 0x0d, 0x0d, 0x0a], "starts with an SHB");
+    match b[8..12] {
+        [0x4d, 0x3c, 0x2b, 0x1a] => false,
+        [0x1a, 0x2b, 0x3c, 0x4d] => true,
+        ref m => panic!("bad byte-order magic {m:02x?}"),
+    }
+}
+
+/// Checks an archive holding one recording of `input`: `cat` gives it back byte for byte,
+/// every segment decompresses (`zstd -dc`) into a capture that tshark reads and that starts
+/// with an SHB, the segments' packets together are the input's in order, and `verify`
+/// passes. Returns each segment's byte order and whether it continues a section (`cont`).
+fn check_mixed_archive(input: &Path, arch: &Path, tmp: &Path) -> Vec<(bool, bool)> {
+    let cont: std::collections::HashMap<String, bool> =
+        std::fs::read_to_string(arch.join("manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["op"] == "segment")
+            .map(|v| {
+                (
+                    v["path"].as_str().unwrap().into(),
+                    v["cont"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+    let want = std::fs::read(input).unwrap();
+    let got = cat(arch, &[]);
+    assert!(
+        got == want,
+        "{}: cat differs from the input ({} bytes, {} expected, first difference at {:?})",
+        input.display(),
+        got.len(),
+        want.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
+    let mut orders = Vec::new();
+    let mut pkts = Vec::new();
+    if need_tool("zstd") && need_tool("tshark") {
+        for s in segments(arch) {
+            let seg = arch.join(s["path"].as_str().unwrap());
+            let plain = tmp.join(format!("seg-{}.pcapng", s["seq"]));
+            let bytes = zstd_decompress(&seg);
+            orders.push((shb_big_endian(&bytes), cont[s["path"].as_str().unwrap()]));
+            std::fs::write(&plain, bytes).unwrap();
+            let p = tshark_packets(&plain);
+            assert_eq!(
+                p.len() as u64,
+                s["packets"].as_u64().unwrap(),
+                "{}",
+                seg.display()
+            );
+            pkts.extend(p);
+        }
+        assert!(
+            pkts == tshark_packets(input),
+            "{}: the segments' packets",
+            input.display()
+        );
+    }
+    let v = zcap().arg("verify").arg(arch).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    orders
+}
+
+#[test]
+fn mixed_endian_sections_round_trip_and_every_segment_reads() {
+    let t = tempdir();
+    for (i, (name, want)) in MIXED.iter().enumerate() {
+        let input = fixture(name);
+        let arch = t.path().join(format!("a{i}"));
+        record_ok(&input, &arch, &[]);
+        let orders = check_mixed_archive(&input, &arch, t.path());
+        if !orders.is_empty() {
+            assert_eq!(
+                orders,
+                want.map(|be| (be, false)),
+                "{name}: one segment a section"
+            );
+        }
+    }
+}
+
+#[test]
+fn mixed_endian_sections_rotate_and_seek() {
+    let t = tempdir();
+    for first_big in [false, true] {
+        // A late IDB in the second section, and segments rotated inside both sections.
+        let input = t.path().join(format!("mixed-{first_big}.pcapng"));
+        let (first, second) = if first_big {
+            ("big", "little")
+        } else {
+            ("little", "big")
+        };
+        gen(
+            &[
+                "--format",
+                "pcapng",
+                "--count",
+                "6000",
+                "--mix",
+                "small",
+                "--nanos",
+                "--linktypes",
+                "1,101",
+                "--late-idb",
+                "--late-idb-after",
+                "4000",
+                "--endian",
+                first,
+                "--second-section-endian",
+                second,
+                "--second-section-after",
+                "2000",
+                "--unknown-block",
+                "--unknown-every",
+                "1500",
+            ],
+            &input,
+        );
+        let arch = t.path().join(format!("a-{first_big}"));
+        record_ok(&input, &arch, &["--frame-size", "8KiB", "-C", "24KiB"]);
+        let orders = check_mixed_archive(&input, &arch, t.path());
+        if orders.is_empty() {
+            continue;
+        }
+        // The first section's segments, then the second's, each rotated at least once.
+        let split = orders.iter().position(|o| o.0 != first_big).unwrap();
+        assert!(split >= 2 && orders.len() - split >= 2, "{orders:?}");
+        assert!(
+            orders[..split].iter().all(|o| o.0 == first_big),
+            "{orders:?}"
+        );
+        assert!(
+            orders[split..].iter().all(|o| o.0 != first_big),
+            "{orders:?}"
+        );
+        assert!(
+            !orders[0].1 && !orders[split].1,
+            "a section starts unflagged: {orders:?}"
+        );
+        assert!(orders[1..split]
+            .iter()
+            .chain(&orders[split + 1..])
+            .all(|o| o.1));
+
+        // Windows inside each section and across the boundary, in whole nanoseconds: RFC 3339
+        // (epoch seconds go through an f64, which cannot hold a nanosecond epoch).
+        let pkts = tshark_packets(&input);
+        let ns = |t: &str| {
+            let (s, f) = t.split_once('.').unwrap();
+            s.parse::<i64>().unwrap() * 1_000_000_000 + format!("{f:0<9}").parse::<i64>().unwrap()
+        };
+        let times: Vec<i64> = pkts.iter().map(|p| ns(&p.0)).collect();
+        for (a, b) in [(100, 900), (1500, 2500), (3900, 5900)] {
+            let out = t.path().join("w.pcapng");
+            run_ok(
+                zcap()
+                    .arg("cat")
+                    .arg(&arch)
+                    .args(["--from", &zcap::units::format_ns(times[a])])
+                    .args(["--to", &zcap::units::format_ns(times[b]), "-w"])
+                    .arg(&out),
+            );
+            let (from, to) = (times[a], times[b]);
+            let want = times.iter().filter(|&&x| x >= from && x <= to).count();
+            assert_eq!(tshark_count(&out), want, "window {a}..{b}");
+        }
+    }
+}
+
+#[test]
+fn merges_mixed_endian_sections_with_other_streams() {
+    if !need_tool("tshark") {
+        return;
+    }
+    let t = tempdir();
+    let arch = t.path().join("arch");
+    let inputs = [
+        "le-be-sections.pcapng",
+        "be-le-sections.pcapng",
+        "le-us-eth.pcap",
+        "be-two-ifaces.pcapng",
+    ];
+    for f in inputs {
+        record_ok(&fixture(f), &arch, &[]);
+    }
+    let out = t.path().join("m.pcapng");
+    run_ok(zcap().arg("cat").arg(&arch).arg("-w").arg(&out));
+    assert!(
+        !shb_big_endian(&std::fs::read(&out).unwrap()),
+        "the merge is little-endian"
+    );
+    let got = tshark_packets(&out);
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].0.parse::<f64>().unwrap() <= w[1].0.parse::<f64>().unwrap()),
+        "sorted by time"
+    );
+    // Every input packet, with its time, length and bytes, exactly once.
+    let key = |p: &TsharkPkt| (p.0.clone(), p.2.clone(), p.3.clone());
+    let mut want: Vec<_> = inputs
+        .iter()
+        .flat_map(|f| tshark_packets(&fixture(f)))
+        .map(|p| key(&p))
+        .collect();
+    let mut have: Vec<_> = got.iter().map(key).collect();
+    want.sort();
+    have.sort();
+    assert!(
+        have == want,
+        "{} packets merged, {} expected",
+        have.len(),
+        want.len()
+    );
+    // One interface per (stream, section, interface): 3 + 3 + 1 + 2.
+    let ifaces: std::collections::BTreeSet<&str> = got.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(ifaces.len(), 9, "{ifaces:?}");
+}
+
+/// Over loopback: `zcap replay --to` sends each mixed-endian file, and an archive recorded
+/// from one, to `zcap record --listen`; every stream arrives byte for byte.
+#[test]
+fn mixed_endian_sections_over_loopback() {
+    let t = tempdir();
+    let from_file = t.path().join("src-arch");
+    record_ok(&fixture(MIXED[0].0), &from_file, &[]);
+    let arch = t.path().join("arch");
+    let rec = start("recv", &arch, &["--max-streams", "3"]);
+    let sources = [fixture(MIXED[0].0), fixture(MIXED[1].0), from_file];
+    for src in &sources {
+        run_ok(
+            zcap()
+                .arg("replay")
+                .arg(src)
+                .args(["--to", &rec.addr(), "--topspeed"]),
+        );
+    }
+    let (st, log) = rec.wait(std::time::Duration::from_secs(60));
+    assert!(st.success(), "recorder exit {st}:\n{log}");
+    let want: Vec<Vec<u8>> = [MIXED[0].0, MIXED[1].0, MIXED[0].0]
+        .iter()
+        .map(|f| std::fs::read(fixture(f)).unwrap())
+        .collect();
+    assert_streams(&arch, &want, &log);
+    let v = zcap().arg("verify").arg(&arch).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // Each stream's segments: one a section, in the section's byte order, read by tshark.
+    if !need_tool("zstd") || !need_tool("tshark") {
+        return;
+    }
+    let mut orders: Vec<(String, u64, bool)> = segments(&arch)
+        .iter()
+        .map(|s| {
+            let seg = arch.join(s["path"].as_str().unwrap());
+            let plain = t.path().join("seg.pcapng");
+            let bytes = zstd_decompress(&seg);
+            let be = shb_big_endian(&bytes);
+            std::fs::write(&plain, bytes).unwrap();
+            assert_eq!(tshark_count(&plain) as u64, s["packets"].as_u64().unwrap());
+            (
+                s["stream"].as_str().unwrap().into(),
+                s["seq"].as_u64().unwrap(),
+                be,
+            )
+        })
+        .collect();
+    orders.sort();
+    let mut per_stream: Vec<Vec<bool>> = orders
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|c| c.iter().map(|o| o.2).collect())
+        .collect();
+    per_stream.sort();
+    assert_eq!(
+        per_stream,
+        vec![vec![false, true], vec![false, true], vec![true, false]]
+    );
+}

@@ -558,6 +558,9 @@ class Generator:
             events.append((idxs[0], 2, "isb0"))
         if cpos is not None:
             events.append((cpos, 3, "corrupt"))
+        if a.second_section_endian:
+            at = a.second_section_after if a.second_section_after is not None else est // 2
+            events.append((at, -1, "section"))  # before late IDBs due at the same packet
         events.sort()
 
         nifs = 1 if late_at else K
@@ -576,6 +579,14 @@ class Generator:
                 for k in range(1, K):
                     out.put(self.idb(k))
                 nifs = K
+            elif name == "section":
+                # A new section in its own byte order: SHB, then the interfaces declared so
+                # far (interface numbers and ISB counts start again in each section).
+                self.e = "<" if a.second_section_endian == "little" else ">"
+                out.put(self.shb())
+                for k in range(nifs):
+                    out.put(self.idb(k))
+                self.if_packets = [0] * K
             elif name == "unknown":
                 out.put(self.unknown())
             elif name == "isb0":
@@ -657,6 +668,7 @@ examples:
   gen-pcap.py --bytes 1G --mix realistic -o /tmp/big.pcap
   gen-pcap.py --format pcapng --linktypes 1,101 --late-idb --unknown-block --count 500 -o x.pcapng
   gen-pcap.py --count 100 --corrupt truncated-record -o bad.pcap
+  gen-pcap.py --format pcapng --count 100 --second-section-endian big -o mixed-endian.pcapng
 """)
     g = p.add_argument_group("format")
     g.add_argument("--format", choices=("pcap", "pcapng"), default="pcap", help="file format (default pcap)")
@@ -693,6 +705,12 @@ examples:
                    help="insert blocks of unknown type 0x00000BEE (first after a third of the packets, then every "
                         "--unknown-every), an ISB after the first one, and ISBs for all interfaces at the end")
     g.add_argument("--unknown-every", type=int, default=100000, metavar="N", help="packets between unknown blocks (default 100000)")
+    g.add_argument("--second-section-endian", choices=("little", "big"), metavar="ENDIAN",
+                   help="start a second section (an SHB, then the IDBs declared so far) whose blocks are all in this "
+                        "byte order, little or big; the other order than --endian makes a mixed-endian file, which "
+                        "Wireshark reads and libpcap 1.10 does not")
+    g.add_argument("--second-section-after", type=int, metavar="N",
+                   help="packets before the second section (default half of them)")
     g = p.add_argument_group("corruption")
     g.add_argument("--corrupt", choices=CORRUPT_KINDS, metavar="KIND", help="make a bad stream: " + ", ".join(CORRUPT_KINDS))
     g.add_argument("--corrupt-after", type=int, metavar="N",
@@ -717,6 +735,10 @@ def check(a: argparse.Namespace) -> None:
             die("--late-idb and --unknown-block need --format pcapng")
         if a.corrupt == "bad-block-length":
             die("--corrupt bad-block-length needs --format pcapng (pcap records have no block length)")
+        if a.second_section_endian or a.second_section_after is not None:
+            die("--second-section-endian needs --format pcapng (a pcap file has one header)")
+    if a.second_section_after is not None and (a.second_section_after < 0 or not a.second_section_endian):
+        die("--second-section-after needs --second-section-endian and must be >= 0")
     base = a.linktypes or [a.linktype]
     k = a.pcapng_interfaces if a.pcapng_interfaces is not None else len(base)
     if k < 1:

@@ -694,7 +694,11 @@ fn cat_merged<W: Write>(
     use pcap_file::pcapng::blocks::interface_description::{
         InterfaceDescriptionBlock, InterfaceDescriptionOption,
     };
-    let mut w = pcap_file::pcapng::PcapNgWriter::new(&mut *out).map_err(pcap_err)?;
+    // One section, little-endian like the merged pcap, whatever the inputs' byte orders (the
+    // packet bytes are copied; only the headers written here are encoded).
+    let mut w =
+        pcap_file::pcapng::PcapNgWriter::with_endianness(&mut *out, pcap_file::Endianness::Little)
+            .map_err(pcap_err)?;
     let mut ifaces: HashMap<(usize, u32, u32), u32> = HashMap::new();
     while let Some(Reverse((ts, i))) = heap.pop() {
         let cur = &mut cursors[i];

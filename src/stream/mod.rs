@@ -24,7 +24,8 @@ pub struct FrameError {
     pub reason: String,
 }
 
-/// The container format of a stream, known after its first bytes.
+/// The container format of a stream, known after its first bytes. For pcapng, the byte order
+/// is the current section's: each section may have its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Pcap(pcap::FileHeader),
@@ -37,7 +38,8 @@ pub enum UnitKind {
     /// section's first other block. Kept in [`Framer::header`], not in data frames.
     Header,
     /// A pcapng SHB that starts a new section after data: the writer starts a new segment.
-    /// Its bytes become the new [`Framer::header`].
+    /// Its bytes become the new [`Framer::header`]. The section may be in the other byte
+    /// order; its blocks are read in its own.
     Section,
     /// A pcapng IDB after data began: stays in the data and is appended to the header so
     /// that later segments declare it too.
@@ -90,6 +92,8 @@ enum Pending {
         block_type: u32,
         ts_ns: i64,
         copy: bool,
+        /// The byte order the block is read in: the section's, or for an SHB its own.
+        big_endian: bool,
     },
 }
 
@@ -152,6 +156,8 @@ impl Framer {
         self.pos
     }
 
+    /// The stream's format; for pcapng, the byte order of the current section (it changes
+    /// when a new SHB in the other order is complete, with its [`UnitKind::Section`]).
     pub fn format(&self) -> Option<Format> {
         match self.mode {
             Mode::Detect => None,
@@ -449,16 +455,12 @@ impl Framer {
                 Ok((r.total_len() as u64, Pending::Record { ts_ns: r.ts_ns() }))
             }
             Mode::PcapNg { big_endian } => {
+                // Each section has its own byte order (Wireshark reads such files; libpcap
+                // refuses them): an SHB is read in the order its byte-order magic gives,
+                // which becomes the stream's when the SHB is complete.
                 let mut be = big_endian;
                 if pcap::rd32(head, be) == pcapng::SHB {
                     be = pcapng::section_order(head).map_err(|r| self.err(start, r))?;
-                    if be != big_endian && self.pos > 0 {
-                        // libpcap refuses a section of the other byte order; so do we.
-                        return Err(self.err(
-                            start,
-                            "a new pcapng section changes byte order mid-stream".into(),
-                        ));
-                    }
                 }
                 let b = pcapng::Block::new_checked(head, be).map_err(|r| self.err(start, r))?;
                 let block_type = b.block_type();
@@ -495,6 +497,7 @@ impl Framer {
                         block_type,
                         ts_ns,
                         copy,
+                        big_endian: be,
                     },
                 ))
             }
@@ -518,11 +521,11 @@ impl Framer {
                 UnitKind::Packet { ts_ns }
             }
             Pending::Block {
-                block_type, ts_ns, ..
+                block_type,
+                ts_ns,
+                big_endian,
+                ..
             } => {
-                let Mode::PcapNg { big_endian } = self.mode else {
-                    unreachable!("blocks only in pcapng mode")
-                };
                 let trailer = pcap::rd32(&cur.tail, big_endian) as u64;
                 if trailer != cur.total {
                     return Err(self.err(
@@ -542,6 +545,7 @@ impl Framer {
                         } else {
                             UnitKind::Section
                         };
+                        self.mode = Mode::PcapNg { big_endian };
                         std::mem::swap(&mut self.ifaces, &mut self.prev_ifaces);
                         self.ifaces.clear();
                         std::mem::swap(&mut self.header, &mut self.prev_header);
@@ -642,18 +646,30 @@ pub(crate) mod testdata {
     }
 
     pub fn idb(be: bool, lt: u16) -> Vec<u8> {
+        idb_opts(be, lt, &[])
+    }
+
+    /// An IDB with options `(code, value)`, each padded to 4 bytes, then opt_endofopt.
+    pub fn idb_opts(be: bool, lt: u16, opts: &[(u16, &[u8])]) -> Vec<u8> {
+        let p16 =
+            |v: &mut Vec<u8>, x: u16| v.extend(if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut body = Vec::new();
-        body.extend(if be {
-            lt.to_be_bytes()
-        } else {
-            lt.to_le_bytes()
-        });
+        p16(&mut body, lt);
         body.extend([0, 0]);
         body.extend(if be {
             65535u32.to_be_bytes()
         } else {
             65535u32.to_le_bytes()
         });
+        if !opts.is_empty() {
+            for (code, val) in opts {
+                p16(&mut body, *code);
+                p16(&mut body, val.len() as u16);
+                body.extend_from_slice(val);
+                body.resize(body.len().div_ceil(4) * 4, 0);
+            }
+            body.extend([0; 4]);
+        }
         block(be, 1, &body)
     }
 
@@ -827,6 +843,128 @@ mod tests {
         assert_eq!(f.linktypes(), vec![105]);
     }
 
+    /// Two sections, the second in the other byte order from the first, each with its own
+    /// timestamp options and a late IDB in the second.
+    fn two_orders(first_be: bool) -> (Vec<u8>, u64, u64) {
+        let (a, b) = (first_be, !first_be);
+        let i64b = |be: bool, x: i64| if be { x.to_be_bytes() } else { x.to_le_bytes() };
+        let mut s = shb(a);
+        // Nanosecond resolution, 2 s offset.
+        s.extend(idb_opts(a, 1, &[(9, &[9]), (14, &i64b(a, 2))]));
+        s.extend(epb(a, 0, 1_700_000_000_123_456_789, b"first"));
+        let second = s.len() as u64;
+        s.extend(shb(b));
+        // Millisecond resolution, 100 s offset.
+        s.extend(idb_opts(b, 105, &[(9, &[3]), (14, &i64b(b, 100))]));
+        s.extend(epb(b, 0, 1_700_000_000_123, b"second"));
+        let late = s.len() as u64;
+        // Power-of-two resolution (2^-10 s): 1024 units are one second.
+        s.extend(idb_opts(b, 101, &[(9, &[0x80 | 10])]));
+        s.extend(epb(b, 1, 5 * 1024 + 512, b"third!"));
+        s.extend(block(b, 5, &[0; 8]));
+        (s, second, late)
+    }
+
+    #[test]
+    fn a_section_in_the_other_byte_order_is_read_in_its_order() {
+        for first_be in [false, true] {
+            let (s, second, late) = two_orders(first_be);
+            let (f, units) = frame_all(&s).unwrap();
+            assert_eq!(
+                kinds(&units),
+                vec![
+                    UnitKind::Header,
+                    UnitKind::Header,
+                    UnitKind::Packet {
+                        ts_ns: 1_700_000_002_123_456_789
+                    },
+                    UnitKind::Section,
+                    UnitKind::Header,
+                    UnitKind::Packet {
+                        ts_ns: 1_700_000_100_123_000_000
+                    },
+                    UnitKind::LateInterface,
+                    UnitKind::Packet {
+                        ts_ns: 5_500_000_000
+                    },
+                    UnitKind::Other,
+                ],
+                "first section big-endian: {first_be}"
+            );
+            assert_eq!(units[3].start, second);
+            assert_eq!(units[6].start, late);
+            assert_eq!(units.last().unwrap().end(), s.len() as u64);
+            assert_eq!(
+                f.format(),
+                Some(Format::PcapNg {
+                    big_endian: !first_be
+                })
+            );
+            assert_eq!(f.linktypes(), vec![105, 101]);
+            assert_eq!(f.previous_linktypes(), vec![1]);
+            assert_eq!(f.previous_header(), &s[..units[1].end() as usize]);
+            // The second section's header: its SHB, its first IDB and the late IDB.
+            let mut want = s[second as usize..units[4].end() as usize].to_vec();
+            want.extend_from_slice(&s[late as usize..units[6].end() as usize]);
+            assert_eq!(f.header(), &want[..]);
+            assert_eq!(f.warnings(), Warnings::default());
+
+            // Byte by byte: the SHB's head straddles pieces, and until the SHB is complete
+            // the format is still the first section's.
+            let mut g = Framer::new();
+            let mut got = Vec::new();
+            for (i, b) in s.iter().enumerate() {
+                let (n, u) = g.step(std::slice::from_ref(b)).unwrap();
+                assert_eq!(n, 1);
+                let be = match g.format() {
+                    Some(Format::PcapNg { big_endian }) => big_endian,
+                    None if i < 11 => {
+                        got.extend(u);
+                        continue; // the first SHB's head is not complete yet
+                    }
+                    other => panic!("after byte {i}: {other:?}"),
+                };
+                let in_second = i as u64 + 1 >= units[3].end();
+                assert_eq!(be, first_be ^ in_second, "after byte {i}");
+                got.extend(u);
+            }
+            g.finish().unwrap();
+            assert_eq!(got, units);
+        }
+    }
+
+    #[test]
+    fn a_bad_second_section_header_names_its_offset() {
+        for first_be in [false, true] {
+            let (s, second, _) = two_orders(first_be);
+            let at = second as usize;
+            // A byte-order magic that is neither order.
+            let mut bad = s.clone();
+            bad[at + 8..at + 12].copy_from_slice(&[1, 2, 3, 4]);
+            let e = frame_all(&bad).unwrap_err();
+            assert_eq!(e.offset, second);
+            assert!(e.reason.contains("byte-order magic"), "{e}");
+            // The trailing length written in the first section's order.
+            let mut bad = s.clone();
+            let len = shb(false).len();
+            let t = at + len - 4;
+            bad[t..t + 4].copy_from_slice(&if first_be {
+                (len as u32).to_be_bytes()
+            } else {
+                (len as u32).to_le_bytes()
+            });
+            let e = frame_all(&bad).unwrap_err();
+            assert_eq!(e.offset, second);
+            assert!(e.reason.contains("ends with length"), "{e}");
+            // A length that is right only in the other order.
+            let mut bad = s.clone();
+            bad[at + 4..at + 8].reverse();
+            let e = frame_all(&bad).unwrap_err();
+            assert_eq!(e.offset, second);
+            assert!(e.reason.contains("bad length"), "{e}");
+        }
+    }
+
     fn sample() -> Vec<u8> {
         let mut s = shb(true);
         s.extend(idb(true, 1));
@@ -841,6 +979,26 @@ mod tests {
             if i % 9 == 0 {
                 s.extend(block(true, 5, &[0; 8]));
             }
+        }
+        s
+    }
+
+    /// `sample()` (big-endian), then a little-endian section, then a big-endian one again.
+    fn mixed_sample() -> Vec<u8> {
+        let mut s = sample();
+        for be in [false, true] {
+            s.extend(shb(be));
+            s.extend(idb_opts(be, 101, &[(9, &[9])]));
+            for i in 0..10u32 {
+                s.extend(epb(
+                    be,
+                    0,
+                    i as u64 * 7,
+                    &vec![i as u8; (i * 5 % 23) as usize],
+                ));
+            }
+            s.extend(idb(be, 1));
+            s.extend(epb(be, 1, 99, b"late"));
         }
         s
     }
@@ -872,10 +1030,14 @@ mod tests {
         fn mutated_streams_never_panic_and_units_tile(
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
             cut in 1usize..300,
-            ng in any::<bool>(),
+            which in 0u8..3,
             truncate in any::<Option<usize>>(),
         ) {
-            let mut s = if ng { sample() } else { pcap(true, false, 100, &[(1, 2, b"abc"), (3, 4, &[0u8; 150])]) };
+            let mut s = match which {
+                0 => sample(),
+                1 => mixed_sample(),
+                _ => pcap(true, false, 100, &[(1, 2, b"abc"), (3, 4, &[0u8; 150])]),
+            };
             for (at, b) in flips {
                 let i = at % s.len();
                 s[i] = b;
@@ -904,9 +1066,11 @@ mod tests {
         }
 
         #[test]
-        fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..97, 1..200), ng in any::<bool>()) {
-            let s = if ng {
+        fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..97, 1..200), which in 0u8..3) {
+            let s = if which == 0 {
                 sample()
+            } else if which == 1 {
+                mixed_sample()
             } else {
                 let recs: Vec<(u32, u32, Vec<u8>)> = (0..50u32).map(|i| (i, i * 3, vec![i as u8; (i * 13 % 70) as usize])).collect();
                 let refs: Vec<(u32, u32, &[u8])> = recs.iter().map(|(a, b, c)| (*a, *b, &c[..])).collect();
