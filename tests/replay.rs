@@ -1,5 +1,6 @@
 //! `zcap replay` over real loopback sockets: the recorded pace at `--speed 1` (measured at
-//! a receiving socket in this test), `--serve` to several clients, and an archive as source.
+//! a receiving socket in this test, with bounds that hold on a busy machine), `--serve` to
+//! several clients, and an archive as source.
 
 mod common;
 
@@ -41,8 +42,19 @@ fn receive(l: TcpListener) -> (Vec<u8>, Vec<(Instant, i64)>) {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// At `--speed 1` the packets arrive at the recorded pace: stretches of the stream take their
+/// recorded time, no packet comes early, the typical one is on time and the whole takes as
+/// long as the capture. The bounds are on medians, on the total and on a 20 ms earliness, so
+/// a loaded machine that deschedules the sender or this receiver for a few ms at a time still
+/// passes; a sender that sends at top speed or at another speed does not. The schedule itself
+/// is checked exactly by the unit tests in src/replay.rs.
 #[test]
-fn replay_speed_1_reproduces_inter_packet_gaps_within_1ms() {
+fn replay_speed_1_keeps_the_recorded_pace() {
     if !common::need_tool("python3") {
         return;
     }
@@ -71,40 +83,49 @@ fn replay_speed_1_reproduces_inter_packet_gaps_within_1ms() {
     let (t0, ts0) = arr[0];
     let span = (arr[499].1 - ts0) as f64 / 1e6;
     assert!(span > 4.5, "the capture spans {span} s");
-    // Offsets from the first packet, measured against the recorded ones (an absolute
-    // schedule: errors do not accumulate), and each gap against the recorded gap.
-    let mut offset_err: Vec<f64> = arr
+    // How much later than its recorded offset from the first packet each one arrived (µs;
+    // negative = earlier), and how far each stretch of 50 gaps (about 500 ms) is from its
+    // recorded length. A descheduled sender or receiver delays a few arrivals by a few ms;
+    // a sender that does not pace makes every stretch about 500 ms short, one at 1.1x about
+    // 45 ms.
+    let lag: Vec<f64> = arr
         .iter()
-        .map(|(t, ts)| ((*t - t0).as_secs_f64() * 1e6 - (ts - ts0) as f64).abs())
+        .map(|(t, ts)| (*t - t0).as_secs_f64() * 1e6 - (ts - ts0) as f64)
         .collect();
-    let mut gap_err: Vec<f64> = arr
-        .windows(2)
-        .map(|w| {
-            let real = (w[1].0 - w[0].0).as_secs_f64() * 1e6;
-            (real - (w[1].1 - w[0].1) as f64).abs()
+    let stretch_err: Vec<f64> = (0..arr.len() - 50)
+        .map(|i| {
+            let (a, b) = (arr[i], arr[i + 50]);
+            ((b.0 - a.0).as_secs_f64() * 1e6 - (b.1 - a.1) as f64).abs()
         })
         .collect();
-    offset_err.sort_by(f64::total_cmp);
-    gap_err.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p) as usize];
+    let took = (arr[499].0 - t0).as_secs_f64();
+    let earliest = lag.iter().copied().fold(f64::INFINITY, f64::min);
+    let typical_lag = median(lag.clone());
+    let stretch = median(stretch_err);
     eprintln!(
-        "offset error µs: median {:.0}, p99 {:.0}, max {:.0}; gap error µs: median {:.0}, p99 {:.0}, max {:.0}",
-        pct(&offset_err, 0.5),
-        pct(&offset_err, 0.99),
-        pct(&offset_err, 1.0),
-        pct(&gap_err, 0.5),
-        pct(&gap_err, 0.99),
-        pct(&gap_err, 1.0)
+        "took {took:.3} s for {span:.3} s of capture; 50-gap stretches off by {stretch:.0} µs \
+         (median); lag behind the schedule: median {typical_lag:.0} µs, earliest {earliest:.0} µs"
     );
-    // Within 1 ms; a shared CI machine may deschedule the receiver now and then, so the
-    // bound applies to 99% of packets, and even the worst may be late by only a few ms.
-    assert!(pct(&gap_err, 0.99) <= 1000.0, "gaps drift beyond 1 ms");
     assert!(
-        pct(&offset_err, 0.99) <= 1000.0,
-        "the schedule drifts beyond 1 ms"
+        stretch <= 25_000.0,
+        "50-gap stretches are {stretch:.0} µs off their recorded length (median)"
     );
-    assert!(pct(&offset_err, 0.5) <= 300.0);
-    assert!(pct(&offset_err, 1.0) <= 10_000.0);
+    // No packet leaves before its time. The receiver measures from the first arrival, whose
+    // own delay can make later ones look early by as much; 20 ms covers a busy machine.
+    assert!(
+        earliest >= -20_000.0,
+        "a packet arrived {earliest:.0} µs early"
+    );
+    assert!(
+        typical_lag <= 20_000.0,
+        "packets arrive {typical_lag:.0} µs behind the schedule (median)"
+    );
+    // The whole lasts as long as the capture (never much shorter, see above), and not much
+    // longer even when the machine is busy: the schedule is absolute, delays do not add up.
+    assert!(
+        took >= span - 0.02 && took <= span + 1.0,
+        "{span:.3} s of capture took {took:.3} s"
+    );
 }
 
 #[test]
