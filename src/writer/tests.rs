@@ -432,6 +432,40 @@ proptest::proptest! {
         piece in 1usize..5000,
         threads in 0usize..3,
     ) {
+        hostile(&senders, &order, piece, threads)?;
+    }
+}
+
+/// A case the property test once found: a good sender was cut for a copy budget that a
+/// stalled huge block held.
+#[test]
+fn a_good_stream_is_not_cut_for_a_copy_budget_an_attacker_holds() {
+    let senders = [
+        Sender::HugeBlock {
+            claim: 129_552,
+            part: 127_751,
+        },
+        Sender::Stalls(27),
+        Sender::Good(46),
+        Sender::Stalls(40),
+        Sender::Good(235),
+    ];
+    let order: Vec<usize> = (0..103).map(|i| (i * 37 + 11) % 64).collect();
+    for threads in [0, 2] {
+        for piece in [179, 1, 4096] {
+            hostile(&senders, &order, piece, threads).unwrap();
+        }
+    }
+}
+
+/// The body of [`hostile_interleavings_archive_or_count_every_byte`].
+fn hostile(
+    senders: &[Sender],
+    order: &[usize],
+    piece: usize,
+    threads: usize,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    {
         const BUF: usize = 4096;
         const NBUF: usize = 64;
         let dir = tempfile::tempdir().unwrap();
@@ -449,7 +483,8 @@ proptest::proptest! {
                 name: format!("s{i}"),
                 area: Arc::clone(&area),
                 network: true,
-            }).unwrap();
+            })
+            .unwrap();
         }
         let mut free: Vec<usize> = (0..NBUF).collect();
         let mut pos = vec![0usize; inputs.len()];
@@ -484,8 +519,17 @@ proptest::proptest! {
             let n = piece.min(BUF).min(inputs[i].0.len() - pos[i]);
             // SAFETY: buffer `b` came off the free list: nothing lent or aliases it.
             let chunk = unsafe {
-                area.fill_slice(b * BUF, n).copy_from_slice(&inputs[i].0[pos[i]..pos[i] + n]);
-                area.lend(i as u64, b * BUF, n, ReleaseToken { id: b as u64, len: n as u32 })
+                area.fill_slice(b * BUF, n)
+                    .copy_from_slice(&inputs[i].0[pos[i]..pos[i] + n]);
+                area.lend(
+                    i as u64,
+                    b * BUF,
+                    n,
+                    ReleaseToken {
+                        id: b as u64,
+                        len: n as u32,
+                    },
+                )
             };
             pos[i] += n;
             w.handle(Event::Data(chunk)).unwrap();
@@ -495,7 +539,8 @@ proptest::proptest! {
             w.handle(Event::End {
                 stream: i as u64,
                 error: reset.then(|| "connection reset by the sender".to_string()),
-            }).unwrap();
+            })
+            .unwrap();
         }
         let reports = w.close().unwrap();
         proptest::prop_assert_eq!(area.lent_bytes(), 0, "every buffer came back");
@@ -509,7 +554,12 @@ proptest::proptest! {
             let archived = r.received - r.discarded;
             let got = read_stream(dir.path(), &r.name);
             proptest::prop_assert_eq!(got.len() as u64, archived, "archived bytes of {}", r.name);
-            proptest::prop_assert_eq!(&got[..], &bytes[..got.len()], "a prefix of what {} sent", r.name);
+            proptest::prop_assert_eq!(
+                &got[..],
+                &bytes[..got.len()],
+                "a prefix of what {} sent",
+                r.name
+            );
             if *good {
                 proptest::prop_assert_eq!(r.discarded, 0, "{} lost bytes: {:?}", r.name, r.error);
                 proptest::prop_assert_eq!(&got, bytes);
@@ -517,6 +567,7 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(stats.discarded_bytes.load(Ordering::Relaxed), lost);
     }
+    Ok(())
 }
 
 /// A stream's segments concatenated as `cat` gives them back (empty if it has none).
