@@ -5,6 +5,7 @@
 //! attackers close, and the summary must count what was cut instead of claiming that
 //! nothing was lost.
 
+#[macro_use]
 mod common;
 
 use common::{start, streams};
@@ -429,20 +430,6 @@ fn eleven_hundred_idle_connections_under_a_1024_descriptor_limit(backend: &str) 
             "every good stream byte for byte:\n{log}"
         );
     }
-}
-
-macro_rules! for_each_backend {
-    ($($test:ident),* $(,)?) => {
-        mod ring {
-            $( #[test] fn $test() { super::$test("ring") } )*
-        }
-        mod recv {
-            $( #[test] fn $test() { super::$test("recv") } )*
-        }
-        mod zcrx_emulated {
-            $( #[test] fn $test() { super::$test("zcrx-emulated") } )*
-        }
-    };
 }
 
 for_each_backend!(

@@ -3,6 +3,7 @@
 //! `tcpdump -w - | socat` pipe) recorded byte for byte, backpressure against a slow writer
 //! within the stated memory bound, bad senders, `--connect`, and SIGTERM mid-run.
 
+#[macro_use]
 mod common;
 
 use common::{assert_streams, start, streams};
@@ -415,21 +416,6 @@ fn sigterm_during_a_busy_run_leaves_a_verifiable_archive(backend: &str) {
         String::from_utf8_lossy(&v.stderr)
     );
     assert!(!streams(&arch).is_empty());
-}
-
-macro_rules! for_each_backend {
-    ($($test:ident),* $(,)?) => {
-        mod ring {
-            $( #[test] fn $test() { super::$test("ring") } )*
-        }
-        mod recv {
-            $( #[test] fn $test() { super::$test("recv") } )*
-        }
-        /// The zcrx backend against the emulated kernel half: the same engine and writer.
-        mod zcrx_emulated {
-            $( #[test] fn $test() { super::$test("zcrx-emulated") } )*
-        }
-    };
 }
 
 for_each_backend!(

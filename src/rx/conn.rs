@@ -151,7 +151,6 @@ pub struct Core<'a> {
     drain_deadline: Option<Instant>,
     tokens: Vec<ReleaseToken>,
     admission: Admission,
-    held_back: bool,
     next_sweep: Instant,
 }
 
@@ -181,7 +180,6 @@ impl<'a> Core<'a> {
             drain_deadline: None,
             tokens: Vec::new(),
             admission: Admission::new(limits),
-            held_back: false,
             next_sweep: Instant::now(),
         }
     }
@@ -190,15 +188,7 @@ impl<'a> Core<'a> {
     /// paused after running out of descriptors, and not while the area is nearly full (the
     /// senders wait in the listen backlog until the writer has caught up).
     pub fn accepting(&mut self) -> bool {
-        if self.draining() || !self.admission.accepting() {
-            return false;
-        }
-        let pressure = self.area.under_pressure();
-        if pressure && !self.held_back {
-            self.stats.add(&self.stats.admission_held, 1);
-        }
-        self.held_back = pressure;
-        !pressure
+        !self.draining() && self.admission.open_to_new(&self.area, self.stats)
     }
 
     pub fn limits(&self) -> Limits {
@@ -238,15 +228,12 @@ impl<'a> Core<'a> {
     /// Starts a stream for a new connection, or closes it at once when the connection
     /// limits refuse it (counted and logged; `None`).
     pub fn open(&mut self, sock: TcpStream) -> io::Result<Option<Conn>> {
-        let peer = sock
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
-        if self.admission.admit(peer, self.stats).is_err() {
+        let Ok(peer) = self.admission.admit_socket(&sock, self.stats) else {
             if let Source::Connect(d) = &mut self.source {
                 d.ended(0);
             }
             return Ok(None); // dropping the socket closes it
-        }
+        };
         let name = stream_name(&sock);
         let stream = self.next_id;
         self.next_id += 1;

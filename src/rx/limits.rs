@@ -7,9 +7,10 @@
 //! and logged at most once a second with the running count.
 
 use super::RxStats;
+use crate::area::Area;
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Descriptors kept for the archive, the manifest, rings and the program itself.
@@ -60,6 +61,8 @@ pub struct Admission {
     paused_until: Option<Instant>,
     pause: Duration,
     last_log: Option<Instant>,
+    /// New connections are being held back because the area is nearly full.
+    held_back: bool,
 }
 
 const PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -74,11 +77,36 @@ impl Admission {
             paused_until: None,
             pause: PAUSE_MIN,
             last_log: None,
+            held_back: false,
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Takes a slot for the connection `sock`, or says why not (counted and logged).
+    /// Returns the peer address the slot is counted under.
+    pub fn admit_socket(&mut self, sock: &TcpStream, stats: &RxStats) -> Result<IpAddr, Refusal> {
+        let peer = sock
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
+        self.admit(peer, stats).map(|()| peer)
+    }
+
+    /// Whether to accept now: not while accepting is paused after running out of
+    /// descriptors, and not while `area` is nearly full — the senders then wait in the listen
+    /// backlog until the writer has caught up (each such spell is counted once).
+    pub fn open_to_new(&mut self, area: &Area, stats: &RxStats) -> bool {
+        if !self.accepting() {
+            return false;
+        }
+        let pressure = area.under_pressure();
+        if pressure && !self.held_back {
+            stats.add(&stats.admission_held, 1);
+        }
+        self.held_back = pressure;
+        !pressure
     }
 
     /// Takes a slot for a connection from `peer`, or says why not (counted and logged).

@@ -210,6 +210,19 @@ fn arm_wake(r: &mut Ring, fd: i32) -> io::Result<()> {
     r.push(e)
 }
 
+/// Asks an armed accept to end (its final completion clears `accept_armed`).
+fn cancel_accept(r: &mut Ring) -> io::Result<()> {
+    if r.accept_armed && !r.accept_cancelling {
+        r.accept_cancelling = true;
+        r.push(
+            opcode::AsyncCancel::new(TAG_ACCEPT)
+                .build()
+                .user_data(TAG_CANCEL),
+        )?;
+    }
+    Ok(())
+}
+
 /// One accept at a time, armed again by the main loop: a multishot accept would take a
 /// descriptor for every connection in the backlog before we could refuse any, and run the
 /// process out of descriptors that the writer needs for segment files.
@@ -287,24 +300,12 @@ fn event_loop(core: &mut Core, r: &mut Ring, br: &mut BufRing) -> io::Result<()>
             let want = core.accepting();
             if want && !r.accept_armed {
                 arm_accept(r, fd)?;
-            } else if !want && r.accept_armed && !r.accept_cancelling {
-                r.accept_cancelling = true;
-                r.push(
-                    opcode::AsyncCancel::new(TAG_ACCEPT)
-                        .build()
-                        .user_data(TAG_CANCEL),
-                )?;
+            } else if !want {
+                cancel_accept(r)?;
             }
         }
         if core.should_stop() && !core.draining() {
-            if r.accept_armed && !r.accept_cancelling {
-                r.accept_cancelling = true;
-                r.push(
-                    opcode::AsyncCancel::new(TAG_ACCEPT)
-                        .build()
-                        .user_data(TAG_CANCEL),
-                )?;
-            }
+            cancel_accept(r)?;
             for conn in core.take_backlog()? {
                 r.add(conn)?;
             }

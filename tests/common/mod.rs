@@ -326,3 +326,21 @@ pub fn assert_streams(dir: &Path, want: &[Vec<u8>], log: &str) {
         );
     }
 }
+
+/// Defines `mod ring`, `mod recv` and `mod zcrx_emulated`, each with one `#[test]` per named
+/// function, calling it with that backend's `--rx` value (`#[macro_use] mod common;`).
+#[allow(unused_macros)]
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod ring {
+            $( #[test] fn $test() { super::$test("ring") } )*
+        }
+        mod recv {
+            $( #[test] fn $test() { super::$test("recv") } )*
+        }
+        /// The zcrx backend against the emulated kernel half: the same engine and writer.
+        mod zcrx_emulated {
+            $( #[test] fn $test() { super::$test("zcrx-emulated") } )*
+        }
+    };
+}

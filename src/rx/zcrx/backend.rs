@@ -149,7 +149,6 @@ struct Core<'a, K: ZcrxKernel> {
     ended: u64,
     report: ZcrxReport,
     admission: Admission,
-    held_back: bool,
 }
 
 /// Runs the zcrx backend until `stop` is set (or the writer goes away): accepts from
@@ -197,7 +196,6 @@ pub fn run<K: ZcrxKernel>(
         ended: 0,
         report: ZcrxReport::default(),
         admission: Admission::new(opts.limits),
-        held_back: false,
     };
     for s in sources.connected {
         core.open(s);
@@ -214,16 +212,10 @@ pub fn run<K: ZcrxKernel>(
             }
             core.cancel_all();
         }
-        // New senders wait in the listen backlog while the area is nearly full.
-        let admit = !area.under_pressure();
-        if !admit && !core.held_back {
-            stats.add(&stats.admission_held, 1);
-        }
-        core.held_back = !admit;
-        if let Some(l) = listener.as_ref().filter(|_| admit) {
+        if let Some(l) = &listener {
             for _ in 0..64 {
-                if !core.admission.accepting() {
-                    break;
+                if !core.admission.open_to_new(area, stats) {
+                    break; // new senders wait in the listen backlog
                 }
                 match l.accept() {
                     Ok((s, _)) => core.open(s),
@@ -264,12 +256,9 @@ impl<K: ZcrxKernel> Core<'_, K> {
     }
 
     fn open(&mut self, sock: TcpStream) {
-        let peer = sock
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
-        if self.admission.admit(peer, self.stats).is_err() {
+        let Ok(peer) = self.admission.admit_socket(&sock, self.stats) else {
             return; // dropping the socket closes it
-        }
+        };
         let id = self.next_id;
         self.next_id += 1;
         let name = crate::rx::conn::stream_name(&sock);
