@@ -274,7 +274,7 @@ struct StreamState {
     /// Segments finalized since the current pcapng section began.
     section_segments: u64,
     /// Link types declared in the open segment (its section's, as of its last IDB).
-    seg_linktypes: Vec<u32>,
+    seg_linktypes: Arc<[u32]>,
     /// Set when the disk was still full at shutdown: bytes received and not written.
     unwritten: Option<u64>,
     /// Work for the persist step, in stream order: frames (compressing in the pool or to be
@@ -635,11 +635,11 @@ impl StreamState {
         header: &[u8],
         stream_off: u64,
         format: Option<Format>,
-        linktypes: &[u32],
+        linktypes: Arc<[u32]>,
         cx: &mut Ctx,
     ) -> io::Result<()> {
         self.seq += 1;
-        self.seg_linktypes = linktypes.to_vec();
+        self.seg_linktypes = linktypes;
         let pcapng = matches!(format, Some(Format::PcapNg { .. }));
         let name = archive::segment_name(self.seq, pcapng);
         let need = space::frame_bound(header.len() as u64);
@@ -805,7 +805,7 @@ impl StreamState {
                     let (hdr, lts, at) = (Arc::clone(prev_header), Arc::clone(prev_linktypes), *at);
                     if self.seg.is_none() && self.section_segments == 0 {
                         // The section that ended had no blocks after its header: keep it.
-                        self.open_segment(&hdr, at, self.framer.format(), &lts, cx)?;
+                        self.open_segment(&hdr, at, self.framer.format(), lts, cx)?;
                     }
                     self.finish_segment(cx)?;
                     self.section_segments = 0;
@@ -830,7 +830,8 @@ impl StreamState {
     /// the segment is full.
     fn persist_frame(&mut self, f: &mut FrameOp, cx: &mut Ctx) -> io::Result<()> {
         if self.seg.is_none() {
-            self.open_segment(&f.header, f.start, f.format, &f.linktypes, cx)?;
+            let (header, linktypes) = (Arc::clone(&f.header), Arc::clone(&f.linktypes));
+            self.open_segment(&header, f.start, f.format, linktypes, cx)?;
         }
         let seg = self.seg.as_mut().expect("opened above");
         let before = seg.len;
@@ -848,7 +849,7 @@ impl StreamState {
                 })?
             }
         }
-        self.seg_linktypes = f.linktypes.to_vec();
+        self.seg_linktypes = Arc::clone(&f.linktypes);
         cx.stats
             .packets
             .fetch_add(f.entry.packets as u64, Ordering::Relaxed);
@@ -938,7 +939,7 @@ impl StreamState {
             seq,
             path: rel.clone(),
             format: format.into(),
-            linktypes: std::mem::take(&mut self.seg_linktypes),
+            linktypes: self.seg_linktypes.to_vec(),
             nanos,
             bytes,
             raw,
@@ -1097,7 +1098,7 @@ impl StreamState {
             let hdr = self.framer.header().to_vec();
             let format = self.framer.format();
             let lts = self.framer.linktypes();
-            if let Err(e) = self.open_segment(&hdr, self.frame.start, format, &lts, cx) {
+            if let Err(e) = self.open_segment(&hdr, self.frame.start, format, lts.into(), cx) {
                 self.absorb(e, cx)?;
             }
         }
@@ -1491,7 +1492,7 @@ impl Writer {
                 persisted: 0,
                 segments: 0,
                 section_segments: 0,
-                seg_linktypes: Vec::new(),
+                seg_linktypes: Arc::from([]),
                 unwritten: None,
             },
         );
