@@ -263,14 +263,14 @@ fn encode(dir: &Path, data: &[u8], frames: &[(usize, usize)], mode: Compress) ->
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("bench-{seq}.pcap.zst");
     let mut enc = Encoder::new(mode).expect("encoder");
-    let mut seg = SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc)
+    let mut seg = SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc, None)
         .expect("segment");
     let mut total = seg.len;
     let mut parts: Vec<&[u8]> = Vec::with_capacity(FRAME / PIECE + 2);
     for &(a, b) in frames {
         parts.clear();
         parts.extend(slices(data, a, b));
-        total += enc.frame(&parts, &mut seg).expect("encode");
+        total += enc.frame(&parts, None, &mut seg).expect("encode");
     }
     drop(seg);
     let _ = std::fs::remove_file(dir.join(format!("{name}.partial")));
