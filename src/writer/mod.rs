@@ -354,6 +354,7 @@ impl StreamState {
         }
         self.last_data = Instant::now();
         let start = self.framer.position();
+        chunk.prefetch();
         let charge = self.charge_of(&chunk);
         self.charge += charge;
         self.held.push_back(Held {
