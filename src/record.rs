@@ -199,8 +199,14 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
     } else {
         String::new()
     };
+    let kept = match s.retention_refused.load(Ordering::Relaxed) {
+        0 => String::new(),
+        n => format!(
+            "; retention left {n} segment(s) in place that do not match the manifest (see above; `zcap verify` checks them)"
+        ),
+    };
     eprintln!(
-        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{}",
+        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{kept}{}",
         reports.len(),
         human_bytes(raw),
         human_bytes(stored),
