@@ -60,6 +60,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         max_streams: a.max_streams,
         max_conns: a.max_conns.map(|n| n as usize),
         max_conns_per_peer: a.max_conns_per_peer as usize,
+        allow: a.allow.clone(),
     }
 }
 
