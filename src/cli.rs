@@ -63,6 +63,21 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Replay a bundled capture over loopback into a fresh archive, then list and verify it.
     Demo(DemoArgs),
+    /// Make an Ed25519 key pair for signed manifests (record --sign-key, verify --key).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Write PREFIX.key (the private key, PKCS#8 PEM, mode 0600) and PREFIX.pub (the public
+    /// key, PEM); existing files are never overwritten.
+    #[arg(
+        short = 'o',
+        long = "out",
+        value_name = "PREFIX",
+        default_value = "zcap-signing"
+    )]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,6 +225,11 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns_per_peer: u32,
 
+    /// Sign the manifest with this Ed25519 private key (PEM, from `zcap keygen`): every
+    /// line is followed by a signature of the chain head, which `verify --key` checks.
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<PathBuf>,
+
     /// Accept senders only from this network (ADDR/PREFIX or one address, IPv4 or IPv6;
     /// repeat for several). Checked on accept, before any byte is read: anyone else is
     /// closed at once, logged and counted. Default: anyone who can reach the port.
@@ -273,6 +293,11 @@ pub struct VerifyArgs {
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
+    /// Check the manifest's signatures with this public key (PEM, from `zcap keygen`):
+    /// fails unless every line is covered by a valid signature, and names the first that
+    /// is not.
+    #[arg(long, value_name = "PUB")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -118,6 +118,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
         dir: dir.clone(),
         repair: false,
         json: false,
+        key: None,
     })?;
     let d = dir.display();
     let mut out = std::io::stdout().lock();

@@ -36,6 +36,7 @@ fn verify_options(a: &VerifyArgs) -> verify::Options {
         dir: a.dir.clone(),
         repair: a.repair,
         json: a.json,
+        key: a.key.clone(),
     }
 }
 
@@ -49,6 +50,17 @@ fn main() -> ExitCode {
         Command::Replay(a) => zcap::replay::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json),
         Command::Demo(a) => zcap::demo::run(a),
+        Command::Keygen(a) => zcap::archive::sign::keygen(&a.out)
+            .map(|(key, public)| {
+                eprintln!(
+                    "zcap: wrote {} (private: give it to `record --sign-key`, keep it from \
+                     everyone else) and {} (public: for `verify --key`)",
+                    key.display(),
+                    public.display()
+                );
+                true
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -68,7 +68,14 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
     let stats = Arc::new(WriterStats::default());
-    let w = Writer::open(writer_config(a), Arc::clone(&stats))?;
+    let mut cfg = writer_config(a);
+    cfg.sign = a
+        .sign_key
+        .as_deref()
+        .map(crate::archive::sign::Signer::load)
+        .transpose()
+        .context("--sign-key")?;
+    let w = Writer::open(cfg, Arc::clone(&stats))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))

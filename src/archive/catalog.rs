@@ -48,6 +48,11 @@ pub struct Catalog {
     /// Segment and delete lines whose path breaks the naming rule, in line order. Their
     /// entries are left out of `segments` and `deleted`.
     pub bad_paths: Vec<PathError>,
+    /// Every line, parsed, when the whole chain holds (empty otherwise): for checking
+    /// signatures ([`super::sign::check`]).
+    pub chained: Vec<manifest::Line>,
+    /// `sign` lines.
+    pub signatures: usize,
 }
 
 impl Catalog {
@@ -58,7 +63,10 @@ impl Catalog {
     }
 
     pub fn parse(dir: &Path, text: &str) -> Catalog {
-        let chain = manifest::parse(text).map(|_| ());
+        let (chain, chained) = match manifest::parse(text) {
+            Ok(lines) => (Ok(()), lines),
+            Err(e) => (Err(e), Vec::new()),
+        };
         let mut c = Catalog {
             dir: dir.to_path_buf(),
             lines: text.split_inclusive('\n').count(),
@@ -69,6 +77,8 @@ impl Catalog {
             stream_ends: Vec::new(),
             unreadable: Vec::new(),
             bad_paths: Vec::new(),
+            chained,
+            signatures: 0,
         };
         let good_lines = match &c.chain {
             Ok(()) => c.lines,
@@ -128,6 +138,7 @@ impl Catalog {
                     bytes,
                     error,
                 }),
+                Entry::Sign { .. } => c.signatures += 1,
                 Entry::Create { .. } | Entry::Repair { .. } => {}
             }
         }

@@ -41,6 +41,14 @@ pub enum Entry {
     Repair {
         what: String,
     },
+    /// The recorder's signature over the chain head `head` (the previous line's hash): see
+    /// [`super::sign`]. `key` is the public key's 32 bytes in hex, `sig` the 64-byte Ed25519
+    /// signature of the head's hex text, in hex.
+    Sign {
+        head: String,
+        key: String,
+        sig: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +109,8 @@ pub struct Writer {
     /// The manifest's length before an append that failed and could not be undone: the
     /// next append cuts the file back to it first.
     torn_at: Option<u64>,
+    /// Follows every line with its signature (`record --sign-key`).
+    signer: Option<super::sign::Signer>,
 }
 
 fn named(path: &Path, e: io::Error) -> io::Error {
@@ -111,6 +121,16 @@ impl Writer {
     /// Opens the manifest of `dir` for appending, creating it (with its `create` line) if
     /// missing. A torn last line is an error: run `zcap verify --repair` first.
     pub fn open(dir: &Path, create: impl FnOnce() -> Entry) -> io::Result<Writer> {
+        Writer::open_signed(dir, create, None)
+    }
+
+    /// As [`Writer::open`]; with a signer, every line appended from now on (the `create`
+    /// line of a new manifest included) is followed by its `sign` line.
+    pub fn open_signed(
+        dir: &Path,
+        create: impl FnOnce() -> Entry,
+        signer: Option<super::sign::Signer>,
+    ) -> io::Result<Writer> {
         let path = dir.join(FILE);
         let existing = read_nofollow(&path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -145,6 +165,7 @@ impl Writer {
             path,
             head: head.clone().unwrap_or_else(|| GENESIS.to_string()),
             torn_at: None,
+            signer,
         };
         if head.is_none() {
             w.append(&create())?;
@@ -161,7 +182,13 @@ impl Writer {
             self.torn_at = None;
         }
         let before = self.file.metadata()?.len();
-        let (line, hash) = render(entry, &self.head);
+        let (mut line, mut hash) = render(entry, &self.head);
+        if let Some(s) = &self.signer {
+            // The line and its signature go in one write: both or neither.
+            let (sig_line, sig_hash) = render(&s.sign(&hash), &hash);
+            line += &sig_line;
+            hash = sig_hash;
+        }
         let r = self
             .file
             .write_all(line.as_bytes())

@@ -11,6 +11,7 @@ pub mod read;
 pub mod repair;
 pub mod retention;
 pub mod segment;
+pub mod sign;
 pub mod verify;
 
 pub use path::{checked_path, PathError};

@@ -24,6 +24,9 @@ pub struct Options {
     pub repair: bool,
     /// Print the report as one JSON object.
     pub json: bool,
+    /// Check the manifest's signatures against this Ed25519 public key (PEM): every line
+    /// must be covered by a valid signature.
+    pub key: Option<PathBuf>,
 }
 
 /// One thing wrong with the archive. `what` names the file (or manifest line).
@@ -256,7 +259,11 @@ fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
 
 /// Checks the whole archive. `recorder_running`: a recorder holds the lock, so `.partial`
 /// files are in progress rather than debris.
-pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
+pub fn check(
+    dir: &Path,
+    recorder_running: bool,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> anyhow::Result<Report> {
     let c = Catalog::load(dir)?;
     let mut r = Report {
         manifest_lines: c.lines,
@@ -330,6 +337,7 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
             }
         }
     }
+    check_signatures(&c, key, &mut r);
     for s in c.stream_names() {
         if !c.stream_ends.iter().any(|e| e.stream == s) {
             r.notes.push(format!(
@@ -343,6 +351,68 @@ pub fn check(dir: &Path, recorder_running: bool) -> anyhow::Result<Report> {
         }
     }
     Ok(r)
+}
+
+/// With a key, every manifest line must be covered by a valid signature of it; without one,
+/// says whether the chain is signed at all (a chain alone proves order, not authorship).
+fn check_signatures(c: &Catalog, key: Option<&ed25519_dalek::VerifyingKey>, r: &mut Report) {
+    let Some(key) = key else {
+        r.notes.push(if c.signatures == 0 {
+            "the manifest is not signed: its chain proves the order of lines, not who wrote \
+             them (`record --sign-key`)"
+                .to_string()
+        } else {
+            format!(
+                "{} signature line(s), not checked: `zcap verify --key PUB` checks them",
+                c.signatures
+            )
+        });
+        return;
+    };
+    if c.chain.is_err() {
+        r.problem(
+            format!(
+                "{}: signatures not checked: the hash chain is broken",
+                manifest::FILE
+            ),
+            false,
+        );
+        return;
+    }
+    let cov = super::sign::check(&c.chained, key);
+    for (line, why) in &cov.bad {
+        r.notes.push(format!(
+            "{} line {line}: a signature that proves nothing: {why}",
+            manifest::FILE
+        ));
+    }
+    match cov.first_uncovered() {
+        None => r.notes.push(format!(
+            "signed: every line ({}) is covered by a valid signature of key {}",
+            cov.lines,
+            super::sign::key_id(key)
+        )),
+        Some(first) => r.problem(
+            format!(
+                "{} line {first}: not covered by a valid signature of key {} ({} line(s) unsigned \
+                 from there; lines {} were signed){}",
+                manifest::FILE,
+                super::sign::key_id(key),
+                cov.lines - cov.covered,
+                if cov.covered == 0 {
+                    "none".to_string()
+                } else {
+                    format!("1–{}", cov.covered)
+                },
+                if cov.valid == 0 && !cov.bad.is_empty() {
+                    ": no signature verifies, the manifest may have been rewritten"
+                } else {
+                    ""
+                }
+            ),
+            false,
+        ),
+    }
 }
 
 fn print_report(r: &Report, dir: &Path, repairs: &[String], json: bool) -> io::Result<()> {
@@ -422,6 +492,7 @@ fn print_report(r: &Report, dir: &Path, repairs: &[String], json: bool) -> io::R
 /// `zcap verify DIR [--repair] [--json]`. Ok(false) when damage remains.
 pub fn run(a: &Options) -> anyhow::Result<bool> {
     let dir = &a.dir;
+    let key = a.key.as_deref().map(super::sign::load_public).transpose()?;
     if !dir.join(manifest::FILE).is_file() {
         anyhow::bail!(
             "{}: no {} here: not a zcap archive",
@@ -447,7 +518,7 @@ pub fn run(a: &Options) -> anyhow::Result<bool> {
         recorder_running = matches!(super::lock(dir), Ok(None));
         None
     };
-    let r = check(dir, recorder_running)?;
+    let r = check(dir, recorder_running, key.as_ref())?;
     print_report(&r, dir, &repairs, a.json)?;
     Ok(r.ok())
 }

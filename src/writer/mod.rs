@@ -74,6 +74,8 @@ pub struct Config {
     /// Keep at least this much free on the archive's file system (statvfs): below it the
     /// writer behaves as on a full disk.
     pub min_free: Option<MinFree>,
+    /// Sign every manifest line (`--sign-key`).
+    pub sign: Option<crate::archive::sign::Signer>,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             copy_budget: None,
             compress_threads: 0,
             min_free: None,
+            sign: None,
         }
     }
 }
@@ -1267,7 +1270,9 @@ impl Writer {
         let Some(lock) = lock else {
             return Err(WriterError::Locked(cfg.dir.clone()));
         };
-        let manifest = manifest::Writer::open(&cfg.dir, archive::create_entry).map_err(ioe)?;
+        let manifest =
+            manifest::Writer::open_signed(&cfg.dir, archive::create_entry, cfg.sign.clone())
+                .map_err(ioe)?;
         let retention = retention::Live::load(&cfg.dir).map_err(ioe)?;
         stats
             .retention_refused
