@@ -47,6 +47,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: boxing the record arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Record PCAP-over-IP streams or a capture file into an archive.
