@@ -80,6 +80,28 @@ impl Area {
             }
         })?;
         let ptr = map.as_mut_ptr();
+        Self::with_map(map, ptr)
+    }
+
+    /// Maps the `len`-byte receive ring of a kernel socket (an AF_PACKET TPACKET_V3 block
+    /// ring) as the area: the kernel writes the blocks, the backend lends what it retired.
+    /// The mapping keeps the socket alive until the area is dropped (it holds a reference to
+    /// the file), so the backend may close its descriptor first.
+    pub fn from_ring(fd: RawFd, len: usize) -> io::Result<Arc<Area>> {
+        // SAFETY: a shared mapping of the socket's ring; the kernel's half of the ring protocol
+        // (it writes a block only while the block's status word says it owns it) is what makes
+        // it sound, and the backend that owns the socket holds to it.
+        let mut map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len)
+                .populate()
+                .map_mut(fd)?
+        };
+        let ptr = map.as_mut_ptr();
+        Self::with_map(map, ptr)
+    }
+
+    fn with_map(map: memmap2::MmapMut, ptr: *mut u8) -> io::Result<Arc<Area>> {
         // SAFETY: plain eventfd(2) call; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {

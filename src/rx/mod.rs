@@ -38,6 +38,12 @@ pub enum Event {
     },
     /// Stream bytes, in order for that stream.
     Data(Chunk),
+    /// Whole records lent from one piece of the area (an AF_PACKET block): each span is one
+    /// complete unit of the stream (a pcap record header written in place before its packet
+    /// bytes), in stream order, inside `block`. The block goes back when the writer has
+    /// persisted its last span. One event per block, so nothing is sent or allocated per
+    /// packet.
+    Records { block: Chunk, spans: Vec<Span> },
     /// The stream ended: `None` for an orderly end, or the transport error in words.
     End {
         stream: StreamId,
@@ -49,9 +55,16 @@ impl Event {
     pub fn stream(&self) -> StreamId {
         match self {
             Event::Open { stream, .. } | Event::End { stream, .. } => *stream,
-            Event::Data(chunk) => chunk.stream(),
+            Event::Data(chunk) | Event::Records { block: chunk, .. } => chunk.stream(),
         }
     }
+}
+
+/// `len` bytes at `off` inside a [`Event::Records`] block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub off: u32,
+    pub len: u32,
 }
 
 /// The way from the backends to the writer threads. Every event of a stream goes to the same
