@@ -6,8 +6,11 @@
 //! - `zcrx`: io_uring zero-copy receive into the area (NIC queue with a memory provider);
 //! - `ring`: io_uring multishot recv into a provided-buffer ring carved from the area;
 //! - `recv`: plain recv(2) + epoll into area buffers, for hosts without io_uring;
-//! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`).
+//! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`);
+//! - `afpacket`: live capture from interfaces on TPACKET_V3 block rings (`record -i`): the
+//!   ring is the area, each block is lent whole as [`Event::Records`].
 
+pub mod afpacket;
 pub mod bufring;
 pub mod bufs;
 pub mod conn;
@@ -112,6 +115,11 @@ pub struct RxStats {
     /// Times accepting was held back because the area was nearly full (senders waited in
     /// the listen backlog).
     pub admission_held: AtomicU64,
+    /// Live capture (afpacket): packets the kernel's rings saw, of those dropped (no free
+    /// block), and times a ring froze full — summed over the rings (PACKET_STATISTICS).
+    pub capture_packets: AtomicU64,
+    pub capture_drops: AtomicU64,
+    pub capture_freezes: AtomicU64,
 }
 
 impl RxStats {
