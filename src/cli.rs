@@ -47,6 +47,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Record PCAP-over-IP streams or a capture file into an archive.
@@ -67,10 +69,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RxKind {
-    /// The best that works here: zcrx when --iface is given and the NIC supports it, else
+    /// The best that works here: zcrx when --zcrx-iface is given and the NIC supports it, else
     /// ring, else recv; says which and why.
     Auto,
-    /// io_uring zero-copy receive on --iface/--queue (needs a capable NIC and CAP_NET_ADMIN).
+    /// io_uring zero-copy receive on --zcrx-iface/--queue (needs a capable NIC and
+    /// CAP_NET_ADMIN).
     Zcrx,
     /// io_uring multishot recv into a provided-buffer ring in the area.
     Ring,
@@ -108,15 +111,53 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value_t = RxKind::Auto)]
     pub rx: RxKind,
 
-    /// Interface whose queue zcrx registers on (zero-copy receive).
-    #[arg(long, value_name = "IF")]
-    pub iface: Option<String>,
+    /// Capture live from interface IF (AF_PACKET TPACKET_V3), instead of listening; repeat
+    /// for several. Each capture thread is one stream, `IF-tN-START`.
+    #[arg(short = 'i', long = "interface", value_name = "IF", conflicts_with_all = ["read", "listen", "connect"])]
+    pub interface: Vec<String>,
 
-    /// Receive queue of --iface for zcrx; steer the listen port to it (--steer or ethtool).
+    /// Do not put the capture interfaces into promiscuous mode (-i).
+    #[arg(short = 'p', long = "no-promiscuous-mode", requires = "interface")]
+    pub no_promisc: bool,
+
+    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (1 to 262144).
+    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=262_144))]
+    pub snaplen: u32,
+
+    /// Capture threads per interface (-i), each with its own ring and stream, sharing the
+    /// packets by a hash of the flow (PACKET_FANOUT; 1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), requires = "interface")]
+    pub fanout: u16,
+
+    /// PACKET_FANOUT group id (0 to 65535): zcap processes with the same id share an
+    /// interface's packets. Default: from the process id.
+    #[arg(long, value_name = "ID", requires = "interface")]
+    pub fanout_group: Option<u16>,
+
+    /// Size of one block of a capture ring (-i): a multiple of the page size, larger than
+    /// the snapshot length (4KiB to 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = size_in(4 << 10, 256 << 20))]
+    pub block_size: u64,
+
+    /// Blocks per capture ring (-i; 2 to 65536): more hold longer bursts before the kernel
+    /// drops. The default 64 × 4MiB holds about 200 ms at 10 Gbit/s.
+    #[arg(long, value_name = "N", default_value_t = crate::rx::afpacket::DEFAULT_BLOCK_COUNT, value_parser = clap::value_parser!(u32).range(2..=65_536))]
+    pub block_count: u32,
+
+    /// The kernel hands a capture block (-i) over after this long even if it is not full:
+    /// the latency of a quiet interface (1ms to 10s).
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration_in(Duration::from_millis(1), 10 * SECOND))]
+    pub block_timeout: Duration,
+
+    /// NIC whose queue zcrx registers (zero-copy receive of PCAP-over-IP on --listen).
+    #[arg(long = "zcrx-iface", alias = "iface", value_name = "IF")]
+    pub zcrx_iface: Option<String>,
+
+    /// Receive queue of --zcrx-iface; steer the listen port to it (--steer or ethtool).
     #[arg(long, value_name = "Q", default_value_t = 0)]
     pub queue: u32,
 
-    /// Install an ntuple rule steering the listen port to --queue, removed on exit.
+    /// Install an ntuple rule steering the listen port to --queue, removed on exit (zcrx).
     #[arg(long)]
     pub steer: bool,
 

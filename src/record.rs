@@ -51,7 +51,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
             .clone()
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         connect: a.connect.clone(),
-        iface: a.iface.clone(),
+        iface: a.zcrx_iface.clone(),
         queue: a.queue,
         steer: a.steer,
         hugepages: a.hugepages,
@@ -63,9 +63,41 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
     }
 }
 
+/// Live capture's settings from the command line.
+pub fn capture_config(a: &RecordArgs) -> rx::afpacket::Config {
+    rx::afpacket::Config {
+        interfaces: a.interface.clone(),
+        promisc: !a.no_promisc,
+        snaplen: a.snaplen,
+        fanout: a.fanout,
+        fanout_group: a.fanout_group,
+        block_size: a.block_size as u32,
+        block_count: a.block_count,
+        block_timeout: a.block_timeout,
+    }
+}
+
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
+    // Capture rings open before the archive does: a missing interface or a ring too large
+    // fails the start without creating anything.
+    let rings = if a.interface.is_empty() {
+        None
+    } else {
+        let cfg = capture_config(a);
+        let rings = rx::afpacket::open(&cfg)?;
+        eprintln!(
+            "zcap: rx: afpacket ({} ring(s) of {} × {} on {}{})",
+            rings.len(),
+            cfg.block_count,
+            size_text(a.block_size),
+            a.interface.join(", "),
+            if cfg.promisc { ", promiscuous" } else { "" }
+        );
+        Some(rings)
+    };
+    let mut captured = Vec::new();
     let stats = Arc::new(WriterStats::default());
     let w = Writer::open(writer_config(a), Arc::clone(&stats))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -97,7 +129,11 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let rx_stats = Arc::new(RxStats::default());
     let live = crate::stats::Live::start(a, Arc::clone(&rx_stats), Arc::clone(&stats));
-    let source = if let Some(path) = &a.read {
+    let source = if let Some(rings) = rings {
+        let r = rx::afpacket::run(rings, 1, &tx, &stop, &rx_stats);
+        drop(tx);
+        r.map(|reps| captured = reps).map_err(anyhow::Error::from)
+    } else if let Some(path) = &a.read {
         let area =
             Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
         let (input, label): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
@@ -147,7 +183,9 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     live.finish();
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
-    if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
+    if !captured.is_empty() {
+        eprintln!("{}", capture_summary(a, &captured, &stats));
+    } else if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
     let unwritten = stats.unwritten_bytes.load(Ordering::Relaxed);
@@ -177,6 +215,51 @@ fn check_buffers(area: u64, buf: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The kernel's side of live capture: what the rings saw and dropped, and when anything was
+/// dropped, what to change.
+fn capture_summary(a: &RecordArgs, reps: &[rx::afpacket::RingReport], w: &WriterStats) -> String {
+    let (mut seen, mut drops, mut freezes) = (0u64, 0u64, 0u64);
+    for r in reps {
+        seen += r.stats.packets;
+        drops += r.stats.drops;
+        freezes += r.stats.freezes;
+    }
+    let mut line = format!(
+        "zcap: capture: the kernel saw {seen} packets on {} ring(s), delivered {}, dropped {drops}",
+        reps.len(),
+        seen - drops.min(seen)
+    );
+    let unarchived = w.discarded_bytes.load(Ordering::Relaxed);
+    if unarchived > 0 {
+        line.push_str(&format!(
+            "; {unarchived} captured bytes not archived (named above)"
+        ));
+    }
+    if drops == 0 {
+        if unarchived == 0 {
+            line.push_str("; nothing was lost");
+        }
+        return line;
+    }
+    let per: Vec<String> = reps
+        .iter()
+        .filter(|r| r.stats.drops > 0)
+        .map(|r| format!("{} {}", r.name, r.stats.drops))
+        .collect();
+    line.push_str(&format!(
+        " ({:.2}%; {}), ring full {freezes} time(s). To drop fewer: more blocks (--block-count {}, \
+         now {} × {} per ring), more capture threads (--fanout {}), faster or no compression \
+         (--compress), or capture less (a filter, a smaller -s)",
+        drops as f64 * 100.0 / seen.max(1) as f64,
+        per.join(", "),
+        a.block_count.saturating_mul(4).min(65_536),
+        a.block_count,
+        size_text(a.block_size),
+        (a.fanout * 2).min(64),
+    ));
+    line
 }
 
 fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f64) {

@@ -1,0 +1,532 @@
+//! Live capture (`zcap record -i IF`, AF_PACKET TPACKET_V3) on a veth pair between two
+//! network namespaces the test creates: frames sent from the far end with a raw packet
+//! socket must come back from the archive byte for byte, in order per capture thread, read
+//! by tcpdump from every segment, with drops counted when the ring is too small. Needs root
+//! (skips with a reason off CI) and `ip`.
+
+mod common;
+
+use common::{need_root, need_tool, run_ok, tempdir, zcap};
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Marks the test's frames among whatever else the kernel puts on the wire.
+const MAGIC: &[u8; 8] = b"ZCAPTEST";
+const MTU: usize = 9000;
+
+/// Two network namespaces joined by a veth pair (MTU 9000, IPv6 off so the kernel sends no
+/// router solicitations); removed on drop.
+struct Veth {
+    near_ns: String,
+    far_ns: String,
+    near: String,
+    far: String,
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+impl Veth {
+    fn new() -> Veth {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let v = Veth {
+            near_ns: format!("zcap-rec-{id}"),
+            far_ns: format!("zcap-snd-{id}"),
+            near: format!("zr{id}"),
+            far: format!("zs{id}"),
+        };
+        ip(&["netns", "add", &v.near_ns]);
+        ip(&["netns", "add", &v.far_ns]);
+        ip(&[
+            "link", "add", &v.near, "mtu", "9000", "type", "veth", "peer", "name", &v.far, "mtu",
+            "9000",
+        ]);
+        ip(&["link", "set", &v.near, "netns", &v.near_ns]);
+        ip(&["link", "set", &v.far, "netns", &v.far_ns]);
+        for (ns, dev) in [(&v.near_ns, &v.near), (&v.far_ns, &v.far)] {
+            for conf in ["all", "default", dev.as_str()] {
+                run_ok(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
+                ]));
+            }
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        for ns in [&self.near_ns, &self.far_ns] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A test frame: IPv4/UDP from source port `flow`, `len` bytes in all, carrying MAGIC and
+/// `seq` (so any two differ), the rest a pattern.
+fn frame(seq: u32, flow: u16, len: usize) -> Vec<u8> {
+    assert!((60..=MTU + 14).contains(&len));
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 0, 0, 2]);
+    f[30..34].copy_from_slice(&[10, 0, (flow >> 8) as u8, flow as u8]);
+    f[34..36].copy_from_slice(&flow.to_be_bytes());
+    f[36..38].copy_from_slice(&7777u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f[42..50].copy_from_slice(MAGIC);
+    f[50..54].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(31).wrapping_add(seq) as u8;
+    }
+    f
+}
+
+fn is_test_frame(f: &[u8]) -> bool {
+    f.len() >= 54 && &f[42..50] == MAGIC
+}
+
+/// Sends `frames` out of `dev` in namespace `ns` with a raw AF_PACKET socket, from a thread
+/// that joined the namespace (setns affects only the calling thread).
+fn send(ns: &str, dev: &str, frames: &[Vec<u8>]) {
+    let (ns, dev, frames) = (ns.to_string(), dev.to_string(), frames.to_vec());
+    std::thread::spawn(move || {
+        let nsf = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+        // SAFETY: setns on this thread with a valid namespace descriptor.
+        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let name = std::ffi::CString::new(dev).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index > 0);
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        for f in &frames {
+            loop {
+                // SAFETY: `f` and `sll` are live for the call.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if n == f.len() as isize {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "sendto: {e}");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        // SAFETY: our descriptor.
+        unsafe { libc::close(fd) };
+    })
+    .join()
+    .expect("sender thread");
+}
+
+/// `zcap record -i DEV` inside namespace `ns`, and its stderr.
+struct Rec {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+fn record(ns: &str, dev: &str, dir: &Path, extra: &[&str]) -> Rec {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "-i", dev, "-o"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start zcap record -i");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let l = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.starts_with("zcap: rx: afpacket") {
+                let _ = tx.send(());
+            }
+            let mut g = l.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+        std::thread::sleep(Duration::from_millis(100));
+        panic!("zcap record -i did not start:\n{}", log.lock().unwrap());
+    }
+    // The capture threads send their stream header first; give them a moment to start.
+    std::thread::sleep(Duration::from_millis(200));
+    Rec { child, log }
+}
+
+impl Rec {
+    /// SIGTERM, then wait for a clean exit; returns stderr and stdout.
+    fn stop(mut self) -> (String, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "zcap did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "zcap record -i exited {status}:\n{log}");
+        (log, out)
+    }
+}
+
+/// The records of a pcap byte stream (ns magic, native order): (link type, frames).
+fn pcap_frames(b: &[u8]) -> (u32, Vec<Vec<u8>>) {
+    assert!(b.len() >= 24, "no pcap header");
+    let rd = |at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+    assert_eq!(rd(0), 0xa1b2_3c4d, "nanosecond pcap magic");
+    let linktype = rd(20);
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off < b.len() {
+        let caplen = rd(off + 8) as usize;
+        let len = rd(off + 12) as usize;
+        assert_eq!(caplen, len, "a record was truncated");
+        out.push(b[off + 16..off + 16 + caplen].to_vec());
+        off += 16 + caplen;
+    }
+    (linktype, out)
+}
+
+/// Every stream's frames (`zcap cat --stream`), test frames only.
+fn stream_frames(dir: &Path) -> Vec<(String, Vec<Vec<u8>>)> {
+    let mut out = Vec::new();
+    for (name, bytes) in common::streams(dir) {
+        let (lt, frames) = pcap_frames(&bytes);
+        assert_eq!(lt, 1, "stream {name}: link type Ethernet");
+        out.push((
+            name,
+            frames.into_iter().filter(|f| is_test_frame(f)).collect(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn segments(dir: &Path) -> Vec<(String, u64)> {
+    let out = run_ok(zcap().arg("ls").arg(dir).arg("--json"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["path"].as_str()?.to_string(), v["packets"].as_u64()?)))
+        .collect()
+}
+
+fn mix(n: u32, flows: u16) -> Vec<Vec<u8>> {
+    let sizes = [60, 61, 64, 128, 333, 1000, 1514, 4000, 8000, MTU + 14];
+    (0..n)
+        .map(|i| {
+            frame(
+                i,
+                1000 + (i as u16 % flows),
+                sizes[i as usize % sizes.len()],
+            )
+        })
+        .collect()
+}
+
+fn ready() -> bool {
+    need_root() && need_tool("ip")
+}
+
+#[test]
+fn records_veth_frames_byte_exact_and_tcpdump_reads_every_segment() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let arch = dir.path().join("a");
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        &arch,
+        &[
+            "--block-size",
+            "64KiB",
+            "--block-count",
+            "64",
+            "-C",
+            "64KiB",
+            "--frame-size",
+            "16KiB",
+            "--compress",
+            "none",
+        ],
+    );
+    let frames = mix(400, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let got = stream_frames(&arch);
+    assert_eq!(got.len(), 1, "one stream:\n{log}");
+    assert!(
+        got[0].0.starts_with(&format!("{}-t0-", v.near)),
+        "{}",
+        got[0].0
+    );
+    assert_eq!(got[0].1.len(), frames.len(), "frames recorded:\n{log}");
+    assert!(got[0].1 == frames, "frames differ from those sent");
+    assert!(log.contains("nothing was lost"), "{log}");
+    let segs = segments(&arch);
+    assert!(segs.len() > 1, "-C 64KiB rotates: {segs:?}");
+    if need_tool("tcpdump") && need_tool("zstd") {
+        let total: usize = segs
+            .iter()
+            .map(|(p, packets)| {
+                let raw = dir.path().join("seg.pcap");
+                std::fs::write(&raw, common::zstd_decompress(&arch.join(p))).unwrap();
+                let n = common::tcpdump_count(&raw);
+                assert_eq!(n as u64, *packets, "tcpdump reads all of {p}");
+                n
+            })
+            .sum();
+        assert!(total >= frames.len());
+    }
+    run_ok(zcap().arg("verify").arg(&arch));
+}
+
+#[test]
+fn sigterm_drains_the_block_the_kernel_has_not_retired() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    // A block is retired only after 2 s: the frames are still in the kernel's open block
+    // when the signal comes.
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        dir.path(),
+        &[
+            "--block-size",
+            "1MiB",
+            "--block-count",
+            "4",
+            "--block-timeout",
+            "2s",
+        ],
+    );
+    let frames = mix(50, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(50));
+    let (log, _) = rec.stop();
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].1 == frames,
+        "{} of {} frames:\n{log}",
+        got[0].1.len(),
+        frames.len()
+    );
+}
+
+#[test]
+fn fanout_two_records_every_frame_once_over_two_streams() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        dir.path(),
+        &[
+            "--fanout",
+            "2",
+            "--block-size",
+            "256KiB",
+            "--block-count",
+            "8",
+        ],
+    );
+    let frames = mix(600, 16);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 2, "two streams:\n{log}");
+    assert!(got[0].0.contains("-t0-") && got[1].0.contains("-t1-"));
+    for (name, fs) in &got {
+        assert!(!fs.is_empty(), "{name} got none: the hash spreads 16 flows");
+        // In send order within each stream.
+        let seqs: Vec<u32> = fs
+            .iter()
+            .map(|f| u32::from_be_bytes(f[50..54].try_into().unwrap()))
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name} out of order");
+    }
+    let mut all: Vec<Vec<u8>> = got.into_iter().flat_map(|(_, f)| f).collect();
+    all.sort_by_key(|f| u32::from_be_bytes(f[50..54].try_into().unwrap()));
+    assert!(
+        all == frames,
+        "every frame once: {} of {}",
+        all.len(),
+        frames.len()
+    );
+    // `cat` of the whole archive merges both by time.
+    let out = run_ok(zcap().arg("cat").arg(dir.path()));
+    let (_, merged) = pcap_frames(&out.stdout);
+    assert_eq!(
+        merged.iter().filter(|f| is_test_frame(f)).count(),
+        frames.len()
+    );
+}
+
+#[test]
+fn a_tiny_ring_under_a_flood_counts_drops_and_still_verifies() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        dir.path(),
+        &[
+            "--block-size",
+            "4KiB",
+            "--block-count",
+            "2",
+            "--block-timeout",
+            "1ms",
+            "--compress",
+            "zstd:19",
+            "--stats-json",
+            "--stats-interval",
+            "100ms",
+        ],
+    );
+    let frames: Vec<Vec<u8>> = (0..30_000).map(|i| frame(i, 1, 1000)).collect();
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(700));
+    let (log, out) = rec.stop();
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("zcap: capture:"))
+        .unwrap_or_else(|| panic!("no capture summary:\n{log}"));
+    let num = |after: &str| -> u64 {
+        let rest = &summary[summary.find(after).unwrap() + after.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (seen, delivered, dropped) = (num("saw "), num("delivered "), num("dropped "));
+    assert!(
+        dropped > 0,
+        "a 8 KiB ring must drop under a flood: {summary}"
+    );
+    assert!(
+        summary.contains("--block-count"),
+        "says what to change: {summary}"
+    );
+    assert_eq!(seen, delivered + dropped);
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("stats json");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert!(v["kernel_drops"].as_u64().unwrap() > 0, "{last}");
+    let archived: u64 = segments(dir.path()).iter().map(|s| s.1).sum();
+    assert_eq!(
+        archived, delivered,
+        "every delivered packet archived: {summary}"
+    );
+    run_ok(zcap().arg("verify").arg(dir.path()));
+}
+
+#[test]
+fn a_missing_or_down_interface_is_named() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &v.near_ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "-i", "nosuch0", "-o"])
+        .arg(dir.path().join("a"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no such interface nosuch0"), "{err}");
+    assert!(!dir.path().join("a").exists(), "nothing created");
+    ip(&["-n", &v.near_ns, "link", "set", &v.near, "down"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &v.near_ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "-i", &v.near, "-o"])
+        .arg(dir.path().join("a"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("interface {} is down", v.near)),
+        "{err}"
+    );
+}
