@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Identifies one stream (one connection, one input file) across the engine and writer.
@@ -40,6 +40,10 @@ pub struct Area {
     granule: AtomicUsize,
     /// The backend found no free buffer for a receive and is holding senders back.
     starving: AtomicBool,
+    /// Packets the kernel dropped before they reached the area (live capture), counted by
+    /// the backend; `has_drops` says the source counts them at all.
+    drops: AtomicU64,
+    has_drops: AtomicBool,
 }
 
 #[derive(Default)]
@@ -117,7 +121,23 @@ impl Area {
             lent: AtomicUsize::new(0),
             granule: AtomicUsize::new(page_size()),
             starving: AtomicBool::new(false),
+            drops: AtomicU64::new(0),
+            has_drops: AtomicBool::new(false),
         }))
+    }
+
+    /// The backend counts `n` more packets the kernel dropped before they reached the area
+    /// (0 marks the area as one whose source drops, so its segments record 0).
+    pub fn note_drops(&self, n: u64) {
+        self.has_drops.store(true, Ordering::Relaxed);
+        self.drops.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Kernel drops so far, for sources that count them (live capture), else `None`.
+    pub fn drops(&self) -> Option<u64> {
+        self.has_drops
+            .load(Ordering::Relaxed)
+            .then(|| self.drops.load(Ordering::Relaxed))
     }
 
     pub fn len(&self) -> usize {

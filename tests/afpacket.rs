@@ -495,6 +495,17 @@ fn a_tiny_ring_under_a_flood_counts_drops_and_still_verifies() {
         archived, delivered,
         "every delivered packet archived: {summary}"
     );
+    // The manifest charges every drop to a segment, and `ls` shows them.
+    let ls = run_ok(zcap().arg("ls").arg(dir.path()).arg("--json"));
+    let in_manifest: u64 = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["drops"].as_u64())
+        .sum();
+    assert_eq!(in_manifest, dropped, "segments' drops add up");
+    let ls = run_ok(zcap().arg("ls").arg(dir.path()));
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(text.lines().next().unwrap().contains("DROPS"), "{text}");
     run_ok(zcap().arg("verify").arg(dir.path()));
 }
 

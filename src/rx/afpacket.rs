@@ -206,7 +206,8 @@ pub struct RingStats {
 }
 
 impl RingStats {
-    fn add(&self, s: Stats, rx: &RxStats) {
+    fn add(&self, s: Stats, rx: &RxStats, area: &Area) {
+        area.note_drops(s.drops);
         self.packets.fetch_add(s.packets, Ordering::Relaxed);
         self.drops.fetch_add(s.drops, Ordering::Relaxed);
         self.freezes.fetch_add(s.freezes, Ordering::Relaxed);
@@ -408,6 +409,7 @@ fn capture(
     };
     let area = &ring.area;
     crate::stats::publish_area(area);
+    area.note_drops(0); // its segments record their drops, 0 included
     stats.add(&stats.streams_opened, 1);
     stats.add(&stats.streams_open, 1);
     send(Event::Open {
@@ -499,7 +501,7 @@ fn capture(
         // full frames, so blocks come back before the kernel runs out.
         area.set_starving(nlent * 2 >= n);
         if last_stats.elapsed() >= STATS_EVERY {
-            ring_stats.add(ring.sock.stats()?, stats);
+            ring_stats.add(ring.sock.stats()?, stats, area);
             last_stats = Instant::now();
         }
         if stop.load(Ordering::Relaxed) {
@@ -525,7 +527,7 @@ fn capture(
             timeout,
         );
     }
-    ring_stats.add(ring.sock.stats()?, stats);
+    ring_stats.add(ring.sock.stats()?, stats, area);
     stats.streams_open.fetch_sub(1, Ordering::Relaxed);
     send(Event::End {
         stream,

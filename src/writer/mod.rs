@@ -288,6 +288,9 @@ struct StreamState {
     section_segments: u64,
     /// Link types declared in the open segment (its section's, as of its last IDB).
     seg_linktypes: Arc<[u32]>,
+    /// The area's kernel drop count when the previous segment was finalized (live capture):
+    /// each segment records the drops since, so a stream's segments add up to all of them.
+    seg_drops_from: u64,
     /// Set when the disk was still full at shutdown: bytes received and not written.
     unwritten: Option<u64>,
     /// Work for the persist step, in stream order: frames (compressing in the pool or to be
@@ -960,6 +963,7 @@ impl StreamState {
             _ => ("pcapng", false),
         };
         let now = SystemTime::now();
+        let drops_now = self.area.drops();
         let entry = Entry::Segment(SegmentEntry {
             stream: self.name.clone(),
             seq,
@@ -978,7 +982,9 @@ impl StreamState {
             sha256,
             time: humantime::format_rfc3339_seconds(now).to_string(),
             repaired: false,
+            drops: drops_now.map(|d| d.saturating_sub(self.seg_drops_from)),
         });
+        self.seg_drops_from = drops_now.unwrap_or(0);
         let appended = space::persist(cx, Step::Manifest, 0, |cx| {
             lock_shared(cx.shared).manifest.append(&entry)
         });
@@ -1555,6 +1561,7 @@ impl Writer {
                 segments: 0,
                 section_segments: 0,
                 seg_linktypes: Arc::from([]),
+                seg_drops_from: 0,
                 unwritten: None,
             },
         );
