@@ -28,13 +28,15 @@ pub const MIN_BUFFERS: u64 = 4;
     version,
     about = "Record packet streams into compressed, time-indexed, tamper-evident pcap archives",
     long_about = "zcap records PCAP-over-IP streams (a pcap or pcapng stream over TCP, as \
-`tcpdump -w - | nc HOST 57012` sends) and capture files into an archive of zstd-compressed \
+`tcpdump -w - | nc HOST 57012` sends), live interfaces (`-i eth0`, AF_PACKET TPACKET_V3) and \
+capture files into an archive of zstd-compressed \
 pcap segments that stock tools read (`zstd -dc SEG | tcpdump -r -`), indexed by time and \
 chained by SHA-256 in a manifest. On NICs that support it, the bytes arrive by io_uring \
 zero-copy receive (zcrx); elsewhere by io_uring provided-buffer rings or plain recv.",
     after_help = "Examples:
   zcap record                                   listen on 127.0.0.1:57012 into ./zcap-archive
   tcpdump -i eth0 -w - | nc 127.0.0.1 57012     feed it from a sensor
+  zcap record -i eth0 --fanout 2                capture eth0 live on two threads
   zcap record -r trace.pcap -o arch             ingest a capture file
   zcap ls arch
   zcap cat arch --from 2026-11-25T10:02:00Z --to 2026-11-25T10:03:00Z | tshark -r -
@@ -51,7 +53,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Record PCAP-over-IP streams or a capture file into an archive.
+    /// Record PCAP-over-IP streams, live interfaces (-i) or a capture file into an archive.
     Record(RecordArgs),
     /// List an archive's segments: streams, time ranges, packets, bytes, compression ratio.
     Ls(LsArgs),
@@ -593,6 +595,82 @@ mod tests {
             .unwrap();
         let help = words(speed);
         assert!(help.contains("(above 0, at most 1000000)"), "{help}");
+    }
+
+    #[test]
+    fn live_capture_flags_and_the_zcrx_nic_do_not_collide() {
+        let c = Cli::try_parse_from([
+            "zcap",
+            "record",
+            "-i",
+            "eth0",
+            "-i",
+            "eth1",
+            "-p",
+            "-s",
+            "1500",
+            "--fanout",
+            "2",
+            "--fanout-group",
+            "77",
+            "--block-size",
+            "1MiB",
+            "--block-count",
+            "8",
+            "--block-timeout",
+            "10ms",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.interface, ["eth0", "eth1"]);
+        assert!(r.no_promisc);
+        assert_eq!((r.snaplen, r.fanout, r.fanout_group), (1500, 2, Some(77)));
+        assert_eq!((r.block_size, r.block_count), (1 << 20, 8));
+        assert_eq!(r.block_timeout, Duration::from_millis(10));
+        assert_eq!(r.zcrx_iface, None);
+        // The zcrx NIC keeps its old spelling as a hidden alias.
+        for flag in ["--zcrx-iface", "--iface"] {
+            let c = Cli::try_parse_from(["zcap", "record", flag, "eth2", "--queue", "3"]).unwrap();
+            let Command::Record(r) = c.command else {
+                panic!()
+            };
+            assert_eq!(
+                (r.zcrx_iface.as_deref(), r.interface.len()),
+                (Some("eth2"), 0)
+            );
+        }
+        let defaults = Cli::try_parse_from(["zcap", "record", "-i", "eth0"]).unwrap();
+        let Command::Record(r) = defaults.command else {
+            panic!()
+        };
+        assert_eq!((r.snaplen, r.fanout, r.block_count), (262_144, 1, 64));
+        assert!(!r.no_promisc);
+        assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-r", "f"]).is_err());
+        assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--listen", "h:1"]).is_err());
+        assert!(Cli::try_parse_from(["zcap", "record", "--fanout", "2"]).is_err());
+        rejected(
+            &["record", "-i", "e", "-s", "0"],
+            "--snapshot-length <SNAPLEN>",
+            "0 is not in 1..=262144",
+        );
+        rejected(
+            &["record", "-i", "e", "--fanout", "0"],
+            "--fanout <N>",
+            "0 is not in 1..=64",
+        );
+        rejected(
+            &["record", "-i", "e", "--block-count", "1"],
+            "--block-count <N>",
+            "1 is not in 2..=65536",
+        );
+        let help = Cli::command()
+            .find_subcommand_mut("record")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("--iface"), "the alias stays hidden");
     }
 
     #[test]
