@@ -253,6 +253,9 @@ pub fn open(cfg: &Config) -> io::Result<Vec<Ring>> {
             crate::units::size_text(bs as u64)
         );
     }
+    let per_ring = bs as u64 * cfg.block_count as u64;
+    let rings = cfg.interfaces.len() as u64 * cfg.fanout.max(1) as u64;
+    check_memory(per_ring, rings, available_memory())?;
     let group = cfg
         .fanout_group
         .unwrap_or_else(|| (std::process::id() & 0xffff) as u16);
@@ -266,6 +269,73 @@ pub fn open(cfg: &Config) -> io::Result<Vec<Ring>> {
         }
     }
     Ok(rings)
+}
+
+/// The kernel takes a ring's memory at once and outside any user limit (a ring larger than
+/// the host can give drives it into the OOM killer, and RLIMIT_MEMLOCK does not apply), so
+/// zcap refuses rings that would take more than three quarters of what is available, and
+/// rings of 4 GiB or more (the kernel's own bound on block size × count).
+fn check_memory(per_ring: u64, rings: u64, available: Option<u64>) -> io::Result<()> {
+    let size = crate::units::size_text;
+    if per_ring >= 1 << 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a ring of {} is too large: the kernel takes less than 4GiB per ring (lower \
+                 --block-count or --block-size; add rings with --fanout)",
+                size(per_ring)
+            ),
+        ));
+    }
+    let total = per_ring * rings;
+    if let Some(avail) = available.filter(|a| total > a / 4 * 3) {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "{rings} ring(s) of {} ({}) are too large for this host's memory limits ({} \
+                 available); lower --block-count or --block-size",
+                size(per_ring),
+                crate::units::human_bytes(total),
+                crate::units::human_bytes(avail)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Memory this process can still get: MemAvailable, lowered by a cgroup limit if one is set.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let mut avail = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
+        * 1024;
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrl, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let (max, cur) = match ctrl {
+            "" => (
+                read(&format!("/sys/fs/cgroup{path}/memory.max")),
+                read(&format!("/sys/fs/cgroup{path}/memory.current")),
+            ),
+            c if c.split(',').any(|c| c == "memory") => (
+                read(&format!(
+                    "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+                )),
+                read(&format!(
+                    "/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"
+                )),
+            ),
+            _ => continue,
+        };
+        if let (Some(max), Some(cur)) = (max, cur) {
+            avail = avail.min(max.saturating_sub(cur));
+        }
+    }
+    Some(avail)
 }
 
 fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io::Result<Ring> {
@@ -644,6 +714,20 @@ mod tests {
         assert!(frame_block(&mut b, &mut spans).is_err());
         let mut b = block(&[]);
         assert_eq!(frame_block(&mut b, &mut spans), Ok(0));
+    }
+
+    #[test]
+    fn rings_the_host_cannot_hold_are_refused_before_the_kernel_is_asked() {
+        assert!(check_memory(256 << 20, 2, Some(8 << 30)).is_ok());
+        assert!(check_memory(256 << 20, 2, None).is_ok());
+        let e = check_memory(1 << 30, 4, Some(4 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large for this host's memory limits"), "{e}");
+        assert!(e.contains("--block-count"), "{e}");
+        let e = check_memory(4 << 30, 1, None).unwrap_err().to_string();
+        assert!(e.contains("less than 4GiB per ring"), "{e}");
+        assert!(available_memory().is_some_and(|m| m > 0));
     }
 
     #[test]
