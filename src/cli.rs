@@ -151,6 +151,15 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration_in(Duration::from_millis(1), 10 * SECOND))]
     pub block_timeout: Duration,
 
+    /// Print the filter as compiled for each -i interface, like `tcpdump -d`, and exit.
+    #[arg(short = 'd', requires = "interface")]
+    pub dump_filter: bool,
+
+    /// With -i: a tcpdump filter expression (e.g. `tcp port 443`), compiled by libpcap
+    /// (loaded at run time) and run by the kernel, which drops what it rejects.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, requires = "interface")]
+    pub filter: Vec<String>,
+
     /// NIC whose queue zcrx registers (zero-copy receive of PCAP-over-IP on --listen).
     #[arg(long = "zcrx-iface", alias = "iface", value_name = "IF")]
     pub zcrx_iface: Option<String>,

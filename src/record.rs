@@ -74,12 +74,25 @@ pub fn capture_config(a: &RecordArgs) -> rx::afpacket::Config {
         block_size: a.block_size as u32,
         block_count: a.block_count,
         block_timeout: a.block_timeout,
+        filter: (!a.filter.is_empty()).then(|| a.filter.join(" ")),
     }
 }
 
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
+    if a.dump_filter {
+        let listings = rx::afpacket::listings(&capture_config(a))?;
+        for (iface, lines) in &listings {
+            if listings.len() > 1 {
+                println!("{iface}:");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        return Ok(true);
+    }
     // Capture rings open before the archive does: a missing interface or a ring too large
     // fails the start without creating anything.
     let rings = if a.interface.is_empty() {

@@ -541,3 +541,128 @@ fn a_missing_or_down_interface_is_named() {
         "{err}"
     );
 }
+
+/// A frame like [`frame`] but to UDP port `port`.
+fn frame_to(seq: u32, port: u16, len: usize) -> Vec<u8> {
+    let mut f = frame(seq, 1000, len);
+    f[36..38].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_filter_keeps_exactly_the_matching_frames_and_prints_like_tcpdump() {
+    if !ready() || !need_tool("tcpdump") {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let expr = ["udp", "dst", "port", "7777"];
+    // -d prints what tcpdump -d prints for the same interface and expression.
+    let ours = run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", &v.near_ns])
+            .arg(env!("CARGO_BIN_EXE_zcap"))
+            .args(["record", "-i", &v.near, "-d"])
+            .args(expr),
+    );
+    let theirs = run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", &v.near_ns, "tcpdump", "-d", "-i", &v.near])
+            .args(expr),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    let mut extra = vec!["--block-size", "64KiB", "--block-count", "16", "--"];
+    extra.extend(expr);
+    let rec = record(&v.near_ns, &v.near, dir.path(), &extra);
+    let frames: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            frame_to(
+                i,
+                if i % 3 == 0 { 7777 } else { 8888 },
+                60 + (i as usize * 29) % 9000,
+            )
+        })
+        .collect();
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let want: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| f[36..38] == 7777u16.to_be_bytes())
+        .cloned()
+        .collect();
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 1, "{log}");
+    assert_eq!(got[0].1.len(), want.len(), "{log}");
+    assert!(got[0].1 == want, "the filtered frames, byte for byte");
+}
+
+#[test]
+fn a_filter_that_does_not_compile_exits_with_the_compilers_message() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &v.near_ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "-i", &v.near, "-o"])
+        .arg(dir.path().join("a"))
+        .args(["tcp", "prot", "443"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("filter `tcp prot 443` does not compile: "),
+        "{err}"
+    );
+    assert!(err.contains("syntax error"), "libpcap's own words: {err}");
+    assert!(!dir.path().join("a").exists(), "nothing created");
+}
+
+#[test]
+fn snaplen_truncates_and_keeps_the_wire_length() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        dir.path(),
+        &["-s", "100", "--block-size", "64KiB"],
+    );
+    let frames = mix(40, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let (_, bytes) = common::streams(dir.path()).into_iter().next().expect(&log);
+    assert_eq!(
+        u32::from_ne_bytes(bytes[16..20].try_into().unwrap()),
+        100,
+        "header snaplen"
+    );
+    let rd = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let mut off = 24;
+    let mut seen = Vec::new();
+    while off < bytes.len() {
+        let (caplen, len) = (rd(off + 8), rd(off + 12));
+        let data = &bytes[off + 16..off + 16 + caplen];
+        if is_test_frame(data) {
+            seen.push((caplen, len, data.to_vec()));
+        }
+        off += 16 + caplen;
+    }
+    assert_eq!(seen.len(), frames.len());
+    for ((caplen, len, data), f) in seen.iter().zip(&frames) {
+        assert_eq!(*len, f.len());
+        assert_eq!(*caplen, f.len().min(100));
+        assert_eq!(&data[..], &f[..*caplen]);
+    }
+}

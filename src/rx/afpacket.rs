@@ -22,6 +22,7 @@
 //! Owns: the packet sockets and their rings. Must not parse beyond the tpacket headers,
 //! compress or persist. The kernel calls are in `sys`.
 
+mod filter;
 mod sys;
 
 use super::{Event, Events, RxStats, Span, Stop};
@@ -59,6 +60,8 @@ pub struct Config {
     pub block_size: u32,
     pub block_count: u32,
     pub block_timeout: Duration,
+    /// A tcpdump filter expression (compiled by libpcap, run by the kernel).
+    pub filter: Option<String>,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             block_size: DEFAULT_BLOCK_SIZE,
             block_count: DEFAULT_BLOCK_COUNT,
             block_timeout: DEFAULT_BLOCK_TIMEOUT,
+            filter: None,
         }
     }
 }
@@ -353,14 +357,19 @@ fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io
     }
     let linktype = link_type(iface, info.arphrd)?;
     sock.set_v3().map_err(|e| ctx(e, ""))?;
-    // The kernel truncates to what a classic BPF program returns: `ret #snaplen` is -s.
-    let snap = [libc::sock_filter {
-        code: 0x06, // BPF_RET | BPF_K
-        jt: 0,
-        jf: 0,
-        k: cfg.snaplen,
-    }];
-    sock.attach_filter(&snap).map_err(|e| ctx(e, "snaplen: "))?;
+    // The kernel truncates to what a classic BPF program returns: a filter compiled for the
+    // snaplen accepts with `ret #snaplen`, and without one `ret #snaplen` alone is -s.
+    let prog = match &cfg.filter {
+        Some(expr) => filter::compile(expr, linktype, cfg.snaplen)?.insns,
+        None => vec![libc::sock_filter {
+            code: 0x06, // BPF_RET | BPF_K
+            jt: 0,
+            jf: 0,
+            k: cfg.snaplen,
+        }],
+    };
+    sock.attach_filter(&prog)
+        .map_err(|e| ctx(e, "attaching the filter: "))?;
     let (bs, bc) = (cfg.block_size, cfg.block_count);
     let total = bs as u64 * bc as u64;
     let too_large = |e: io::Error| {
@@ -407,6 +416,22 @@ fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io
         name,
         iface: iface.to_string(),
     })
+}
+
+/// `tcpdump -d`: the filter of `cfg` as compiled for each interface's link type, one listing
+/// per interface.
+pub fn listings(cfg: &Config) -> io::Result<Vec<(String, Vec<String>)>> {
+    let expr = cfg.filter.as_deref().unwrap_or("");
+    let mut out = Vec::new();
+    for iface in &cfg.interfaces {
+        let info = sys::Socket::open()?.iface(iface)?;
+        let linktype = link_type(iface, info.arphrd)?;
+        out.push((
+            iface.clone(),
+            filter::compile(expr, linktype, cfg.snaplen)?.listing,
+        ));
+    }
+    Ok(out)
 }
 
 /// What one ring did, for the summary.
