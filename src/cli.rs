@@ -63,6 +63,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Send an archive or capture file as PCAP-over-IP, or serve it to whoever connects.
     Replay(ReplayArgs),
+    /// Capture interfaces live (-i) and stream them as PCAP-over-IP to a recorder: a sensor.
+    Send(SendArgs),
     /// Can this host do zero-copy receive? Reports what is present and what is missing.
     Doctor(DoctorArgs),
     /// Replay a bundled capture over loopback into a fresh archive, then list and verify it.
@@ -90,15 +92,15 @@ pub enum RxKind {
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
     /// Read a pcap/pcapng capture from FILE ('-' for stdin) instead of listening.
-    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["listen", "connect"])]
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["listen", "connect", "interface"])]
     pub read: Option<PathBuf>,
 
     /// Accept PCAP-over-IP senders on this address (the default source).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "interface")]
     pub listen: Option<String>,
 
     /// Connect to a PCAP-over-IP server and record what it sends; reconnects with back-off.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interface"])]
     pub connect: Option<String>,
 
     /// Archive directory (created if missing; appended to if it exists).
@@ -113,52 +115,8 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value_t = RxKind::Auto)]
     pub rx: RxKind,
 
-    /// Capture live from interface IF (AF_PACKET TPACKET_V3), instead of listening; repeat
-    /// for several. Each capture thread is one stream, `IF-tN-START`.
-    #[arg(short = 'i', long = "interface", value_name = "IF", conflicts_with_all = ["read", "listen", "connect"])]
-    pub interface: Vec<String>,
-
-    /// Do not put the capture interfaces into promiscuous mode (-i).
-    #[arg(short = 'p', long = "no-promiscuous-mode", requires = "interface")]
-    pub no_promisc: bool,
-
-    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (1 to 262144).
-    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=262_144))]
-    pub snaplen: u32,
-
-    /// Capture threads per interface (-i), each with its own ring and stream, sharing the
-    /// packets by a hash of the flow (PACKET_FANOUT; 1 to 64).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), requires = "interface")]
-    pub fanout: u16,
-
-    /// PACKET_FANOUT group id (0 to 65535): zcap processes with the same id share an
-    /// interface's packets. Default: from the process id.
-    #[arg(long, value_name = "ID", requires = "interface")]
-    pub fanout_group: Option<u16>,
-
-    /// Size of one block of a capture ring (-i): a multiple of the page size, larger than
-    /// the snapshot length (4KiB to 256MiB).
-    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = size_in(4 << 10, 256 << 20))]
-    pub block_size: u64,
-
-    /// Blocks per capture ring (-i; 2 to 65536): more hold longer bursts before the kernel
-    /// drops. The default 64 × 4MiB holds about 200 ms at 10 Gbit/s.
-    #[arg(long, value_name = "N", default_value_t = crate::rx::afpacket::DEFAULT_BLOCK_COUNT, value_parser = clap::value_parser!(u32).range(2..=65_536))]
-    pub block_count: u32,
-
-    /// The kernel hands a capture block (-i) over after this long even if it is not full:
-    /// the latency of a quiet interface (1ms to 10s).
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration_in(Duration::from_millis(1), 10 * SECOND))]
-    pub block_timeout: Duration,
-
-    /// Print the filter as compiled for each -i interface, like `tcpdump -d`, and exit.
-    #[arg(short = 'd', requires = "interface")]
-    pub dump_filter: bool,
-
-    /// With -i: a tcpdump filter expression (e.g. `tcp port 443`), compiled by libpcap
-    /// (loaded at run time) and run by the kernel, which drops what it rejects.
-    #[arg(value_name = "FILTER", trailing_var_arg = true, requires = "interface")]
-    pub filter: Vec<String>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
     /// NIC whose queue zcrx registers (zero-copy receive of PCAP-over-IP on --listen).
     #[arg(long = "zcrx-iface", alias = "iface", value_name = "IF")]
@@ -263,6 +221,56 @@ pub struct RecordArgs {
     pub max_conns_per_peer: u32,
 }
 
+/// Live capture from interfaces (AF_PACKET TPACKET_V3), shared by `record -i` and `send`.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Capture live from interface IF (AF_PACKET TPACKET_V3); repeat for several. Each capture thread is one stream, `IF-tN-START`.
+    #[arg(short = 'i', long = "interface", value_name = "IF")]
+    pub interface: Vec<String>,
+
+    /// Do not put the capture interfaces into promiscuous mode (-i).
+    #[arg(short = 'p', long = "no-promiscuous-mode", requires = "interface")]
+    pub no_promisc: bool,
+
+    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (1 to 262144).
+    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=262_144))]
+    pub snaplen: u32,
+
+    /// Capture threads per interface (-i), each with its own ring and stream, sharing the
+    /// packets by a hash of the flow (PACKET_FANOUT; 1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), requires = "interface")]
+    pub fanout: u16,
+
+    /// PACKET_FANOUT group id (0 to 65535): zcap processes with the same id share an
+    /// interface's packets. Default: from the process id.
+    #[arg(long, value_name = "ID", requires = "interface")]
+    pub fanout_group: Option<u16>,
+
+    /// Size of one block of a capture ring (-i): a multiple of the page size, larger than
+    /// the snapshot length (4KiB to 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = size_in(4 << 10, 256 << 20))]
+    pub block_size: u64,
+
+    /// Blocks per capture ring (-i; 2 to 65536): more hold longer bursts before the kernel
+    /// drops. The default 64 × 4MiB holds about 200 ms at 10 Gbit/s.
+    #[arg(long, value_name = "N", default_value_t = crate::rx::afpacket::DEFAULT_BLOCK_COUNT, value_parser = clap::value_parser!(u32).range(2..=65_536))]
+    pub block_count: u32,
+
+    /// The kernel hands a capture block (-i) over after this long even if it is not full:
+    /// the latency of a quiet interface (1ms to 10s).
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration_in(Duration::from_millis(1), 10 * SECOND))]
+    pub block_timeout: Duration,
+
+    /// Print the filter as compiled for each -i interface, like `tcpdump -d`, and exit.
+    #[arg(short = 'd', requires = "interface")]
+    pub dump_filter: bool,
+
+    /// With -i: a tcpdump filter expression (e.g. `tcp port 443`), compiled by libpcap
+    /// (loaded at run time) and run by the kernel, which drops what it rejects.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, requires = "interface")]
+    pub filter: Vec<String>,
+}
+
 /// One writer per core, at most 4: compression is the work that scales.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -353,6 +361,20 @@ pub struct ReplayArgs {
     /// With --serve: exit after serving this many clients (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_clients: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// The PCAP-over-IP receiver (`zcap record --listen`, Arkime, anything that listens);
+    /// one connection per capture thread, reconnecting with back-off.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "dump_filter"
+    )]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -633,11 +655,14 @@ mod tests {
         let Command::Record(r) = c.command else {
             panic!()
         };
-        assert_eq!(r.interface, ["eth0", "eth1"]);
-        assert!(r.no_promisc);
-        assert_eq!((r.snaplen, r.fanout, r.fanout_group), (1500, 2, Some(77)));
-        assert_eq!((r.block_size, r.block_count), (1 << 20, 8));
-        assert_eq!(r.block_timeout, Duration::from_millis(10));
+        assert_eq!(r.capture.interface, ["eth0", "eth1"]);
+        assert!(r.capture.no_promisc);
+        assert_eq!(
+            (r.capture.snaplen, r.capture.fanout, r.capture.fanout_group),
+            (1500, 2, Some(77))
+        );
+        assert_eq!((r.capture.block_size, r.capture.block_count), (1 << 20, 8));
+        assert_eq!(r.capture.block_timeout, Duration::from_millis(10));
         assert_eq!(r.zcrx_iface, None);
         // The zcrx NIC keeps its old spelling as a hidden alias.
         for flag in ["--zcrx-iface", "--iface"] {
@@ -646,7 +671,7 @@ mod tests {
                 panic!()
             };
             assert_eq!(
-                (r.zcrx_iface.as_deref(), r.interface.len()),
+                (r.zcrx_iface.as_deref(), r.capture.interface.len()),
                 (Some("eth2"), 0)
             );
         }
@@ -654,8 +679,11 @@ mod tests {
         let Command::Record(r) = defaults.command else {
             panic!()
         };
-        assert_eq!((r.snaplen, r.fanout, r.block_count), (262_144, 1, 64));
-        assert!(!r.no_promisc);
+        assert_eq!(
+            (r.capture.snaplen, r.capture.fanout, r.capture.block_count),
+            (262_144, 1, 64)
+        );
+        assert!(!r.capture.no_promisc);
         assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-r", "f"]).is_err());
         assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--listen", "h:1"]).is_err());
         assert!(Cli::try_parse_from(["zcap", "record", "--fanout", "2"]).is_err());

@@ -3,7 +3,7 @@
 //! the summary. Owns no data path of its own.
 
 use crate::area::Area;
-use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
+use crate::cli::{CaptureArgs, RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
 use crate::rx::{self, Events, RxStats};
 use crate::units::{human_bytes, size_text};
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
@@ -64,7 +64,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
 }
 
 /// Live capture's settings from the command line.
-pub fn capture_config(a: &RecordArgs) -> rx::afpacket::Config {
+pub fn capture_config(a: &CaptureArgs) -> rx::afpacket::Config {
     rx::afpacket::Config {
         interfaces: a.interface.clone(),
         promisc: !a.no_promisc,
@@ -78,34 +78,39 @@ pub fn capture_config(a: &RecordArgs) -> rx::afpacket::Config {
     }
 }
 
+/// `-d`: the filter as compiled for each interface, like `tcpdump -d`.
+pub(crate) fn print_listings(a: &CaptureArgs) -> anyhow::Result<bool> {
+    let listings = rx::afpacket::listings(&capture_config(a))?;
+    for (iface, lines) in &listings {
+        if listings.len() > 1 {
+            println!("{iface}:");
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(true)
+}
+
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
-    if a.dump_filter {
-        let listings = rx::afpacket::listings(&capture_config(a))?;
-        for (iface, lines) in &listings {
-            if listings.len() > 1 {
-                println!("{iface}:");
-            }
-            for l in lines {
-                println!("{l}");
-            }
-        }
-        return Ok(true);
+    if a.capture.dump_filter {
+        return print_listings(&a.capture);
     }
     // Capture rings open before the archive does: a missing interface or a ring too large
     // fails the start without creating anything.
-    let rings = if a.interface.is_empty() {
+    let rings = if a.capture.interface.is_empty() {
         None
     } else {
-        let cfg = capture_config(a);
+        let cfg = capture_config(&a.capture);
         let rings = rx::afpacket::open(&cfg)?;
         eprintln!(
             "zcap: rx: afpacket ({} ring(s) of {} × {} on {}{})",
             rings.len(),
             cfg.block_count,
-            size_text(a.block_size),
-            a.interface.join(", "),
+            size_text(a.capture.block_size),
+            a.capture.interface.join(", "),
             if cfg.promisc { ", promiscuous" } else { "" }
         );
         Some(rings)
@@ -197,7 +202,8 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
     if !captured.is_empty() {
-        eprintln!("{}", capture_summary(a, &captured, &stats));
+        let unarchived = stats.discarded_bytes.load(Ordering::Relaxed);
+        eprintln!("{}", capture_summary(&a.capture, &captured, unarchived));
     } else if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
@@ -232,7 +238,11 @@ fn check_buffers(area: u64, buf: u64) -> anyhow::Result<()> {
 
 /// The kernel's side of live capture: what the rings saw and dropped, and when anything was
 /// dropped, what to change.
-fn capture_summary(a: &RecordArgs, reps: &[rx::afpacket::RingReport], w: &WriterStats) -> String {
+pub(crate) fn capture_summary(
+    a: &CaptureArgs,
+    reps: &[rx::afpacket::RingReport],
+    unarchived: u64,
+) -> String {
     let (mut seen, mut drops, mut freezes) = (0u64, 0u64, 0u64);
     for r in reps {
         seen += r.stats.packets;
@@ -244,7 +254,6 @@ fn capture_summary(a: &RecordArgs, reps: &[rx::afpacket::RingReport], w: &Writer
         reps.len(),
         seen - drops.min(seen)
     );
-    let unarchived = w.discarded_bytes.load(Ordering::Relaxed);
     if unarchived > 0 {
         line.push_str(&format!(
             "; {unarchived} captured bytes not archived (named above)"

@@ -66,6 +66,7 @@ impl Veth {
                 ]));
             }
             ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         v
     }
@@ -665,4 +666,123 @@ fn snaplen_truncates_and_keeps_the_wire_length() {
         assert_eq!(*caplen, f.len().min(100));
         assert_eq!(&data[..], &f[..*caplen]);
     }
+}
+
+/// `zcap send -i DEV --to ADDR` inside namespace `ns`, and its stderr.
+fn sender(ns: &str, dev: &str, to: &str) -> Rec {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args([
+            "send",
+            "-i",
+            dev,
+            "--block-size",
+            "64KiB",
+            "--block-count",
+            "64",
+            "--to",
+            to,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start zcap send");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let l = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.starts_with("zcap: rx: afpacket") {
+                let _ = tx.send(());
+            }
+            let mut g = l.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+        panic!("zcap send did not start:\n{}", log.lock().unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Rec { child, log }
+}
+
+/// `zcap record --listen 127.0.0.1:0` inside namespace `ns`, ending after `streams` streams.
+fn listener(ns: &str, dir: &Path, port: u16, streams: u32) -> common::Recorder {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args(["record", "--rx", "recv", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--max-streams", &streams.to_string(), "-o"])
+        .arg(dir);
+    common::start_cmd(cmd)
+}
+
+#[test]
+fn send_streams_the_capture_to_a_recorder_byte_exact() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = listener(&v.near_ns, dir.path(), 0, 1);
+    let to = rec.addr();
+    let snd = sender(&v.near_ns, &v.near, &to);
+    let frames = mix(300, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = snd.stop();
+    let (status, rlog) = rec.wait(Duration::from_secs(20));
+    assert!(status.success(), "{rlog}");
+    assert!(log.contains(&format!("connected to {to}")), "{log}");
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 1, "{rlog}");
+    assert!(
+        got[0].1 == frames,
+        "{} of {} frames, as record -i records them:\n{log}",
+        got[0].1.len(),
+        frames.len()
+    );
+}
+
+#[test]
+fn send_counts_what_it_drops_while_disconnected_and_reconnects() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let port = 57_099;
+    let to = format!("127.0.0.1:{port}");
+    let snd = sender(&v.near_ns, &v.near, &to);
+    let first = mix(20, 1);
+    send(&v.far_ns, &v.far, &first);
+    std::thread::sleep(Duration::from_millis(300));
+    let rec = listener(&v.near_ns, dir.path(), port, 1);
+    // Past the longest back-off: the next block reconnects.
+    std::thread::sleep(Duration::from_millis(5_500));
+    let second: Vec<Vec<u8>> = (100..130).map(|i| frame(i, 1, 500)).collect();
+    send(&v.far_ns, &v.far, &second);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = snd.stop();
+    let (status, rlog) = rec.wait(Duration::from_secs(20));
+    assert!(status.success(), "{rlog}");
+    assert!(log.contains("reconnecting with back-off"), "{log}");
+    assert!(
+        log.contains(&format!("reconnected to {to}"))
+            && log.contains("20 packets dropped while disconnected"),
+        "{log}"
+    );
+    assert!(
+        log.contains("20 captured packets dropped while disconnected"),
+        "{log}"
+    );
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 1, "{rlog}");
+    assert!(got[0].1 == second, "{} frames:\n{log}", got[0].1.len());
 }
