@@ -65,7 +65,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Capture interfaces live (-i) and stream them as PCAP-over-IP to a recorder: a sensor.
     Send(SendArgs),
-    /// Can this host do zero-copy receive? Reports what is present and what is missing.
+    /// Can this host do zero-copy receive and live capture? Reports what is present and what
+    /// is missing.
     Doctor(DoctorArgs),
     /// Replay a bundled capture over loopback into a fresh archive, then list and verify it.
     Demo(DemoArgs),
@@ -379,8 +380,9 @@ pub struct SendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
-    /// Interface to check for zero-copy receive (default: the one with the default route).
-    #[arg(long, value_name = "IF")]
+    /// Interface to check for zero-copy receive and live capture (default: the one with the
+    /// default route).
+    #[arg(short = 'i', long, visible_alias = "interface", value_name = "IF")]
     pub iface: Option<String>,
     /// Queue to check.
     #[arg(long, value_name = "Q")]

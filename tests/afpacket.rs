@@ -786,3 +786,48 @@ fn send_counts_what_it_drops_while_disconnected_and_reconnects() {
     assert_eq!(got.len(), 1, "{rlog}");
     assert!(got[0].1 == second, "{} frames:\n{log}", got[0].1.len());
 }
+
+#[test]
+fn doctor_says_what_live_capture_needs_on_an_interface() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let doctor = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &v.near_ns])
+            .arg(env!("CARGO_BIN_EXE_zcap"))
+            .args(["doctor", "-i", &v.near, "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let state = |r: &serde_json::Value, name: &str| {
+        r["capture"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["state"].as_str().unwrap().to_string())
+    };
+    let r = doctor();
+    assert_eq!(r["capture_ok"], true, "{r}");
+    for name in [
+        "cap_net_raw",
+        "tpacket_v3",
+        "link",
+        "link_type",
+        "ring_memory",
+    ] {
+        assert_eq!(state(&r, name).as_deref(), Some("ok"), "{name}: {r}");
+    }
+    ip(&["-n", &v.near_ns, "link", "set", &v.near, "down"]);
+    let r = doctor();
+    assert_eq!(r["capture_ok"], false, "{r}");
+    assert_eq!(state(&r, "link").as_deref(), Some("missing"));
+    let fixes = r["capture_fixes"].to_string();
+    assert!(
+        fixes.contains(&format!("ip link set {} up", v.near)),
+        "{fixes}"
+    );
+}

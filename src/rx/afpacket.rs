@@ -434,6 +434,28 @@ pub fn listings(cfg: &Config) -> io::Result<Vec<(String, Vec<String>)>> {
     Ok(out)
 }
 
+/// For `doctor`: a packet socket opens and takes TPACKET_V3.
+pub fn probe_socket() -> io::Result<()> {
+    sys::Socket::open()?.set_v3()
+}
+
+/// For `doctor`: whether `iface` is up, has a carrier, and the link type it is captured as.
+pub fn iface_state(iface: &str) -> io::Result<(bool, bool, io::Result<u32>)> {
+    let info = sys::Socket::open()?.iface(iface)?;
+    Ok((info.up, info.running, link_type(iface, info.arphrd)))
+}
+
+/// For `doctor`: whether `rings` rings of `per_ring` bytes fit this host, and what it has.
+pub fn ring_fits(per_ring: u64, rings: u64) -> (io::Result<()>, Option<u64>) {
+    let avail = available_memory();
+    (check_memory(per_ring, rings, avail), avail)
+}
+
+/// For `doctor`: the libpcap a filter would be compiled with.
+pub fn libpcap() -> io::Result<String> {
+    filter::libpcap()
+}
+
 /// What one ring did, for the summary.
 #[derive(Debug, Clone)]
 pub struct RingReport {

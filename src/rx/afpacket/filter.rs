@@ -86,6 +86,17 @@ impl Drop for Lib {
     }
 }
 
+/// Which libpcap a filter would use, or why there is none (for `doctor`).
+pub fn libpcap() -> io::Result<String> {
+    let lib = Lib::open()?;
+    // SAFETY: `const char *pcap_lib_version(void)` of <pcap/pcap.h>.
+    let version: unsafe extern "C" fn() -> *const c_char = unsafe { lib.sym("pcap_lib_version")? };
+    // SAFETY: returns a static NUL-terminated string.
+    Ok(unsafe { CStr::from_ptr(version()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// Compiles `expr` for frames of `linktype` captured to `snaplen` bytes (the program's accept
 /// value, so the kernel truncates to the snaplen as without a filter). A filter that does not
 /// compile is an error carrying libpcap's message.
