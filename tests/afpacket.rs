@@ -336,6 +336,13 @@ fn records_veth_frames_byte_exact_and_tcpdump_reads_every_segment() {
                 std::fs::write(&raw, common::zstd_decompress(&arch.join(p))).unwrap();
                 let n = common::tcpdump_count(&raw);
                 assert_eq!(n as u64, *packets, "tcpdump reads all of {p}");
+                if common::which("tshark").is_some() {
+                    assert_eq!(
+                        common::tshark_count(&raw) as u64,
+                        *packets,
+                        "tshark reads {p}"
+                    );
+                }
                 n
             })
             .sum();
@@ -830,4 +837,82 @@ fn doctor_says_what_live_capture_needs_on_an_interface() {
         fixes.contains(&format!("ip link set {} up", v.near)),
         "{fixes}"
     );
+}
+
+/// [`frame`] with an 802.1Q tag (VLAN `vid`) after the MAC addresses.
+fn tagged(seq: u32, vid: u16, len: usize) -> Vec<u8> {
+    let f = frame(seq, 1000, len - 4);
+    let mut t = f[..12].to_vec();
+    t.extend(0x8100u16.to_be_bytes());
+    t.extend(vid.to_be_bytes());
+    t.extend(&f[12..]);
+    t
+}
+
+#[test]
+fn vlan_tags_the_kernel_takes_off_are_recorded_as_sent() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = record(&v.near_ns, &v.near, dir.path(), &["--block-size", "64KiB"]);
+    let frames: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            tagged(
+                i,
+                100 + (i as u16 % 3),
+                [64, 200, 1518, 9018][i as usize % 4],
+            )
+        })
+        .collect();
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let (_, bytes) = common::streams(dir.path()).into_iter().next().expect(&log);
+    let (lt, got) = pcap_frames(&bytes);
+    assert_eq!(lt, 1);
+    let got: Vec<Vec<u8>> = got
+        .into_iter()
+        .filter(|f| f.len() >= 58 && &f[46..54] == MAGIC)
+        .collect();
+    assert_eq!(got.len(), frames.len(), "{log}");
+    assert!(got == frames, "tagged frames byte for byte, tag included");
+}
+
+#[test]
+fn any_records_linux_cooked_headers() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let rec = record(&v.near_ns, "any", dir.path(), &["--block-size", "64KiB"]);
+    let frames = mix(50, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let streams = common::streams(dir.path());
+    assert_eq!(streams.len(), 1, "{log}");
+    let (name, bytes) = streams.into_iter().next().unwrap();
+    assert!(name.starts_with("any-t0-"), "{name}");
+    let (lt, got) = pcap_frames(&bytes);
+    assert_eq!(lt, 113, "LINKTYPE_LINUX_SLL");
+    let got: Vec<&Vec<u8>> = got
+        .iter()
+        .filter(|r| r.len() >= 16 + 40 && &r[16 + 28..16 + 36] == MAGIC)
+        .collect();
+    assert_eq!(got.len(), frames.len(), "{log}");
+    for (r, f) in got.iter().zip(&frames) {
+        assert_eq!(&r[2..4], &1u16.to_be_bytes(), "ARPHRD_ETHER");
+        assert_eq!(&r[4..6], &6u16.to_be_bytes(), "address length");
+        assert_eq!(&r[6..12], &f[6..12], "the sender's MAC");
+        assert_eq!(&r[14..16], &f[12..14], "protocol");
+        assert_eq!(&r[16..], &f[14..], "the network layer, byte for byte");
+    }
+    if need_tool("tshark") {
+        let raw = dir.path().join("any.pcap");
+        std::fs::write(&raw, &bytes).unwrap();
+        assert!(common::tshark_count(&raw) >= frames.len());
+    }
 }

@@ -34,6 +34,11 @@ use std::time::{Duration, Instant};
 
 pub use sys::Stats;
 
+/// The pseudo-interface of every interface (tcpdump's `-i any`), captured as Linux cooked.
+pub const ANY: &str = "any";
+/// LINKTYPE_LINUX_SLL.
+pub const LINKTYPE_LINUX_SLL: u32 = 113;
+
 /// pcap's nanosecond magic, written in native byte order (readers take either order).
 pub const PCAP_NS_MAGIC: u32 = 0xa1b2_3c4d;
 /// libpcap's MAXIMUM_SNAPLEN and tcpdump's default `-s`.
@@ -120,11 +125,35 @@ fn rd16(b: &[u8], at: usize) -> u16 {
 #[error("malformed TPACKET_V3 block: {0}")]
 pub struct BadBlock(String);
 
+/// How a ring's packets become pcap records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The frame as the socket has it (SOCK_RAW on tun, radiotap).
+    Plain,
+    /// Ethernet (SOCK_RAW): a VLAN tag the NIC or the stack took off into the packet's
+    /// metadata is put back after the MAC addresses, as libpcap does, so the record is the
+    /// frame as it was on the wire.
+    Ethernet,
+    /// Linux cooked (SOCK_DGRAM on `any`): a 16-byte LINKTYPE_LINUX_SLL header built from
+    /// the packet's sockaddr_ll goes before the network-layer bytes.
+    Cooked,
+}
+
+const VLAN_TAG_LEN: usize = 4;
+const SLL_HDR_LEN: usize = 16;
+
 /// Frames the packets of one retired block in place: writes each packet's pcap record
-/// header into the 16 bytes before its data and appends its `[header | data]` span (offsets
-/// inside the block) to `spans`. Returns the packet bytes (sum of caplens). O(1) per packet,
-/// no allocation beyond `spans`' growth; every offset is checked against the block.
-pub fn frame_block(block: &mut [u8], spans: &mut Vec<Span>) -> Result<u64, BadBlock> {
+/// header (and, per `framing`, a put-back VLAN tag or a cooked header) into the room before
+/// its data and appends its `[header | data]` span (offsets inside the block) to `spans`.
+/// Returns the record bytes after the headers. O(1) per packet, no allocation beyond `spans`'
+/// growth; the only bytes moved are a tagged frame's 12 MAC address bytes; every offset is
+/// checked against the block.
+pub fn frame_block(
+    block: &mut [u8],
+    framing: Framing,
+    snaplen: u32,
+    spans: &mut Vec<Span>,
+) -> Result<u64, BadBlock> {
     let bad = |what: String| Err(BadBlock(what));
     if block.len() < sys::BLOCK_LEN + 4 {
         return bad(format!("{} bytes is shorter than its header", block.len()));
@@ -140,34 +169,89 @@ pub fn frame_block(block: &mut [u8], spans: &mut Vec<Span>) -> Result<u64, BadBl
     let mut off = rd32(block, sys::BLOCK_FIRST_PKT) as usize;
     let mut bytes = 0u64;
     for i in 0..n {
-        if off.checked_add(sys::HDR_END).is_none_or(|e| e > used) {
+        if off
+            .checked_add(sys::TPACKET3_HDRLEN)
+            .is_none_or(|e| e > used)
+        {
             return bad(format!(
                 "packet {i} header at {off} is past the {used} bytes used"
             ));
         }
         let p = &block[off..];
-        let (next, sec, nsec) = (
+        let (next, sec, nsec, status) = (
             rd32(p, sys::PKT_NEXT),
             rd32(p, sys::PKT_SEC),
             rd32(p, sys::PKT_NSEC),
+            rd32(p, sys::PKT_STATUS),
         );
-        let (caplen, len, mac) = (
+        // SOCK_DGRAM (cooked) data starts at the network header, where tp_mac == tp_net.
+        let at = if framing == Framing::Cooked {
+            sys::PKT_NET
+        } else {
+            sys::PKT_MAC
+        };
+        let (mut caplen, mut len, mut data) = (
             rd32(p, sys::PKT_SNAPLEN),
             rd32(p, sys::PKT_LEN),
-            rd16(p, sys::PKT_MAC) as usize,
+            rd16(p, at) as usize,
         );
-        if mac < sys::HDR_END + 16 {
-            return bad(format!(
-                "packet {i} data at {mac} leaves no room for a record header"
-            ));
-        }
-        let rec = off + mac - 16;
-        let end = off + mac + caplen as usize;
+        let end = off + data + caplen as usize;
         if end > used {
             return bad(format!(
                 "packet {i} ends at {end}, past the {used} bytes used"
             ));
         }
+        // What goes before the packet's bytes, and the room it needs after the tpacket3_hdr.
+        let tagged = framing == Framing::Ethernet
+            && status & libc::TP_STATUS_VLAN_VALID != 0
+            && caplen >= 12;
+        let extra = match framing {
+            Framing::Cooked => SLL_HDR_LEN,
+            _ if tagged => VLAN_TAG_LEN,
+            _ => 0,
+        };
+        if data < sys::HDR_END + 16 + extra {
+            return bad(format!(
+                "packet {i} data at {data} leaves no room for a record header"
+            ));
+        }
+        let m = off + data;
+        match framing {
+            Framing::Cooked => {
+                // The sockaddr_ll the kernel wrote at HDR_END, read before the headers are
+                // written over its tail.
+                let sll = off + sys::HDR_END;
+                let mut h = [0u8; SLL_HDR_LEN];
+                h[1] = block[sll + sys::SLL_PKTTYPE];
+                h[2..4].copy_from_slice(&rd16(block, sll + sys::SLL_HATYPE).to_be_bytes());
+                let halen = block[sll + sys::SLL_HALEN].min(8);
+                h[5] = halen;
+                h[6..6 + halen as usize].copy_from_slice(
+                    &block[sll + sys::SLL_ADDR..sll + sys::SLL_ADDR + halen as usize],
+                );
+                h[14..16].copy_from_slice(&block[sll + sys::SLL_PROTOCOL..][..2]);
+                block[m - SLL_HDR_LEN..m].copy_from_slice(&h);
+                data -= SLL_HDR_LEN;
+                caplen += SLL_HDR_LEN as u32;
+                len += SLL_HDR_LEN as u32;
+            }
+            _ if tagged => {
+                let tci = rd32(block, off + sys::PKT_VLAN_TCI) as u16;
+                let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                    rd16(block, off + sys::PKT_VLAN_TPID)
+                } else {
+                    0x8100
+                };
+                block.copy_within(m..m + 12, m - VLAN_TAG_LEN);
+                block[m + 8..m + 10].copy_from_slice(&tpid.to_be_bytes());
+                block[m + 10..m + 12].copy_from_slice(&tci.to_be_bytes());
+                data -= VLAN_TAG_LEN;
+                caplen = (caplen + VLAN_TAG_LEN as u32).min(snaplen.max(caplen));
+                len += VLAN_TAG_LEN as u32;
+            }
+            _ => {}
+        }
+        let rec = off + data - 16;
         let h = &mut block[rec..rec + 16];
         h[0..4].copy_from_slice(&sec.to_ne_bytes());
         h[4..8].copy_from_slice(&nsec.to_ne_bytes());
@@ -196,6 +280,8 @@ pub struct Ring {
     blocks: usize,
     timeout: Duration,
     header: [u8; 24],
+    framing: Framing,
+    snaplen: u32,
     /// Stream name, `IF-tN-START`.
     pub name: String,
     pub iface: String,
@@ -344,18 +430,39 @@ fn available_memory() -> Option<u64> {
 
 fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io::Result<Ring> {
     let ctx = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{iface}: {what}{e}"));
-    let sock = sys::Socket::open()?;
-    let info = sock.iface(iface)?;
-    if !info.up {
-        return Err(io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!("interface {iface} is down (bring it up: `ip link set {iface} up`)"),
-        ));
-    }
-    if !info.running {
-        eprintln!("zcap: warning: interface {iface} is up but has no carrier (link down?)");
-    }
-    let linktype = link_type(iface, info.arphrd)?;
+    let any = iface == ANY;
+    let sock = sys::Socket::open_as(if any {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_RAW
+    })?;
+    let (index, linktype, framing) = if any {
+        if cfg.filter.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a filter on `any` is not supported yet (name the interfaces with -i)",
+            ));
+        }
+        (0, LINKTYPE_LINUX_SLL, Framing::Cooked)
+    } else {
+        let info = sock.iface(iface)?;
+        if !info.up {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("interface {iface} is down (bring it up: `ip link set {iface} up`)"),
+            ));
+        }
+        if !info.running {
+            eprintln!("zcap: warning: interface {iface} is up but has no carrier (link down?)");
+        }
+        let linktype = link_type(iface, info.arphrd)?;
+        let framing = if linktype == 1 {
+            Framing::Ethernet
+        } else {
+            Framing::Plain
+        };
+        (info.index, linktype, framing)
+    };
     sock.set_v3().map_err(|e| ctx(e, ""))?;
     // The kernel truncates to what a classic BPF program returns: a filter compiled for the
     // snaplen accepts with `ret #snaplen`, and without one `ret #snaplen` alone is -s.
@@ -391,9 +498,10 @@ fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io
     sock.set_rx_ring(bs, bc, tmo).map_err(too_large)?;
     let area = Area::from_ring(sock.fd(), total as usize).map_err(too_large)?;
     area.set_granule(bs as usize);
-    sock.bind(info.index).map_err(|e| ctx(e, ""))?;
-    if cfg.promisc {
-        sock.promisc(info.index).map_err(|e| ctx(e, ""))?;
+    sock.bind(index).map_err(|e| ctx(e, ""))?;
+    // `any` is no device to make promiscuous (as with tcpdump -i any).
+    if cfg.promisc && !any {
+        sock.promisc(index).map_err(|e| ctx(e, ""))?;
     }
     if let Some(group) = fanout {
         sock.fanout(group).map_err(|e| {
@@ -413,6 +521,8 @@ fn open_ring(cfg: &Config, iface: &str, fanout: Option<u16>, name: String) -> io
         blocks: bc as usize,
         timeout: cfg.block_timeout,
         header: file_header(cfg.snaplen, linktype),
+        framing,
+        snaplen: cfg.snaplen,
         name,
         iface: iface.to_string(),
     })
@@ -424,6 +534,12 @@ pub fn listings(cfg: &Config) -> io::Result<Vec<(String, Vec<String>)>> {
     let expr = cfg.filter.as_deref().unwrap_or("");
     let mut out = Vec::new();
     for iface in &cfg.interfaces {
+        if iface == ANY {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a filter on `any` is not supported yet (name the interfaces with -i)",
+            ));
+        }
         let info = sys::Socket::open()?.iface(iface)?;
         let linktype = link_type(iface, info.arphrd)?;
         out.push((
@@ -586,7 +702,7 @@ fn capture(
             // and it is not lent: no one else reads or writes it until we lend or release it.
             let bytes = unsafe { area.fill_slice(cur * bs, bs) };
             let mut spans = Vec::new();
-            let framed = frame_block(bytes, &mut spans)
+            let framed = frame_block(bytes, ring.framing, ring.snaplen, &mut spans)
                 .map_err(|e| io::Error::other(format!("{}: block {cur}: {e}", ring.iface)))?;
             blocks += 1;
             if spans.is_empty() {
@@ -684,13 +800,17 @@ mod tests {
     /// A block as the kernel lays it out: header, then packets at 16-aligned offsets with
     /// tp_mac = 82 (Ethernet: TPACKET_ALIGN(68 + 16) - 14).
     fn block(packets: &[&[u8]]) -> Vec<u8> {
+        block_at(packets, 82)
+    }
+
+    fn block_at(packets: &[&[u8]], mac: usize) -> Vec<u8> {
         let mut b = vec![0u8; 4096];
         let first = 48usize;
         let mut off = first;
         let mut offs = Vec::new();
         for p in packets {
             offs.push(off);
-            off += sys::tpacket_align(82 + p.len());
+            off += sys::tpacket_align(mac + p.len());
         }
         for (i, p) in packets.iter().enumerate() {
             let o = offs[i];
@@ -704,9 +824,10 @@ mod tests {
             b[o + 8..o + 12].copy_from_slice(&(7 + i as u32).to_ne_bytes());
             b[o + 12..o + 16].copy_from_slice(&(p.len() as u32).to_ne_bytes());
             b[o + 16..o + 20].copy_from_slice(&(p.len() as u32 + 5).to_ne_bytes());
-            b[o + 24..o + 26].copy_from_slice(&82u16.to_ne_bytes());
-            b[o + 68..o + 82].fill(0xee); // the sockaddr_ll tail the header overwrites
-            b[o + 82..o + 82 + p.len()].copy_from_slice(p);
+            b[o + 24..o + 26].copy_from_slice(&(mac as u16).to_ne_bytes());
+            b[o + 26..o + 28].copy_from_slice(&(mac as u16).to_ne_bytes());
+            b[o + 68..o + mac].fill(0xee); // the gap after the sockaddr_ll
+            b[o + mac..o + mac + p.len()].copy_from_slice(p);
         }
         b[8..12].copy_from_slice(&libc::TP_STATUS_USER.to_ne_bytes());
         b[12..16].copy_from_slice(&(packets.len() as u32).to_ne_bytes());
@@ -721,7 +842,7 @@ mod tests {
         let c = [0xccu8; 1500];
         let mut b = block(&[&a, &c]);
         let mut spans = Vec::new();
-        let bytes = frame_block(&mut b, &mut spans).unwrap();
+        let bytes = frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).unwrap();
         assert_eq!(bytes, 1560);
         assert_eq!(spans.len(), 2);
         assert_eq!(
@@ -745,22 +866,87 @@ mod tests {
     }
 
     #[test]
+    fn a_vlan_tag_taken_off_is_put_back_after_the_mac_addresses() {
+        let frame: Vec<u8> = (0..64u8).collect();
+        let mut b = block(&[&frame]);
+        let o = 48;
+        let status = libc::TP_STATUS_USER | libc::TP_STATUS_VLAN_VALID;
+        b[o + 20..o + 24].copy_from_slice(&status.to_ne_bytes());
+        b[o + 32..o + 36].copy_from_slice(&0x2064u32.to_ne_bytes());
+        let mut spans = Vec::new();
+        frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).unwrap();
+        let r = &b[spans[0].off as usize..][..spans[0].len as usize];
+        assert_eq!(
+            (rd32(r, 8), rd32(r, 12)),
+            (68, 73),
+            "caplen and len grow by the tag"
+        );
+        let mut want = frame[..12].to_vec();
+        want.extend([0x81, 0x00, 0x20, 0x64]);
+        want.extend(&frame[12..]);
+        assert_eq!(&r[16..], &want[..]);
+        // An 802.1ad TPID as the kernel reports it, and -s clipping the grown record.
+        let mut b = block(&[&frame]);
+        let status = status | libc::TP_STATUS_VLAN_TPID_VALID;
+        b[o + 20..o + 24].copy_from_slice(&status.to_ne_bytes());
+        b[o + 36..o + 38].copy_from_slice(&0x88a8u16.to_ne_bytes());
+        b[o + 12..o + 16].copy_from_slice(&64u32.to_ne_bytes());
+        let mut spans = Vec::new();
+        frame_block(&mut b, Framing::Ethernet, 64, &mut spans).unwrap();
+        let r = &b[spans[0].off as usize..][..spans[0].len as usize];
+        assert_eq!((rd32(r, 8), rd32(r, 12)), (64, 73));
+        assert_eq!(&r[16 + 12..16 + 14], &[0x88, 0xa8]);
+        // Without the status bit nothing moves.
+        let mut b = block(&[&frame]);
+        let mut spans = Vec::new();
+        frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).unwrap();
+        assert_eq!(&b[spans[0].off as usize + 16..][..64], &frame[..]);
+    }
+
+    #[test]
+    fn cooked_records_carry_a_linux_sll_header_from_the_sockaddr_ll() {
+        let ip = [0x45u8; 40];
+        // SOCK_DGRAM: data at TPACKET_ALIGN(68) + 16 = 96.
+        let mut b = block_at(&[&ip], 96);
+        let (o, sll) = (48, 48 + 48);
+        b[sll..sll + 2].copy_from_slice(&(libc::AF_PACKET as u16).to_ne_bytes());
+        b[sll + 2..sll + 4].copy_from_slice(&0x0800u16.to_be_bytes());
+        b[sll + 8..sll + 10].copy_from_slice(&1u16.to_ne_bytes()); // ARPHRD_ETHER
+        b[sll + 10] = 4; // PACKET_OUTGOING
+        b[sll + 11] = 6;
+        b[sll + 12..sll + 20].copy_from_slice(&[2, 0, 0, 0, 0, 9, 0xee, 0xee]);
+        let mut spans = Vec::new();
+        frame_block(&mut b, Framing::Cooked, 262_144, &mut spans).unwrap();
+        assert_eq!(spans[0].off as usize, o + 96 - 32);
+        let r = &b[spans[0].off as usize..][..spans[0].len as usize];
+        assert_eq!((rd32(r, 8), rd32(r, 12)), (56, 61));
+        assert_eq!(
+            &r[16..32],
+            &[0, 4, 0, 1, 0, 6, 2, 0, 0, 0, 0, 9, 0, 0, 0x08, 0x00]
+        );
+        assert_eq!(&r[32..], &ip[..]);
+    }
+
+    #[test]
     fn bad_blocks_are_refused_not_overrun() {
         let mut spans = Vec::new();
         let mut b = block(&[&[1u8; 100]]);
         b[20..24].copy_from_slice(&100u32.to_ne_bytes()); // fewer bytes used than the packet
-        assert!(frame_block(&mut b, &mut spans).is_err());
+        assert!(frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).is_err());
         let mut b = block(&[&[1u8; 100]]);
         b[48 + 24..48 + 26].copy_from_slice(&60u16.to_ne_bytes()); // no room for a header
-        assert!(frame_block(&mut b, &mut spans).is_err());
+        assert!(frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).is_err());
         let mut b = block(&[&[1u8; 10], &[2u8; 10]]);
         b[48..52].copy_from_slice(&0u32.to_ne_bytes()); // a next offset of 0 mid-block
-        assert!(frame_block(&mut b, &mut spans).is_err());
+        assert!(frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).is_err());
         let mut b = block(&[&[1u8; 10]]);
         b[20..24].copy_from_slice(&9999u32.to_ne_bytes());
-        assert!(frame_block(&mut b, &mut spans).is_err());
+        assert!(frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans).is_err());
         let mut b = block(&[]);
-        assert_eq!(frame_block(&mut b, &mut spans), Ok(0));
+        assert_eq!(
+            frame_block(&mut b, Framing::Ethernet, 262_144, &mut spans),
+            Ok(0)
+        );
     }
 
     #[test]

@@ -21,7 +21,6 @@ pub const fn tpacket_align(x: usize) -> usize {
 /// between the tpacket3_hdr and the packet (where zcap writes the 16-byte pcap record
 /// header, over the sockaddr_ll it does not need) is at least `TPACKET3_HDRLEN - 48` = 20.
 pub const HDR_END: usize = tpacket_align(size_of::<libc::tpacket3_hdr>());
-#[cfg(test)]
 pub const TPACKET3_HDRLEN: usize = HDR_END + size_of::<libc::sockaddr_ll>();
 
 // Offsets inside a block (struct tpacket_block_desc, hdr.bh1) and a packet
@@ -35,7 +34,17 @@ pub const PKT_SEC: usize = 4;
 pub const PKT_NSEC: usize = 8;
 pub const PKT_SNAPLEN: usize = 12;
 pub const PKT_LEN: usize = 16;
+pub const PKT_STATUS: usize = 20;
 pub const PKT_MAC: usize = 24;
+pub const PKT_NET: usize = 26;
+pub const PKT_VLAN_TCI: usize = 32;
+pub const PKT_VLAN_TPID: usize = 36;
+// struct sockaddr_ll, which the kernel writes at HDR_END of each packet's slot.
+pub const SLL_PROTOCOL: usize = 2;
+pub const SLL_HATYPE: usize = 8;
+pub const SLL_PKTTYPE: usize = 10;
+pub const SLL_HALEN: usize = 11;
+pub const SLL_ADDR: usize = 12;
 
 /// Kernel drop counters of one ring (PACKET_STATISTICS; reading them resets them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,9 +94,16 @@ fn os_err(what: &str) -> io::Error {
 }
 
 impl Socket {
+    /// A SOCK_RAW socket (frames with their link-layer header).
     pub fn open() -> io::Result<Socket> {
+        Self::open_as(libc::SOCK_RAW)
+    }
+
+    /// A socket of `kind`: SOCK_RAW, or SOCK_DGRAM (the kernel strips the link-layer header;
+    /// for `any`, whose interfaces have different ones).
+    pub fn open_as(kind: i32) -> io::Result<Socket> {
         // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
@@ -346,10 +362,20 @@ mod tests {
         assert_eq!(offset_of!(libc::tpacket3_hdr, tp_nsec), PKT_NSEC);
         assert_eq!(offset_of!(libc::tpacket3_hdr, tp_snaplen), PKT_SNAPLEN);
         assert_eq!(offset_of!(libc::tpacket3_hdr, tp_len), PKT_LEN);
-        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_status), 20);
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_status), PKT_STATUS);
         assert_eq!(offset_of!(libc::tpacket3_hdr, tp_mac), PKT_MAC);
-        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_net), 26);
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_net), PKT_NET);
         assert_eq!(offset_of!(libc::tpacket3_hdr, hv1), 28);
+        let hv1 = offset_of!(libc::tpacket3_hdr, hv1);
+        assert_eq!(size_of::<libc::tpacket_hdr_variant1>(), 12);
+        assert_eq!(
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci),
+            PKT_VLAN_TCI
+        );
+        assert_eq!(
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
+            PKT_VLAN_TPID
+        );
         assert_eq!(offset_of!(libc::tpacket3_hdr, tp_padding), 40);
 
         assert_eq!(size_of::<libc::tpacket_hdr_v1>(), 40);
@@ -386,12 +412,12 @@ mod tests {
 
         assert_eq!(size_of::<libc::sockaddr_ll>(), 20);
         assert_eq!(offset_of!(libc::sockaddr_ll, sll_family), 0);
-        assert_eq!(offset_of!(libc::sockaddr_ll, sll_protocol), 2);
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_protocol), SLL_PROTOCOL);
         assert_eq!(offset_of!(libc::sockaddr_ll, sll_ifindex), 4);
-        assert_eq!(offset_of!(libc::sockaddr_ll, sll_hatype), 8);
-        assert_eq!(offset_of!(libc::sockaddr_ll, sll_pkttype), 10);
-        assert_eq!(offset_of!(libc::sockaddr_ll, sll_halen), 11);
-        assert_eq!(offset_of!(libc::sockaddr_ll, sll_addr), 12);
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_hatype), SLL_HATYPE);
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_pkttype), SLL_PKTTYPE);
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_halen), SLL_HALEN);
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_addr), SLL_ADDR);
 
         assert_eq!(size_of::<libc::packet_mreq>(), 16);
         assert_eq!(TPACKET3_HDRLEN, libc::TPACKET3_HDRLEN);
