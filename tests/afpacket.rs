@@ -72,6 +72,31 @@ impl Veth {
     }
 }
 
+impl Veth {
+    /// A second pair between the same namespaces (removed with them).
+    fn another_pair(&self) -> (String, String) {
+        let (near, far) = (format!("{}b", self.near), format!("{}b", self.far));
+        ip(&[
+            "link", "add", &near, "mtu", "9000", "type", "veth", "peer", "name", &far, "mtu",
+            "9000",
+        ]);
+        ip(&["link", "set", &near, "netns", &self.near_ns]);
+        ip(&["link", "set", &far, "netns", &self.far_ns]);
+        for (ns, dev) in [(&self.near_ns, &near), (&self.far_ns, &far)] {
+            run_ok(Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+            ]));
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        (near, far)
+    }
+}
+
 impl Drop for Veth {
     fn drop(&mut self) {
         for ns in [&self.near_ns, &self.far_ns] {
@@ -914,5 +939,73 @@ fn any_records_linux_cooked_headers() {
         let raw = dir.path().join("any.pcap");
         std::fs::write(&raw, &bytes).unwrap();
         assert!(common::tshark_count(&raw) >= frames.len());
+    }
+}
+
+#[test]
+fn two_processes_in_one_fanout_group_share_the_interface() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let group = (std::process::id() % 60_000 + 1000).to_string();
+    let flags = ["--fanout-group", group.as_str(), "--block-size", "64KiB"];
+    let ra = record(&v.near_ns, &v.near, &a, &flags);
+    let rb = record(&v.near_ns, &v.near, &b, &flags);
+    let frames = mix(400, 16);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (la, _) = ra.stop();
+    let (lb, _) = rb.stop();
+    let (ga, gb) = (stream_frames(&a), stream_frames(&b));
+    let (na, nb) = (ga[0].1.len(), gb[0].1.len());
+    assert!(
+        na > 0 && nb > 0,
+        "both processes got flows: {na} and {nb}\n{la}\n{lb}"
+    );
+    let mut all: Vec<Vec<u8>> = ga.into_iter().chain(gb).flat_map(|(_, f)| f).collect();
+    all.sort_by_key(|f| u32::from_be_bytes(f[50..54].try_into().unwrap()));
+    assert!(
+        all == frames,
+        "every frame once over the two: {} of {}",
+        all.len(),
+        frames.len()
+    );
+}
+
+#[test]
+fn repeated_i_records_each_interface_as_its_own_stream() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let (near2, far2) = v.another_pair();
+    let dir = tempdir();
+    let rec = record(
+        &v.near_ns,
+        &v.near,
+        dir.path(),
+        &["-i", &near2, "--block-size", "64KiB"],
+    );
+    let one = mix(100, 1);
+    let two: Vec<Vec<u8>> = (1000..1100)
+        .map(|i| frame(i, 2, 60 + (i as usize % 1400)))
+        .collect();
+    send(&v.far_ns, &v.far, &one);
+    send(&v.far_ns, &far2, &two);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 2, "{log}");
+    for (name, frames) in &got {
+        let want = if name.starts_with(&format!("{near2}-")) {
+            &two
+        } else {
+            &one
+        };
+        assert!(name.contains("-t0-"), "{name}");
+        assert!(frames == want, "{name}: {} frames", frames.len());
     }
 }
