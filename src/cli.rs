@@ -373,9 +373,14 @@ pub struct SendArgs {
     #[arg(
         long,
         value_name = "HOST:PORT",
-        required_unless_present = "dump_filter"
+        required_unless_present_any = ["dump_filter", "serve"]
     )]
     pub to: Option<String>,
+    /// Instead, serve the live capture as PCAP-over-IP to every client that connects
+    /// (dumpcap `-i TCP@HOST:PORT`, Arkime, NetworkMiner): one pcap stream of all capture
+    /// threads, from the moment the client connects.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "to")]
+    pub serve: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,11 @@
 //! block goes back to the kernel once the socket has taken them. When the connection is
 //! lost, the sink reconnects with back-off (100 ms doubling to 5 s), starting a new stream
 //! with the file header; packets that arrive while it is down are dropped and counted.
-//! Owns only the sockets to the recorder; the capture side is `rx::afpacket`'s.
+//! With `--serve ADDR:PORT` it is a PCAP-over-IP server instead: every client that connects
+//! gets the file header and then the records of every capture thread, live (a client too slow
+//! to take a block within two seconds is dropped; packets captured while no client is
+//! connected are counted).
+//! Owns only the sockets to the recorder or clients; the capture side is `rx::afpacket`'s.
 
 use crate::cli::SendArgs;
 use crate::record::{capture_config, capture_summary, print_listings};
@@ -13,10 +17,10 @@ use crate::rx::{self, Event, Events, RxStats};
 use crate::units::human_bytes;
 use anyhow::Context;
 use std::io::{self, IoSlice, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -118,28 +122,13 @@ impl Sink {
             self.drop_packets(packets);
             return;
         };
-        let mut rest = slices;
-        let mut left = bytes;
-        while !rest.is_empty() {
-            match conn.write_vectored(rest) {
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "the recorder closed");
-                    self.fail_mid_block(e, packets, left, bytes);
-                    return;
-                }
-                Ok(n) => {
-                    left -= n as u64;
-                    IoSlice::advance_slices(&mut rest, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.fail_mid_block(e, packets, left, bytes);
-                    return;
-                }
+        match write_slices(conn, slices, bytes) {
+            Ok(()) => {
+                self.rep.packets += packets;
+                self.rep.bytes += bytes;
             }
+            Err((e, left)) => self.fail_mid_block(e, packets, left, bytes),
         }
-        self.rep.packets += packets;
-        self.rep.bytes += bytes;
     }
 
     /// A write failed with `left` of the block's `bytes` unsent: the receiver got part of a
@@ -151,6 +140,179 @@ impl Sink {
         self.drop_packets(unsent);
         self.lost(e);
     }
+}
+
+/// Writes all of `slices` (`bytes` in total) to `conn`, in as few writev(2) calls as it
+/// takes; on failure, the error and the bytes left unsent.
+fn write_slices(
+    conn: &mut TcpStream,
+    slices: &mut [IoSlice<'_>],
+    bytes: u64,
+) -> Result<(), (io::Error, u64)> {
+    let mut rest = slices;
+    let mut left = bytes;
+    while !rest.is_empty() {
+        match conn.write_vectored(rest) {
+            Ok(0) => {
+                let e = io::Error::new(io::ErrorKind::WriteZero, "the peer closed");
+                return Err((e, left));
+            }
+            Ok(n) => {
+                left -= n as u64;
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, left)),
+        }
+    }
+    Ok(())
+}
+
+/// `--serve`: the clients connected now, and what they were sent.
+struct Hub {
+    header: [u8; 24],
+    clients: Mutex<Vec<(SocketAddr, TcpStream)>>,
+    served: AtomicU64,
+    packets: AtomicU64,
+    /// Packets captured while no client was connected.
+    unseen: AtomicU64,
+}
+
+/// A client slower than this with one block is dropped (it would stall every capture ring).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn accept_clients(l: TcpListener, hub: &Hub, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut s, addr)) => {
+                let ready = s
+                    .set_nonblocking(false)
+                    .and_then(|()| s.set_write_timeout(Some(CLIENT_TIMEOUT)))
+                    .and_then(|()| s.set_nodelay(true));
+                let mut clients = hub.clients.lock().unwrap_or_else(|p| p.into_inner());
+                // The header under the lock: no record can go to the client before it.
+                match ready.and_then(|()| s.write_all(&hub.header)) {
+                    Ok(()) => {
+                        eprintln!("zcap: send: serving {addr}");
+                        hub.served.fetch_add(1, Ordering::Relaxed);
+                        clients.push((addr, s));
+                    }
+                    Err(e) => eprintln!("zcap: send: client {addr}: {e}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                eprintln!("zcap: send: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Every capture thread's blocks, to every client: one writev per block and client.
+fn serve_sink(hub: &Hub, events: Receiver<Event>) {
+    while let Ok(ev) = events.recv() {
+        let Event::Records { block, spans } = ev else {
+            continue;
+        };
+        let packets = spans.len() as u64;
+        let mut clients = hub.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.is_empty() {
+            hub.unseen.fetch_add(packets, Ordering::Relaxed);
+            continue;
+        }
+        let all = block.bytes();
+        let bytes: u64 = spans.iter().map(|sp| sp.len as u64).sum();
+        let slices: Vec<IoSlice<'_>> = spans
+            .iter()
+            .map(|sp| IoSlice::new(&all[sp.off as usize..][..sp.len as usize]))
+            .collect();
+        let mut each = slices.clone();
+        clients.retain_mut(|(addr, conn)| {
+            each.copy_from_slice(&slices);
+            match write_slices(conn, &mut each, bytes) {
+                Ok(()) => true,
+                Err((e, _)) => {
+                    eprintln!("zcap: send: client {addr} dropped ({e})");
+                    false
+                }
+            }
+        });
+        hub.packets.fetch_add(packets, Ordering::Relaxed);
+    }
+    for (_, c) in hub
+        .clients
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+    {
+        let _ = c.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// `zcap send --serve`: one PCAP-over-IP stream of every ring, to whoever connects.
+fn serve(a: &SendArgs, addr: &str) -> anyhow::Result<bool> {
+    let cfg = capture_config(&a.capture);
+    let rings = rx::afpacket::open(&cfg)?;
+    let header = rings[0].header();
+    if let Some(r) = rings.iter().find(|r| r.header() != header) {
+        anyhow::bail!(
+            "--serve sends one pcap stream, and {} is captured with another link type than {}: serve one kind of interface at a time",
+            r.iface,
+            rings[0].iface
+        );
+    }
+    let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    l.set_nonblocking(true)?;
+    eprintln!(
+        "zcap: rx: afpacket ({} ring(s) on {})",
+        rings.len(),
+        a.capture.interface.join(", ")
+    );
+    eprintln!("zcap: listening on {}", l.local_addr()?);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let hub = Arc::new(Hub {
+        header,
+        clients: Mutex::new(Vec::new()),
+        served: AtomicU64::new(0),
+        packets: AtomicU64::new(0),
+        unseen: AtomicU64::new(0),
+    });
+    let (tx, rx) = sync_channel(QUEUE);
+    let h = Arc::clone(&hub);
+    let sink = std::thread::Builder::new()
+        .name("zcap-serve".into())
+        .spawn(move || serve_sink(&h, rx))?;
+    let (h, s) = (Arc::clone(&hub), Arc::clone(&stop));
+    let acceptor = std::thread::Builder::new()
+        .name("zcap-accept".into())
+        .spawn(move || accept_clients(l, &h, &s))?;
+    let events = Events::new(vec![tx]);
+    let rx_stats = Arc::new(RxStats::default());
+    let captured = rx::afpacket::run(rings, 1, &events, &stop, &rx_stats);
+    drop(events);
+    stop.store(true, Ordering::Relaxed);
+    sink.join()
+        .map_err(|_| anyhow::anyhow!("the serve thread panicked"))?;
+    acceptor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the accept thread panicked"))?;
+    let captured = captured.context("capturing")?;
+    let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "zcap: send: served {} client(s) on {addr}; {} packets sent; {} captured while no client was connected",
+        ld(&hub.served),
+        ld(&hub.packets),
+        ld(&hub.unseen)
+    );
+    eprintln!("{}", capture_summary(&a.capture, &captured, 0));
+    Ok(true)
 }
 
 fn sink(to: String, events: Receiver<Event>) -> SinkReport {
@@ -209,6 +371,9 @@ pub fn run(a: &SendArgs) -> anyhow::Result<bool> {
     }
     if a.capture.dump_filter {
         return print_listings(&a.capture);
+    }
+    if let Some(addr) = &a.serve {
+        return serve(a, addr);
     }
     let to = a.to.clone().unwrap_or_default();
     let cfg = capture_config(&a.capture);

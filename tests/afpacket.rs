@@ -1009,3 +1009,110 @@ fn repeated_i_records_each_interface_as_its_own_stream() {
         assert!(frames == want, "{name}: {} frames", frames.len());
     }
 }
+
+/// Runs `f` on a thread that joined network namespace `ns` (sockets it makes stay there).
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let nsf = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+        // SAFETY: setns on this thread with a valid namespace descriptor.
+        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+#[test]
+fn send_serve_gives_clients_the_live_capture_and_dumpcap_reads_it() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &v.near_ns])
+        .arg(env!("CARGO_BIN_EXE_zcap"))
+        .args([
+            "send",
+            "-i",
+            &v.near,
+            "--block-size",
+            "64KiB",
+            "--serve",
+            "127.0.0.1:0",
+        ]);
+    let srv = common::start_cmd(cmd);
+    let port = srv.port;
+    let client = in_ns(&v.near_ns, move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut out).expect("read");
+        out
+    });
+    let dir = tempdir();
+    let pcapng = dir.path().join("dumpcap.pcapng");
+    let dumpcap = common::which("dumpcap").map(|_| {
+        Command::new("ip")
+            .args(["netns", "exec", &v.near_ns, "dumpcap", "-q", "-i"])
+            .arg(format!("TCP@127.0.0.1:{port}"))
+            .arg("-w")
+            .arg(&pcapng)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dumpcap")
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want_clients = if dumpcap.is_some() { 2 } else { 1 };
+    while srv.log().matches("zcap: send: serving").count() < want_clients {
+        assert!(
+            Instant::now() < deadline,
+            "clients not served:\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let frames = mix(200, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.pid(), libc::SIGTERM) };
+    let (status, log) = srv.wait(Duration::from_secs(20));
+    assert!(status.success(), "{log}");
+    let got = client.join().unwrap();
+    let (lt, records) = pcap_frames(&got);
+    assert_eq!(lt, 1);
+    let records: Vec<Vec<u8>> = records.into_iter().filter(|f| is_test_frame(f)).collect();
+    assert!(
+        records == frames,
+        "{} of {} frames:\n{log}",
+        records.len(),
+        frames.len()
+    );
+    if let Some(mut d) = dumpcap {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        let _ = d.wait();
+        if need_tool("tshark") {
+            let out = run_ok(Command::new("tshark").arg("-r").arg(&pcapng).args([
+                "-Y",
+                "udp.dstport == 7777",
+                "-T",
+                "fields",
+                "-e",
+                "frame.len",
+            ]));
+            let lens: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().parse().unwrap())
+                .collect();
+            let want: Vec<usize> = frames.iter().map(Vec::len).collect();
+            assert_eq!(lens, want, "dumpcap got every frame, in order");
+        }
+    } else {
+        need_tool("dumpcap");
+    }
+}

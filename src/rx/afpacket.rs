@@ -287,6 +287,13 @@ pub struct Ring {
     pub iface: String,
 }
 
+impl Ring {
+    /// The pcap file header its stream begins with.
+    pub fn header(&self) -> [u8; 24] {
+        self.header
+    }
+}
+
 /// Kernel counters of one ring, accumulated over the run (the kernel resets them on read).
 #[derive(Debug, Default)]
 pub struct RingStats {
