@@ -229,6 +229,16 @@ fn record(ns: &str, dev: &str, dir: &Path, extra: &[&str]) -> Rec {
     Rec { child, log }
 }
 
+impl Drop for Rec {
+    /// A test that failed half way leaves no capture running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Rec {
     /// SIGTERM, then wait for a clean exit; returns stderr and stdout.
     fn stop(mut self) -> (String, String) {

@@ -168,6 +168,8 @@ pub fn frame_block(
     }
     let mut off = rd32(block, sys::BLOCK_FIRST_PKT) as usize;
     let mut bytes = 0u64;
+    // At most one record per 16 bytes used: a bound on the reservation a bad count asks for.
+    spans.reserve((n as usize).min(used / 16));
     for i in 0..n {
         if off
             .checked_add(sys::TPACKET3_HDRLEN)
