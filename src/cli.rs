@@ -243,7 +243,7 @@ pub struct CaptureArgs {
     pub fanout: u16,
 
     /// PACKET_FANOUT group id (0 to 65535): zcap processes with the same id share an
-    /// interface's packets. Default: from the process id.
+    /// interface's packets (the k-th -i interface uses ID + k). Default: from the process id.
     #[arg(long, value_name = "ID", requires = "interface")]
     pub fanout_group: Option<u16>,
 

@@ -60,7 +60,8 @@ pub struct Config {
     /// Capture threads (rings) per interface; above 1 they share a PACKET_FANOUT hash group.
     pub fanout: u16,
     /// The fanout group id (another process using the same id shares the interface's
-    /// packets with this one); default: derived from the process id.
+    /// packets with this one); default: derived from the process id. A group belongs to one
+    /// device, so the k-th interface uses id + k.
     pub fanout_group: Option<u16>,
     pub block_size: u32,
     pub block_count: u32,
@@ -360,9 +361,11 @@ pub fn open(cfg: &Config) -> io::Result<Vec<Ring>> {
         .unwrap_or_else(|| (std::process::id() & 0xffff) as u16);
     let start = crate::archive::compact_time(std::time::SystemTime::now());
     let mut rings = Vec::new();
-    for iface in &cfg.interfaces {
+    // A fanout group belongs to one device: the k-th interface's rings join group + k.
+    for (k, iface) in cfg.interfaces.iter().enumerate() {
         for t in 0..cfg.fanout.max(1) {
-            let fanout = (cfg.fanout > 1 || cfg.fanout_group.is_some()).then_some(group);
+            let fanout = (cfg.fanout > 1 || cfg.fanout_group.is_some())
+                .then_some(group.wrapping_add(k as u16));
             let name = format!("{}-t{t}-{start}", crate::archive::sanitize(iface));
             rings.push(open_ring(cfg, iface, fanout, name)?);
         }
