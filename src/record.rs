@@ -315,6 +315,56 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn ring(name: &str, packets: u64, drops: u64) -> rx::afpacket::RingReport {
+        rx::afpacket::RingReport {
+            name: name.into(),
+            iface: "eth0".into(),
+            stats: rx::afpacket::Stats {
+                packets,
+                drops,
+                freezes: drops.min(1),
+            },
+            blocks: 1,
+        }
+    }
+
+    #[test]
+    fn the_capture_summary_says_what_was_dropped_and_what_to_change() {
+        let cli =
+            crate::cli::Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--fanout", "2"])
+                .unwrap();
+        let crate::cli::Command::Record(a) = cli.command else {
+            panic!()
+        };
+        let quiet = capture_summary(&a.capture, &[ring("a", 10, 0), ring("b", 5, 0)], 0);
+        assert_eq!(
+            quiet,
+            "zcap: capture: the kernel saw 15 packets on 2 ring(s), delivered 15, dropped 0; \
+             nothing was lost"
+        );
+        let l = capture_summary(&a.capture, &[ring("a", 100, 25), ring("b", 100, 0)], 0);
+        assert!(
+            l.contains("delivered 175, dropped 25 (12.50%; a 25)"),
+            "{l}"
+        );
+        assert!(l.contains("ring full 1 time(s)"), "{l}");
+        for fix in [
+            "--block-count 256",
+            "now 64 × 4MiB",
+            "--fanout 4",
+            "--compress",
+            "a filter",
+        ] {
+            assert!(l.contains(fix), "{fix}: {l}");
+        }
+        let l = capture_summary(&a.capture, &[ring("a", 10, 0)], 99);
+        assert!(
+            l.contains("99 captured bytes not archived") && !l.contains("nothing"),
+            "{l}"
+        );
+    }
 
     #[test]
     fn the_area_must_hold_four_buffers() {
