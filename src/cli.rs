@@ -37,6 +37,7 @@ zero-copy receive (zcrx); elsewhere by io_uring provided-buffer rings or plain r
   zcap record                                   listen on 127.0.0.1:57012 into ./zcap-archive
   tcpdump -i eth0 -w - | nc 127.0.0.1 57012     feed it from a sensor
   zcap record -i eth0 --fanout 2                capture eth0 live on two threads
+  zcap send -i eth0 --to recorder:57012 tcp      a sensor: capture TCP here, record there
   zcap record -r trace.pcap -o arch             ingest a capture file
   zcap ls arch
   zcap cat arch --from 2026-11-25T10:02:00Z --to 2026-11-25T10:03:00Z | tshark -r -
