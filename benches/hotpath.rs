@@ -3,7 +3,9 @@
 //!
 //! - framing: `zcap::stream::Framer` fed a pcap stream in 64 KiB pieces (as the receive area
 //!   lends them) against a memcpy of the same pieces and a bare record walk (read caplen,
-//!   skip) over the contiguous buffer;
+//!   skip) over the contiguous buffer; and out of cache (ZCAP_BENCH_COLD_MIB, default 512,
+//!   of the same records, far beyond the caches, as the writer meets bytes the kernel copied
+//!   long before), with and without `area::prefetch` of each piece, as the writer does;
 //! - encoding: the writer's `Encoder` turning ~1 MiB frames, given as 64 KiB area slices,
 //!   into a segment file on tmpfs (zstd level 1 with a content checksum, SHA-256 of the output,
 //!   write(2)), against `zstd::bulk::Compressor` level 1 into a reused buffer; and the
@@ -58,6 +60,23 @@ fn main() {
     });
     ratio("Framer ÷ memcpy", framer, memcpy);
     ratio("Framer ÷ bare walk", framer, bare);
+
+    // As the writer meets them: the bytes arrived long ago (the kernel copied them on another
+    // core), so a data set far larger than the caches, framed once per pass.
+    let cold = repeat_records(&data, env_num("ZCAP_BENCH_COLD_MIB", 512) << 20);
+    let cold_records = walk(&cold) as u64;
+    println!(
+        "\nframing out of cache ({:.0} MiB, 64 KiB pieces)",
+        cold.len() as f64 / (1 << 20) as f64
+    );
+    let plain = bench("zcap Framer (peer: no prefetch)", cold.len(), 3, || {
+        assert_eq!(frame_with(&cold, false), cold_records + 1);
+    });
+    let fetched = bench("zcap Framer, each piece prefetched", cold.len(), 3, || {
+        assert_eq!(frame_with(&cold, true), cold_records + 1);
+    });
+    ratio("prefetched ÷ not", fetched, plain);
+    drop(cold);
 
     let frames = frames(&data);
     let payload = &data[24..];
@@ -173,9 +192,17 @@ fn ratio(name: &str, a: f64, b: f64) {
 
 /// Feeds the whole stream to a Framer in PIECE-sized pieces; returns the units seen.
 fn frame(data: &[u8]) -> u64 {
+    frame_with(data, false)
+}
+
+/// As [`frame`], prefetching each piece first as the writer does (`area::prefetch`).
+fn frame_with(data: &[u8], prefetch: bool) -> u64 {
     let mut f = Framer::new();
     let mut units = 0;
     for piece in data.chunks(PIECE) {
+        if prefetch {
+            zcap::area::prefetch(piece);
+        }
         let mut rest = piece;
         while !rest.is_empty() {
             let (used, unit) = f.step(rest).expect("a valid stream");
@@ -186,6 +213,16 @@ fn frame(data: &[u8]) -> u64 {
     }
     f.finish().expect("the stream ends on a record boundary");
     units
+}
+
+/// `data`'s file header, then its records over and over until the stream holds `size` bytes.
+fn repeat_records(data: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + data.len());
+    out.extend_from_slice(&data[..24]);
+    while out.len() < size {
+        out.extend_from_slice(&data[24..]);
+    }
+    out
 }
 
 /// The least a pcap reader can do: read each record's caplen and skip its body.
@@ -263,14 +300,14 @@ fn encode(dir: &Path, data: &[u8], frames: &[(usize, usize)], mode: Compress) ->
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("bench-{seq}.pcap.zst");
     let mut enc = Encoder::new(mode).expect("encoder");
-    let mut seg = SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc)
+    let mut seg = SegmentFile::create(dir, &name, seq + 1, &data[..24], false, 24, &mut enc, None)
         .expect("segment");
     let mut total = seg.len;
     let mut parts: Vec<&[u8]> = Vec::with_capacity(FRAME / PIECE + 2);
     for &(a, b) in frames {
         parts.clear();
         parts.extend(slices(data, a, b));
-        total += enc.frame(&parts, &mut seg).expect("encode");
+        total += enc.frame(&parts, None, &mut seg).expect("encode");
     }
     drop(seg);
     let _ = std::fs::remove_file(dir.join(format!("{name}.partial")));

@@ -146,7 +146,12 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let tx = Events::new(senders);
     let started = Instant::now();
     let rx_stats = Arc::new(RxStats::default());
-    let live = crate::stats::Live::start(a, Arc::clone(&rx_stats), Arc::clone(&stats));
+    let live = crate::stats::Live::start(
+        a.stats_json,
+        a.stats_interval,
+        Arc::clone(&rx_stats),
+        Arc::clone(&stats),
+    );
     let source = if let Some(rings) = rings {
         let r = rx::afpacket::run(rings, 1, &tx, &stop, &rx_stats);
         drop(tx);

@@ -4,7 +4,6 @@
 //! backends' [`RxStats`] and the writer's [`WriterStats`]; changes neither.
 
 use crate::area::Area;
-use crate::cli::RecordArgs;
 use crate::rx::RxStats;
 use crate::units::human_bytes;
 use crate::writer::WriterStats;
@@ -136,16 +135,15 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts the live line (stderr is a terminal) and/or the JSON lines (`--stats-json`);
-    /// starts nothing when neither is wanted.
-    pub fn start(a: &RecordArgs, rx: Arc<RxStats>, w: Arc<WriterStats>) -> Live {
+    /// Starts the live line (stderr is a terminal) and/or, with `json`, one JSON line per
+    /// `interval` on stdout (`--stats-json`); starts nothing when neither is wanted.
+    pub fn start(json: bool, interval: Duration, rx: Arc<RxStats>, w: Arc<WriterStats>) -> Live {
         let tty = std::io::stderr().is_terminal();
-        let json = a.stats_json;
         let quit = Arc::new(AtomicBool::new(false));
         if !tty && !json {
             return Live { quit, thread: None };
         }
-        let interval = a.stats_interval.max(Duration::from_millis(50));
+        let interval = interval.max(Duration::from_millis(50));
         let q = Arc::clone(&quit);
         let started = Instant::now();
         let thread = std::thread::Builder::new()

@@ -407,9 +407,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut enc = Encoder::new(Compress::Zstd(3)).unwrap();
         let hdr = pcap_header();
-        let mut seg =
-            SegmentFile::create(dir.path(), "000001.pcap.zst", 1, &hdr, false, 24, &mut enc)
-                .unwrap();
+        let mut seg = SegmentFile::create(
+            dir.path(),
+            "000001.pcap.zst",
+            1,
+            &hdr,
+            false,
+            24,
+            &mut enc,
+            None,
+        )
+        .unwrap();
         let f1 = [rec(1, 0, b"abc"), rec(2, 5, b"defg")].concat();
         let f2 = rec(3, 7, b"xyz");
         for (f, lo, hi, n) in [
@@ -422,7 +430,7 @@ mod tests {
                 packets: n,
                 ..FrameEntry::default()
             };
-            seg.push_frame(&[f], e, &mut enc).unwrap();
+            seg.push_frame(&[f], None, e, &mut enc).unwrap();
         }
         let (path, _, _) = seg.finalize().unwrap();
 
@@ -472,10 +480,11 @@ mod tests {
             false,
             24,
             &mut enc,
+            None,
         )
         .unwrap();
         let data: Vec<u8> = (0..50).flat_map(|i| rec(i, 0, &[i as u8; 100])).collect();
-        seg.push_frame(&[&data], FrameEntry::default(), &mut enc)
+        seg.push_frame(&[&data], None, FrameEntry::default(), &mut enc)
             .unwrap();
         let (path, _, _) = seg.finalize().unwrap();
         let mut bytes = std::fs::read(&path).unwrap();

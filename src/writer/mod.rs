@@ -18,6 +18,7 @@
 //! long is *cut*: everything complete is kept, the rest is counted as not archived, and the
 //! backend closes the connection. So no sender can hold the area from the others.
 
+pub mod hash;
 pub mod pool;
 pub mod segment;
 pub mod space;
@@ -28,6 +29,7 @@ use crate::archive::{self, retention};
 use crate::area::{Area, Chunk, StreamId};
 use crate::rx::Event;
 use crate::stream::{Format, Framer, UnitKind};
+use hash::Lane;
 use pool::{Part, Parts, Pool, Slot, Source};
 pub use segment::Compress;
 use segment::{Encoder, SegmentFile};
@@ -244,6 +246,8 @@ struct Ctx<'a> {
     held_total: &'a mut u64,
     /// The compress pool (zstd with `--compress-threads` > 0).
     pool: Option<&'a Pool>,
+    /// This writer's hash lane (`--compress-threads` > 0): segment SHA-256s off this thread.
+    lane: Option<&'a Lane>,
     /// Frames of this writer handed to the persist step and not yet persisted, and the
     /// order they were cut in (stream, frame number).
     inflight: &'a mut usize,
@@ -377,6 +381,7 @@ impl StreamState {
         }
         self.last_data = Instant::now();
         let start = self.framer.position();
+        crate::area::prefetch(&chunk.bytes()[off..off + len]);
         let charge = self.charge_of(chunk.offset() + off, len);
         self.charge += charge;
         self.held.push_back(Held {
@@ -698,9 +703,10 @@ impl StreamState {
                     bytes,
                     self.cont,
                     stream_off,
+                    cx.lane,
                 ),
                 None => SegmentFile::create(
-                    &self.dir, &name, self.seq, header, self.cont, stream_off, cx.enc,
+                    &self.dir, &name, self.seq, header, self.cont, stream_off, cx.enc, cx.lane,
                 ),
             },
         )?);
@@ -819,10 +825,7 @@ impl StreamState {
                         self.ops.push_front(Op::Frame(f));
                         return Err(e);
                     }
-                    if let (Some(pool), Some(buf)) = (cx.pool, f.encoded.take()) {
-                        pool.recycle(buf);
-                    }
-                    drop(f); // the last hold on its chunks: their buffers go back now
+                    drop(f); // our hold on its chunks: their buffers go back now (or once hashed)
                     self.persisted += 1;
                     *cx.inflight -= 1;
                 }
@@ -867,14 +870,25 @@ impl StreamState {
         // A failed write is rolled back and the frame written again from the same bytes:
         // the segment ends up as if the fault never happened.
         let need = space::frame_bound(f.raw);
-        match &f.encoded {
-            Some(bytes) => space::persist(cx, Step::Segment, need, |_| {
-                seg.push_encoded(bytes, f.raw as u32, f.entry)
-            })?,
+        match f.encoded.take() {
+            Some(bytes) => {
+                let r = space::persist(cx, Step::Segment, need, |_| {
+                    seg.push_encoded(&bytes, f.raw as u32, f.entry)
+                });
+                if let Err(e) = r {
+                    f.encoded = Some(bytes);
+                    return Err(e);
+                }
+                // Hashed on the lane, which recycles the buffer; or here.
+                if let (Some(buf), Some(pool)) = (seg.hand_over(bytes)?, cx.pool) {
+                    pool.recycle(buf);
+                }
+            }
             None => {
                 let parts = f.parts.slices();
+                let keep = cx.lane.map(|_| &f.parts);
                 space::persist(cx, Step::Segment, need, |cx| {
-                    seg.push_frame(&parts, f.entry, cx.enc)
+                    seg.push_frame(&parts, keep, f.entry, cx.enc)
                 })?
             }
         }
@@ -1226,6 +1240,8 @@ pub struct Writer {
     disk_faults_seen: u64,
     /// The compress pool, shared by every writer of the archive.
     pool: Option<Pool>,
+    /// This writer's hash lane (it holds a handle of the pool, to recycle buffers).
+    lane: Option<Lane>,
     /// Frames handed to the persist step and not yet persisted, and (stream, frame number)
     /// of each in the order they were cut, to wait for the oldest.
     inflight: usize,
@@ -1240,6 +1256,15 @@ fn max_inflight(pool: Option<&Pool>) -> usize {
     pool.map_or(0, |p| 2 * p.threads() + 2)
 }
 
+/// A hash lane for writer `i` when there is a pool of threads to work beside (any mode with
+/// `--compress-threads` > 0); the single-thread writer hashes on its own thread.
+fn start_lane(cfg: &Config, i: usize, pool: Option<&Pool>) -> io::Result<Option<Lane>> {
+    if cfg.compress_threads == 0 {
+        return Ok(None);
+    }
+    Lane::start(format!("zcap-hash-{i}"), pool.cloned()).map(Some)
+}
+
 macro_rules! ctx {
     ($w:expr) => {
         Ctx {
@@ -1249,6 +1274,7 @@ macro_rules! ctx {
             stats: &$w.stats,
             held_total: &mut $w.held_total,
             pool: $w.pool.as_ref(),
+            lane: $w.lane.as_ref(),
             inflight: &mut $w.inflight,
             order: &mut $w.order,
             writers: $w.writers,
@@ -1278,14 +1304,15 @@ impl Writer {
         stats
             .retention_refused
             .fetch_add(retention.refused(), Ordering::Relaxed);
-        let enc = Encoder::new(cfg.compress).map_err(ioe)?;
+        let enc = Encoder::for_frames(cfg.compress, cfg.frame_size).map_err(ioe)?;
         let disk = space::Disk::new(Arc::new(space::Space::new(&cfg.dir, cfg.min_free)));
         let pool = match cfg.compress {
             Compress::Zstd(_) if cfg.compress_threads > 0 => {
-                Some(Pool::start(cfg.compress_threads, cfg.compress).map_err(ioe)?)
+                Some(Pool::start(cfg.compress_threads, cfg.compress, cfg.frame_size).map_err(ioe)?)
             }
             _ => None,
         };
+        let lane = start_lane(&cfg, 0, pool.as_ref()).map_err(ioe)?;
         Ok(Writer {
             cfg,
             shared: Arc::new(Mutex::new(Shared {
@@ -1301,6 +1328,7 @@ impl Writer {
             disk,
             disk_faults_seen: 0,
             pool,
+            lane,
             inflight: 0,
             order: VecDeque::new(),
             _lock: Arc::new(lock),
@@ -1313,11 +1341,12 @@ impl Writer {
     pub fn into_workers(self, n: usize) -> Result<Vec<Writer>, WriterError> {
         let n = n.max(1);
         let mut out = Vec::with_capacity(n);
-        for _ in 1..n {
+        for i in 1..n {
             out.push(Writer {
                 cfg: self.cfg.clone(),
                 shared: Arc::clone(&self.shared),
-                enc: Encoder::new(self.cfg.compress).map_err(|e| self.ioe(e))?,
+                enc: Encoder::for_frames(self.cfg.compress, self.cfg.frame_size)
+                    .map_err(|e| self.ioe(e))?,
                 streams: HashMap::new(),
                 stats: Arc::clone(&self.stats),
                 reports: Vec::new(),
@@ -1326,6 +1355,7 @@ impl Writer {
                 disk: space::Disk::new(Arc::clone(&self.disk.space)),
                 disk_faults_seen: 0,
                 pool: self.pool.clone(),
+                lane: start_lane(&self.cfg, i, self.pool.as_ref()).map_err(|e| self.ioe(e))?,
                 inflight: 0,
                 order: VecDeque::new(),
                 _lock: Arc::clone(&self._lock),

@@ -142,8 +142,9 @@ impl Drop for PoolInner {
 const SPARE_MAX: usize = 64;
 
 impl Pool {
-    /// Starts `threads` workers compressing with `mode` (zstd only; `none` needs no pool).
-    pub fn start(threads: usize, mode: Compress) -> io::Result<Pool> {
+    /// Starts `threads` workers compressing frames of about `frame_size` with `mode` (zstd
+    /// only; `none` needs no pool).
+    pub fn start(threads: usize, mode: Compress, frame_size: u64) -> io::Result<Pool> {
         assert!(threads > 0 && matches!(mode, Compress::Zstd(_)));
         let shared = Arc::new(Shared {
             q: Mutex::new(Queue {
@@ -156,7 +157,7 @@ impl Pool {
         });
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let enc = Encoder::new(mode)?;
+            let enc = Encoder::for_frames(mode, frame_size)?;
             let s = Arc::clone(&shared);
             workers.push(
                 std::thread::Builder::new()
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn every_frame_compresses_to_what_one_encoder_makes() {
-        let pool = Pool::start(3, Compress::Zstd(1)).unwrap();
+        let pool = Pool::start(3, Compress::Zstd(1), 1 << 20).unwrap();
         let inputs: Vec<Vec<u8>> = (0..40u32)
             .map(|i| (0..(i * 997 % 70_000)).map(|j| (j * i) as u8).collect())
             .collect();

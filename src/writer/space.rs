@@ -92,6 +92,24 @@ pub fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
+/// Starts writing back the dirty pages of `f` in `off..off + len` without waiting for them
+/// (sync_file_range, SYNC_FILE_RANGE_WRITE): a segment's pages go to the device while it is
+/// being written, so the fsync at finalize finds little left and does not stall the writer.
+/// Advisory: an error here shows again at that fsync, which is what reports it.
+pub fn start_writeback(f: &std::fs::File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes a descriptor and a byte range and touches no memory of
+    // ours; `f` is an open file for the duration of the call.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// statvfs at most this often while far above the floor...
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// ...or after this many bytes reserved, and before every frame when nearer than this.

@@ -609,6 +609,25 @@ fn record_with_threads(
         cfg(c)
     });
     assert_eq!(run.area.lent_bytes(), 0, "every buffer came back");
+    // Every segment's manifest hash is the SHA-256 of its file (whichever thread made it).
+    let manifest = std::fs::read_to_string(run.dir.path().join("manifest.jsonl")).unwrap();
+    let mut hashed = 0;
+    for line in manifest.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["op"] == "segment" {
+            let bytes = std::fs::read(run.dir.path().join(e["path"].as_str().unwrap())).unwrap();
+            let want =
+                crate::archive::manifest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            assert_eq!(
+                e["sha256"],
+                want.as_str(),
+                "{} with {threads} threads",
+                e["path"]
+            );
+            hashed += 1;
+        }
+    }
+    assert!(hashed > 0, "the manifest names segments");
     let mut files = std::collections::BTreeMap::new();
     for s in std::fs::read_dir(run.dir.path()).unwrap() {
         let s = s.unwrap().path();
@@ -661,17 +680,27 @@ fn a_pool_writes_the_same_segments_as_the_single_thread_writer() {
         c.frame_size = 16 << 10;
         c.segment_size = 200 << 10;
     };
-    let (one, r1) = record_with_threads(&streams, 0, cfg);
-    for threads in [1, 4] {
-        let (many, rn) = record_with_threads(&streams, threads, cfg);
-        assert_eq!(r1, rn, "the same reports with {threads} compress threads");
-        assert!(one.len() > 4, "several segments: {:?}", one.keys());
-        assert_eq!(
-            one.keys().collect::<Vec<_>>(),
-            many.keys().collect::<Vec<_>>()
-        );
-        for (k, v) in &one {
-            assert!(many[k] == *v, "{k} differs with {threads} compress threads");
+    // `none` too: with threads its hashes are computed on the hash lane from the area slices.
+    for mode in [Compress::Zstd(1), Compress::None] {
+        let cfg = |c: &mut Config| {
+            cfg(c);
+            c.compress = mode;
+        };
+        let (one, r1) = record_with_threads(&streams, 0, cfg);
+        for threads in [1, 4] {
+            let (many, rn) = record_with_threads(&streams, threads, cfg);
+            assert_eq!(r1, rn, "the same reports with {threads} compress threads");
+            assert!(one.len() > 4, "several segments: {:?}", one.keys());
+            assert_eq!(
+                one.keys().collect::<Vec<_>>(),
+                many.keys().collect::<Vec<_>>()
+            );
+            for (k, v) in &one {
+                assert!(
+                    many[k] == *v,
+                    "{k} differs with {threads} compress threads ({mode:?})"
+                );
+            }
         }
     }
 }
