@@ -1127,3 +1127,68 @@ fn send_serve_gives_clients_the_live_capture_and_dumpcap_reads_it() {
         need_tool("dumpcap");
     }
 }
+
+#[test]
+fn a_tun_device_is_recorded_as_raw_ip() {
+    if !ready() {
+        return;
+    }
+    let v = Veth::new();
+    let tun = format!("zt{}", &v.near[2..]);
+    let name = tun.clone();
+    // A tun device has a carrier only while a process holds it open.
+    let holder = in_ns(&v.near_ns, move || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .expect("open /dev/net/tun");
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_ne_bytes()); // IFF_TUN | IFF_NO_PI
+                                                                          // SAFETY: TUNSETIFF reads and writes the ifreq-sized buffer we pass.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, ifr.as_mut_ptr()) };
+        assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        f
+    })
+    .join()
+    .unwrap();
+    ip(&["-n", &v.near_ns, "addr", "add", "10.9.0.1/24", "dev", &tun]);
+    ip(&["-n", &v.near_ns, "link", "set", &tun, "up"]);
+    let dir = tempdir();
+    let rec = record(&v.near_ns, &tun, dir.path(), &["--block-size", "64KiB"]);
+    let payloads: Vec<Vec<u8>> = (0..30u32)
+        .map(|i| {
+            let mut p = MAGIC.to_vec();
+            p.extend(i.to_be_bytes());
+            p.resize(12 + (i as usize * 37) % 1200, 0x5a);
+            p
+        })
+        .collect();
+    let sent = payloads.clone();
+    in_ns(&v.near_ns, move || {
+        let s = std::net::UdpSocket::bind("10.9.0.1:0").unwrap();
+        for p in &sent {
+            s.send_to(p, "10.9.0.2:7777").unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = rec.stop();
+    drop(holder);
+    let (_, bytes) = common::streams(dir.path()).into_iter().next().expect(&log);
+    let (lt, packets) = pcap_frames(&bytes);
+    assert_eq!(lt, 101, "LINKTYPE_RAW");
+    let got: Vec<Vec<u8>> = packets
+        .iter()
+        .filter(|p| p.len() >= 36 && p[0] >> 4 == 4 && &p[28..36] == MAGIC)
+        .map(|p| p[28..].to_vec())
+        .collect();
+    assert!(
+        got == payloads,
+        "{} of {} UDP payloads in raw IP records:\n{log}",
+        got.len(),
+        payloads.len()
+    );
+}
