@@ -375,21 +375,10 @@ pub fn open(cfg: &Config) -> io::Result<Vec<Ring>> {
 
 /// The kernel takes a ring's memory at once and outside any user limit (a ring larger than
 /// the host can give drives it into the OOM killer, and RLIMIT_MEMLOCK does not apply), so
-/// zcap refuses rings that would take more than three quarters of what is available, and
-/// rings of 4 GiB or more (the kernel's own bound on block size × count).
+/// zcap refuses rings that would take more than three quarters of what is available.
 fn check_memory(per_ring: u64, rings: u64, available: Option<u64>) -> io::Result<()> {
     let size = crate::units::size_text;
-    if per_ring >= 1 << 32 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a ring of {} is too large: the kernel takes less than 4GiB per ring (lower \
-                 --block-count or --block-size; add rings with --fanout)",
-                size(per_ring)
-            ),
-        ));
-    }
-    let total = per_ring * rings;
+    let total = per_ring.saturating_mul(rings);
     if let Some(avail) = available.filter(|a| total > a / 4 * 3) {
         return Err(io::Error::new(
             io::ErrorKind::OutOfMemory,
@@ -970,8 +959,10 @@ mod tests {
             .to_string();
         assert!(e.contains("too large for this host's memory limits"), "{e}");
         assert!(e.contains("--block-count"), "{e}");
-        let e = check_memory(4 << 30, 1, None).unwrap_err().to_string();
-        assert!(e.contains("less than 4GiB per ring"), "{e}");
+        let e = check_memory(16 << 40, 1, Some(64 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 ring(s) of 16TiB"), "{e}");
         assert!(available_memory().is_some_and(|m| m > 0));
     }
 
