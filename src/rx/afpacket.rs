@@ -383,10 +383,17 @@ fn check_memory(per_ring: u64, rings: u64, available: Option<u64>) -> io::Result
         return Err(io::Error::new(
             io::ErrorKind::OutOfMemory,
             format!(
-                "{rings} ring(s) of {} ({}) are too large for this host's memory limits ({} \
-                 available); lower --block-count or --block-size",
-                size(per_ring),
-                crate::units::human_bytes(total),
+                "{} too large for this host's memory limits ({} available); lower \
+                 --block-count or --block-size",
+                if rings == 1 {
+                    format!("a ring of {} is", size(per_ring))
+                } else {
+                    format!(
+                        "{rings} rings of {} ({}) are",
+                        size(per_ring),
+                        crate::units::human_bytes(total)
+                    )
+                },
                 crate::units::human_bytes(avail)
             ),
         ));
@@ -962,7 +969,7 @@ mod tests {
         let e = check_memory(16 << 40, 1, Some(64 << 30))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("1 ring(s) of 16TiB"), "{e}");
+        assert!(e.starts_with("a ring of 16TiB is too large"), "{e}");
         assert!(available_memory().is_some_and(|m| m > 0));
     }
 
