@@ -234,8 +234,9 @@ pub struct CaptureArgs {
     #[arg(short = 'p', long = "no-promiscuous-mode", requires = "interface")]
     pub no_promisc: bool,
 
-    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (1 to 262144).
-    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=262_144))]
+    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (0 to 262144; 0 is
+    /// 262144, the whole packet, as in tcpdump).
+    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(0..=262_144))]
     pub snaplen: u32,
 
     /// Capture threads per interface (-i), each with its own ring and stream, sharing the
@@ -696,9 +697,9 @@ mod tests {
         assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--listen", "h:1"]).is_err());
         assert!(Cli::try_parse_from(["zcap", "record", "--fanout", "2"]).is_err());
         rejected(
-            &["record", "-i", "e", "-s", "0"],
+            &["record", "-i", "e", "-s", "262145"],
             "--snapshot-length <SNAPLEN>",
-            "0 is not in 1..=262144",
+            "262145 is not in 0..=262144",
         );
         rejected(
             &["record", "-i", "e", "--fanout", "0"],

@@ -68,7 +68,12 @@ pub fn capture_config(a: &CaptureArgs) -> rx::afpacket::Config {
     rx::afpacket::Config {
         interfaces: a.interface.clone(),
         promisc: !a.no_promisc,
-        snaplen: a.snaplen,
+        // tcpdump's -s 0: the whole packet.
+        snaplen: if a.snaplen == 0 {
+            rx::afpacket::DEFAULT_SNAPLEN
+        } else {
+            a.snaplen
+        },
         fanout: a.fanout,
         fanout_group: a.fanout_group,
         block_size: a.block_size as u32,
@@ -333,6 +338,16 @@ mod tests {
             },
             blocks: 1,
         }
+    }
+
+    #[test]
+    fn snaplen_zero_is_the_whole_packet_as_in_tcpdump() {
+        let cli =
+            crate::cli::Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-s", "0"]).unwrap();
+        let crate::cli::Command::Record(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(capture_config(&a.capture).snaplen, 262_144);
     }
 
     #[test]
