@@ -213,7 +213,9 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
     if !captured.is_empty() {
         let unarchived = stats.discarded_bytes.load(Ordering::Relaxed);
-        eprintln!("{}", capture_summary(&a.capture, &captured, unarchived));
+        let lost = (unarchived > 0)
+            .then(|| format!("{unarchived} captured bytes not archived (named above)"));
+        eprintln!("{}", capture_summary(&a.capture, &captured, lost));
     } else if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
@@ -247,11 +249,12 @@ fn check_buffers(area: u64, buf: u64) -> anyhow::Result<()> {
 }
 
 /// The kernel's side of live capture: what the rings saw and dropped, and when anything was
-/// dropped, what to change.
+/// dropped, what to change. `lost` names what was captured and then not kept (not archived,
+/// not sent); "nothing was lost" only when there is no such thing and no kernel drop.
 pub(crate) fn capture_summary(
     a: &CaptureArgs,
     reps: &[rx::afpacket::RingReport],
-    unarchived: u64,
+    lost: Option<String>,
 ) -> String {
     let (mut seen, mut drops, mut freezes) = (0u64, 0u64, 0u64);
     for r in reps {
@@ -264,13 +267,13 @@ pub(crate) fn capture_summary(
         reps.len(),
         seen - drops.min(seen)
     );
-    if unarchived > 0 {
-        line.push_str(&format!(
-            "; {unarchived} captured bytes not archived (named above)"
-        ));
+    let nothing_lost = lost.is_none();
+    if let Some(l) = lost {
+        line.push_str("; ");
+        line.push_str(&l);
     }
     if drops == 0 {
-        if unarchived == 0 {
+        if nothing_lost {
             line.push_str("; nothing was lost");
         }
         return line;
@@ -358,13 +361,13 @@ mod tests {
         let crate::cli::Command::Record(a) = cli.command else {
             panic!()
         };
-        let quiet = capture_summary(&a.capture, &[ring("a", 10, 0), ring("b", 5, 0)], 0);
+        let quiet = capture_summary(&a.capture, &[ring("a", 10, 0), ring("b", 5, 0)], None);
         assert_eq!(
             quiet,
             "zcap: capture: the kernel saw 15 packets on 2 ring(s), delivered 15, dropped 0; \
              nothing was lost"
         );
-        let l = capture_summary(&a.capture, &[ring("a", 100, 25), ring("b", 100, 0)], 0);
+        let l = capture_summary(&a.capture, &[ring("a", 100, 25), ring("b", 100, 0)], None);
         assert!(
             l.contains("delivered 175, dropped 25 (12.50%; a 25)"),
             "{l}"
@@ -379,9 +382,13 @@ mod tests {
         ] {
             assert!(l.contains(fix), "{fix}: {l}");
         }
-        let l = capture_summary(&a.capture, &[ring("a", 10, 0)], 99);
+        let l = capture_summary(
+            &a.capture,
+            &[ring("a", 10, 0)],
+            Some("99 bytes gone".into()),
+        );
         assert!(
-            l.contains("99 captured bytes not archived") && !l.contains("nothing"),
+            l.contains("; 99 bytes gone") && !l.contains("nothing"),
             "{l}"
         );
     }

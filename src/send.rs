@@ -311,7 +311,9 @@ fn serve(a: &SendArgs, addr: &str) -> anyhow::Result<bool> {
         ld(&hub.packets),
         ld(&hub.unseen)
     );
-    eprintln!("{}", capture_summary(&a.capture, &captured, 0));
+    let unseen = ld(&hub.unseen);
+    let lost = (unseen > 0).then(|| format!("{unseen} captured while no client was connected"));
+    eprintln!("{}", capture_summary(&a.capture, &captured, lost));
     Ok(true)
 }
 
@@ -433,6 +435,7 @@ pub fn run(a: &SendArgs) -> anyhow::Result<bool> {
             String::new()
         }
     );
-    eprintln!("{}", capture_summary(&a.capture, &captured, 0));
+    let lost = (dropped > 0).then(|| format!("{dropped} dropped while disconnected"));
+    eprintln!("{}", capture_summary(&a.capture, &captured, lost));
     Ok(true)
 }
