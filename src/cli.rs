@@ -121,7 +121,12 @@ pub struct RecordArgs {
     pub capture: CaptureArgs,
 
     /// NIC whose queue zcrx registers (zero-copy receive of PCAP-over-IP on --listen).
-    #[arg(long = "zcrx-iface", alias = "iface", value_name = "IF")]
+    #[arg(
+        long = "zcrx-iface",
+        alias = "iface",
+        value_name = "IF",
+        conflicts_with = "interface"
+    )]
     pub zcrx_iface: Option<String>,
 
     /// Receive queue of --zcrx-iface; steer the listen port to it (--steer or ethtool).
@@ -696,6 +701,8 @@ mod tests {
         assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-r", "f"]).is_err());
         assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--listen", "h:1"]).is_err());
         assert!(Cli::try_parse_from(["zcap", "record", "--fanout", "2"]).is_err());
+        let both = ["zcap", "record", "-i", "eth0", "--zcrx-iface", "eth1"];
+        assert!(Cli::try_parse_from(both).is_err());
         rejected(
             &["record", "-i", "e", "-s", "262145"],
             "--snapshot-length <SNAPLEN>",

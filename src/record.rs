@@ -103,6 +103,11 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     if a.capture.dump_filter {
         return print_listings(&a.capture);
     }
+    if !a.capture.interface.is_empty() && a.rx != RxKind::Auto {
+        anyhow::bail!(
+            "--rx picks the receive backend of --listen/--connect; -i always captures with AF_PACKET"
+        );
+    }
     // Capture rings open before the archive does: a missing interface or a ring too large
     // fails the start without creating anything.
     let rings = if a.capture.interface.is_empty() {
