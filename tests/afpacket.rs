@@ -549,6 +549,12 @@ fn a_tiny_ring_under_a_flood_counts_drops_and_still_verifies() {
     let ls = run_ok(zcap().arg("ls").arg(dir.path()));
     let text = String::from_utf8_lossy(&ls.stdout);
     assert!(text.lines().next().unwrap().contains("DROPS"), "{text}");
+    assert!(
+        text.contains(&format!(
+            ", {dropped} dropped by the kernel while capturing"
+        )),
+        "{text}"
+    );
     run_ok(zcap().arg("verify").arg(dir.path()));
 }
 

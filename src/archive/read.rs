@@ -250,7 +250,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
     writeln!(
         out,
-        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}",
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}",
         live.len(),
         c.stream_names().len(),
         human_bytes(stored),
@@ -265,6 +265,10 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             format!(", {errors} stream(s) ended with an error")
         } else {
             String::new()
+        },
+        match live.iter().filter_map(|l| l.entry.drops).reduce(|a, b| a + b) {
+            Some(d) => format!(", {d} dropped by the kernel while capturing"),
+            None => String::new(),
         },
     )?;
     out.flush()?;
