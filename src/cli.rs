@@ -226,6 +226,12 @@ pub struct RecordArgs {
     /// Connections at once from one address; more are closed at once.
     #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns_per_peer: u32,
+
+    /// Accept senders only from this network (ADDR/PREFIX or one address, IPv4 or IPv6;
+    /// repeat for several). Checked on accept, before any byte is read: anyone else is
+    /// closed at once, logged and counted. Default: anyone who can reach the port.
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<crate::rx::limits::Cidr>,
 }
 
 /// Live capture from interfaces (AF_PACKET TPACKET_V3), shared by `record -i` and `send`.

@@ -60,6 +60,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         max_streams: a.max_streams,
         max_conns: a.max_conns.map(|n| n as usize),
         max_conns_per_peer: a.max_conns_per_peer as usize,
+        allow: a.allow.clone(),
     }
 }
 
@@ -317,8 +318,14 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
     } else {
         String::new()
     };
+    let kept = match s.retention_refused.load(Ordering::Relaxed) {
+        0 => String::new(),
+        n => format!(
+            "; retention left {n} segment(s) in place that do not match the manifest (see above; `zcap verify` checks them)"
+        ),
+    };
     eprintln!(
-        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{}",
+        "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{kept}{}",
         reports.len(),
         human_bytes(raw),
         human_bytes(stored),

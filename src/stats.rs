@@ -201,7 +201,8 @@ impl Drop for Live {
 pub fn rx_summary(rx: &RxStats, w: &WriterStats) -> Option<String> {
     let opened = rx.streams_opened.load(Ordering::Relaxed);
     let refused = rx.refused.load(Ordering::Relaxed);
-    if opened == 0 && refused == 0 {
+    let not_allowed = rx.not_allowed.load(Ordering::Relaxed);
+    if opened == 0 && refused == 0 && not_allowed == 0 {
         return None;
     }
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -221,6 +222,9 @@ pub fn rx_summary(rx: &RxStats, w: &WriterStats) -> Option<String> {
         line += &format!(
             "; new connections waited in the listen backlog {held} time(s) (the area was nearly full)"
         );
+    }
+    if not_allowed > 0 {
+        line += &format!("; {not_allowed} connection(s) refused: not in --allow");
     }
     if refused > 0 {
         line += &format!("; {refused} connection(s) refused by the connection limits");

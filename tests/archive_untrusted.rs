@@ -329,6 +329,11 @@ fn check_all_refuse(attack: Attack) {
         label("retention")
     );
     c.assert_named(&label("retention"), &err);
+    assert!(
+        err.contains("; retention left 1 segment(s) in place that do not match the manifest"),
+        "{}: the summary counts what retention left:\n{err}",
+        label("retention")
+    );
     let deletes: Vec<String> = manifest_lines(arch)
         .iter()
         .filter(|l| l["op"] == "delete")

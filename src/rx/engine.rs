@@ -47,6 +47,8 @@ pub struct Config {
     /// At most this many connections at once (never more than the descriptors allow).
     pub max_conns: Option<usize>,
     pub max_conns_per_peer: usize,
+    /// Networks senders may connect from (`--allow`); empty: any.
+    pub allow: Vec<super::limits::Cidr>,
 }
 
 /// Records PCAP-over-IP connections until `stop` (or `--max-streams`), then ends every stream.
@@ -62,7 +64,7 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
     let area = Area::new(count * size, a.hugepages)?;
     crate::stats::publish_area(&area);
     let nofile = super::sys::raise_nofile().unwrap_or(1024);
-    let limits = Limits::derive(nofile, a.max_conns, a.max_conns_per_peer);
+    let limits = Limits::derive(nofile, a.max_conns, a.max_conns_per_peer).allowing(&a.allow);
     if a.max_conns.is_some_and(|m| m > limits.max_conns) {
         eprintln!(
             "zcap: --max-conns lowered to {}: the descriptor limit is {nofile} and every \
@@ -77,6 +79,9 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
             let l = TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             super::sys::set_backlog(std::os::fd::AsRawFd::as_raw_fd(&l), super::conn::BACKLOG)?;
+            if let Some(w) = exposure_warning(&l, &a.allow) {
+                eprintln!("{w}");
+            }
             Source::Listen(l)
         }
     };
@@ -133,6 +138,17 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
         Some(r) => ring::run(&mut core, r),
         None => recv::run(&mut core),
     }
+}
+
+/// The one line that says what a listener off loopback with no `--allow` exposes.
+fn exposure_warning(l: &TcpListener, allow: &[super::limits::Cidr]) -> Option<String> {
+    let addr = l.local_addr().ok()?;
+    (allow.is_empty() && !addr.ip().to_canonical().is_loopback()).then(|| {
+        format!(
+            "zcap: warning: listening on {addr} without --allow: anyone who can reach this port \
+             can write into the archive, and the packets cross the network as plain TCP"
+        )
+    })
 }
 
 /// One line naming the backend (and why, for `auto`), then where we listen: tests and

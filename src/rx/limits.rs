@@ -1,6 +1,7 @@
-//! Who gets a connection slot: the total connection limit (from the descriptor limit, which
-//! `record` raises to its hard maximum at start), the per-peer limit, and a pause of
-//! accepting after EMFILE/ENFILE instead of failing. Shared by every network backend; pure
+//! Who gets a connection slot: the allowlist (`--allow`, checked on accept before any byte
+//! is read), the total connection limit (from the descriptor limit, which `record` raises to
+//! its hard maximum at start), the per-peer limit, and a pause of accepting after
+//! EMFILE/ENFILE instead of failing. Shared by every network backend; pure
 //! bookkeeping, the backends do the accepting and closing.
 //!
 //! A refused connection is accepted and closed at once (the sender sees the close), counted,
@@ -11,17 +12,107 @@ use crate::area::Area;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Descriptors kept for the archive, the manifest, rings and the program itself.
 const RESERVED_FDS: u64 = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once.
     pub max_conns: usize,
     /// Connections open at once from one address.
     pub max_per_peer: usize,
+    /// The networks a sender may connect from; empty: any.
+    pub allow: Arc<[Cidr]>,
+}
+
+/// An IPv4 or IPv6 network, `ADDR/PREFIX` (a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| {
+            format!("`{s}` is not a network: use ADDR/PREFIX, e.g. 10.0.0.0/8 or fd00::/8")
+        })?;
+        let net = net.to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("`{s}`: the prefix length must be 0 to {max}")),
+            },
+        };
+        let probe = Cidr { net, prefix };
+        if !probe.contains(net) || probe.host_bits_set() {
+            return Err(format!(
+                "`{s}` has host bits set: did you mean {}/{prefix}?",
+                probe.network()
+            ));
+        }
+        Ok(probe)
+    }
+}
+
+impl Cidr {
+    fn network(&self) -> IpAddr {
+        match self.net {
+            IpAddr::V4(n) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(n) & mask).into())
+            }
+            IpAddr::V6(n) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(n) & mask).into())
+            }
+        }
+    }
+
+    fn host_bits_set(&self) -> bool {
+        self.network() != self.net
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
 }
 
 impl Limits {
@@ -32,7 +123,18 @@ impl Limits {
         Limits {
             max_conns: max_conns.map_or(by_fds, |m| m.min(by_fds)).max(1),
             max_per_peer: max_per_peer.max(1),
+            allow: Arc::from([]),
         }
+    }
+
+    /// Only senders from `allow` get a connection (none given: any sender).
+    pub fn allowing(mut self, allow: &[Cidr]) -> Limits {
+        self.allow = allow.into();
+        self
+    }
+
+    fn allows(&self, peer: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(peer))
     }
 }
 
@@ -41,6 +143,7 @@ impl Default for Limits {
         Limits {
             max_conns: 4096,
             max_per_peer: DEFAULT_MAX_PER_PEER,
+            allow: Arc::from([]),
         }
     }
 }
@@ -50,6 +153,8 @@ pub const DEFAULT_MAX_PER_PEER: usize = 128;
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The peer is not in `--allow`.
+    NotAllowed,
     TooMany,
     PeerTooMany,
 }
@@ -82,7 +187,7 @@ impl Admission {
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.limits.clone()
     }
 
     /// Takes a slot for the connection `sock`, or says why not (counted and logged).
@@ -112,7 +217,9 @@ impl Admission {
     /// Takes a slot for a connection from `peer`, or says why not (counted and logged).
     pub fn admit(&mut self, peer: IpAddr, stats: &RxStats) -> Result<(), Refusal> {
         let from_peer = self.by_peer.get(&peer).copied().unwrap_or(0);
-        let refusal = if self.open >= self.limits.max_conns {
+        let refusal = if !self.limits.allows(peer) {
+            Some(Refusal::NotAllowed)
+        } else if self.open >= self.limits.max_conns {
             Some(Refusal::TooMany)
         } else if from_peer >= self.limits.max_per_peer {
             Some(Refusal::PeerTooMany)
@@ -120,7 +227,11 @@ impl Admission {
             None
         };
         if let Some(r) = refusal {
-            stats.add(&stats.refused, 1);
+            let counter = match r {
+                Refusal::NotAllowed => &stats.not_allowed,
+                _ => &stats.refused,
+            };
+            stats.add(counter, 1);
             let now = Instant::now();
             if self
                 .last_log
@@ -128,6 +239,7 @@ impl Admission {
             {
                 self.last_log = Some(now);
                 let why = match r {
+                    Refusal::NotAllowed => "it is not in --allow".to_string(),
                     Refusal::TooMany => format!(
                         "{} connections are open, the limit (--max-conns, and the descriptor limit)",
                         self.open
@@ -139,7 +251,7 @@ impl Admission {
                 eprintln!(
                     "zcap: refusing a connection from {}: {why}; {} refused so far",
                     peer.to_canonical(),
-                    stats.refused.load(std::sync::atomic::Ordering::Relaxed)
+                    counter.load(std::sync::atomic::Ordering::Relaxed)
                 );
             }
             return Err(r);
@@ -223,6 +335,7 @@ mod tests {
         let mut a = Admission::new(Limits {
             max_conns: 3,
             max_per_peer: 2,
+            allow: Arc::from([]),
         });
         let p: IpAddr = "10.0.0.1".parse().unwrap();
         let q: IpAddr = "10.0.0.2".parse().unwrap();
@@ -234,6 +347,52 @@ mod tests {
         a.left(p);
         assert!(a.admit(q, &stats).is_ok());
         assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn networks_parse_and_contain_their_hosts_only() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(c("127.0.0.1/32").contains("127.0.0.1".parse().unwrap()));
+        assert!(!c("127.0.0.1/32").contains("127.0.0.2".parse().unwrap()));
+        assert!(
+            c("127.0.0.1").contains("127.0.0.1".parse().unwrap()),
+            "a bare host"
+        );
+        assert!(c("10.0.0.0/8").contains("10.255.1.2".parse().unwrap()));
+        assert!(!c("10.0.0.0/8").contains("11.0.0.1".parse().unwrap()));
+        assert!(c("0.0.0.0/0").contains("192.0.2.7".parse().unwrap()));
+        assert!(c("fd00::/8").contains("fd12::1".parse().unwrap()));
+        assert!(!c("fd00::/8").contains("fe80::1".parse().unwrap()));
+        assert!(
+            !c("fd00::/8").contains("10.0.0.1".parse().unwrap()),
+            "no family mixing"
+        );
+        // A v4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        assert!(c("192.0.2.0/24").contains("::ffff:192.0.2.9".parse().unwrap()));
+        for (bad, says) in [
+            ("10.0.0.1/8", "did you mean 10.0.0.0/8?"),
+            ("10.0.0.0/33", "0 to 32"),
+            ("fd00::/129", "0 to 128"),
+            ("example.com/8", "not a network"),
+        ] {
+            let e = bad.parse::<Cidr>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_peer_outside_the_allowlist_is_refused_before_any_limit() {
+        let stats = RxStats::default();
+        let allow = ["127.0.0.1/32".parse::<Cidr>().unwrap()];
+        let mut a = Admission::new(Limits::default().allowing(&allow));
+        assert_eq!(
+            a.admit("127.0.0.2".parse().unwrap(), &stats),
+            Err(Refusal::NotAllowed)
+        );
+        assert!(a.admit("127.0.0.1".parse().unwrap(), &stats).is_ok());
+        assert_eq!(a.open(), 1, "a refused peer takes no slot");
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((get(&stats.not_allowed), get(&stats.refused)), (1, 0));
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct RxStats {
     pub starved: AtomicU64,
     /// Connections refused by the connection limits (closed at once).
     pub refused: AtomicU64,
+    /// Connections from peers outside `--allow` (closed at once, nothing read).
+    pub not_allowed: AtomicU64,
     /// accept(2) failures (out of descriptors pauses accepting).
     pub accept_errors: AtomicU64,
     /// Times accepting was held back because the area was nearly full (senders waited in

@@ -195,7 +195,7 @@ pub fn run<K: ZcrxKernel>(
         stopping: false,
         ended: 0,
         report: ZcrxReport::default(),
-        admission: Admission::new(opts.limits),
+        admission: Admission::new(opts.limits.clone()),
     };
     for s in sources.connected {
         core.open(s);
