@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Identifies one stream (one connection, one input file) across the engine and writer.
@@ -40,6 +40,10 @@ pub struct Area {
     granule: AtomicUsize,
     /// The backend found no free buffer for a receive and is holding senders back.
     starving: AtomicBool,
+    /// Packets the kernel dropped before they reached the area (live capture), counted by
+    /// the backend; `has_drops` says the source counts them at all.
+    drops: AtomicU64,
+    has_drops: AtomicBool,
 }
 
 #[derive(Default)]
@@ -80,6 +84,28 @@ impl Area {
             }
         })?;
         let ptr = map.as_mut_ptr();
+        Self::with_map(map, ptr)
+    }
+
+    /// Maps the `len`-byte receive ring of a kernel socket (an AF_PACKET TPACKET_V3 block
+    /// ring) as the area: the kernel writes the blocks, the backend lends what it retired.
+    /// The mapping keeps the socket alive until the area is dropped (it holds a reference to
+    /// the file), so the backend may close its descriptor first.
+    pub fn from_ring(fd: RawFd, len: usize) -> io::Result<Arc<Area>> {
+        // SAFETY: a shared mapping of the socket's ring; the kernel's half of the ring protocol
+        // (it writes a block only while the block's status word says it owns it) is what makes
+        // it sound, and the backend that owns the socket holds to it.
+        let mut map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len)
+                .populate()
+                .map_mut(fd)?
+        };
+        let ptr = map.as_mut_ptr();
+        Self::with_map(map, ptr)
+    }
+
+    fn with_map(map: memmap2::MmapMut, ptr: *mut u8) -> io::Result<Arc<Area>> {
         // SAFETY: plain eventfd(2) call; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -95,7 +121,23 @@ impl Area {
             lent: AtomicUsize::new(0),
             granule: AtomicUsize::new(page_size()),
             starving: AtomicBool::new(false),
+            drops: AtomicU64::new(0),
+            has_drops: AtomicBool::new(false),
         }))
+    }
+
+    /// The backend counts `n` more packets the kernel dropped before they reached the area
+    /// (0 marks the area as one whose source drops, so its segments record 0).
+    pub fn note_drops(&self, n: u64) {
+        self.has_drops.store(true, Ordering::Relaxed);
+        self.drops.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Kernel drops so far, for sources that count them (live capture), else `None`.
+    pub fn drops(&self) -> Option<u64> {
+        self.has_drops
+            .load(Ordering::Relaxed)
+            .then(|| self.drops.load(Ordering::Relaxed))
     }
 
     pub fn len(&self) -> usize {

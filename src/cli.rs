@@ -28,13 +28,16 @@ pub const MIN_BUFFERS: u64 = 4;
     version,
     about = "Record packet streams into compressed, time-indexed, tamper-evident pcap archives",
     long_about = "zcap records PCAP-over-IP streams (a pcap or pcapng stream over TCP, as \
-`tcpdump -w - | nc HOST 57012` sends) and capture files into an archive of zstd-compressed \
+`tcpdump -w - | nc HOST 57012` sends), live interfaces (`-i eth0`, AF_PACKET TPACKET_V3) and \
+capture files into an archive of zstd-compressed \
 pcap segments that stock tools read (`zstd -dc SEG | tcpdump -r -`), indexed by time and \
 chained by SHA-256 in a manifest. On NICs that support it, the bytes arrive by io_uring \
 zero-copy receive (zcrx); elsewhere by io_uring provided-buffer rings or plain recv.",
     after_help = "Examples:
   zcap record                                   listen on 127.0.0.1:57012 into ./zcap-archive
   tcpdump -i eth0 -w - | nc 127.0.0.1 57012     feed it from a sensor
+  zcap record -i eth0 --fanout 2                capture eth0 live on two threads
+  zcap send -i eth0 --to recorder:57012 tcp      a sensor: capture TCP here, record there
   zcap record -r trace.pcap -o arch             ingest a capture file
   zcap ls arch
   zcap cat arch --from 2026-11-25T10:02:00Z --to 2026-11-25T10:03:00Z | tshark -r -
@@ -51,7 +54,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Record PCAP-over-IP streams or a capture file into an archive.
+    /// Record PCAP-over-IP streams, live interfaces (-i) or a capture file into an archive.
     Record(RecordArgs),
     /// List an archive's segments: streams, time ranges, packets, bytes, compression ratio.
     Ls(LsArgs),
@@ -61,7 +64,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Send an archive or capture file as PCAP-over-IP, or serve it to whoever connects.
     Replay(ReplayArgs),
-    /// Can this host do zero-copy receive? Reports what is present and what is missing.
+    /// Capture interfaces live (-i) and stream them as PCAP-over-IP to a recorder: a sensor.
+    Send(SendArgs),
+    /// Can this host do zero-copy receive and live capture? Reports what is present and what
+    /// is missing.
     Doctor(DoctorArgs),
     /// Replay a bundled capture over loopback into a fresh archive, then list and verify it.
     Demo(DemoArgs),
@@ -84,10 +90,11 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RxKind {
-    /// The best that works here: zcrx when --iface is given and the NIC supports it, else
+    /// The best that works here: zcrx when --zcrx-iface is given and the NIC supports it, else
     /// ring, else recv; says which and why.
     Auto,
-    /// io_uring zero-copy receive on --iface/--queue (needs a capable NIC and CAP_NET_ADMIN).
+    /// io_uring zero-copy receive on --zcrx-iface/--queue (needs a capable NIC and
+    /// CAP_NET_ADMIN).
     Zcrx,
     /// io_uring multishot recv into a provided-buffer ring in the area.
     Ring,
@@ -102,15 +109,15 @@ pub enum RxKind {
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
     /// Read a pcap/pcapng capture from FILE ('-' for stdin) instead of listening.
-    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["listen", "connect"])]
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["listen", "connect", "interface"])]
     pub read: Option<PathBuf>,
 
     /// Accept PCAP-over-IP senders on this address (the default source).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "interface")]
     pub listen: Option<String>,
 
     /// Connect to a PCAP-over-IP server and record what it sends; reconnects with back-off.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interface"])]
     pub connect: Option<String>,
 
     /// Archive directory (created if missing; appended to if it exists).
@@ -125,15 +132,23 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value_t = RxKind::Auto)]
     pub rx: RxKind,
 
-    /// Interface whose queue zcrx registers on (zero-copy receive).
-    #[arg(long, value_name = "IF")]
-    pub iface: Option<String>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
-    /// Receive queue of --iface for zcrx; steer the listen port to it (--steer or ethtool).
+    /// NIC whose queue zcrx registers (zero-copy receive of PCAP-over-IP on --listen).
+    #[arg(
+        long = "zcrx-iface",
+        alias = "iface",
+        value_name = "IF",
+        conflicts_with = "interface"
+    )]
+    pub zcrx_iface: Option<String>,
+
+    /// Receive queue of --zcrx-iface; steer the listen port to it (--steer or ethtool).
     #[arg(long, value_name = "Q", default_value_t = 0)]
     pub queue: u32,
 
-    /// Install an ntuple rule steering the listen port to --queue, removed on exit.
+    /// Install an ntuple rule steering the listen port to --queue, removed on exit (zcrx).
     #[arg(long)]
     pub steer: bool,
 
@@ -239,6 +254,57 @@ pub struct RecordArgs {
     pub allow: Vec<crate::rx::limits::Cidr>,
 }
 
+/// Live capture from interfaces (AF_PACKET TPACKET_V3), shared by `record -i` and `send`.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Capture live from interface IF (AF_PACKET TPACKET_V3); repeat for several. Each capture thread is one stream, `IF-tN-START`.
+    #[arg(short = 'i', long = "interface", value_name = "IF")]
+    pub interface: Vec<String>,
+
+    /// Do not put the capture interfaces into promiscuous mode (-i).
+    #[arg(short = 'p', long = "no-promiscuous-mode", requires = "interface")]
+    pub no_promisc: bool,
+
+    /// Bytes of each packet kept by live capture (-i), as tcpdump's -s (0 to 262144; 0 is
+    /// 262144, the whole packet, as in tcpdump).
+    #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = crate::rx::afpacket::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(0..=262_144))]
+    pub snaplen: u32,
+
+    /// Capture threads per interface (-i), each with its own ring and stream, sharing the
+    /// packets by a hash of the flow (PACKET_FANOUT; 1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), requires = "interface")]
+    pub fanout: u16,
+
+    /// PACKET_FANOUT group id (0 to 65535): zcap processes with the same id share an
+    /// interface's packets (the k-th -i interface uses ID + k). Default: from the process id.
+    #[arg(long, value_name = "ID", requires = "interface")]
+    pub fanout_group: Option<u16>,
+
+    /// Size of one block of a capture ring (-i): a multiple of the page size, larger than
+    /// the snapshot length (4KiB to 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = size_in(4 << 10, 256 << 20))]
+    pub block_size: u64,
+
+    /// Blocks per capture ring (-i; 2 to 65536): more hold longer bursts before the kernel
+    /// drops. The default 64 × 4MiB holds about 200 ms at 10 Gbit/s.
+    #[arg(long, value_name = "N", default_value_t = crate::rx::afpacket::DEFAULT_BLOCK_COUNT, value_parser = clap::value_parser!(u32).range(2..=65_536))]
+    pub block_count: u32,
+
+    /// The kernel hands a capture block (-i) over after this long even if it is not full:
+    /// the latency of a quiet interface (1ms to 10s).
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration_in(Duration::from_millis(1), 10 * SECOND))]
+    pub block_timeout: Duration,
+
+    /// Print the filter as compiled for each -i interface, like `tcpdump -d`, and exit.
+    #[arg(short = 'd', requires = "interface")]
+    pub dump_filter: bool,
+
+    /// With -i: a tcpdump filter expression (e.g. `tcp port 443`), compiled by libpcap
+    /// (loaded at run time) and run by the kernel, which drops what it rejects.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, requires = "interface")]
+    pub filter: Vec<String>,
+}
+
 /// One writer per core, at most 4: compression is the work that scales.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -337,9 +403,29 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// The PCAP-over-IP receiver (`zcap record --listen`, Arkime, anything that listens);
+    /// one connection per capture thread, reconnecting with back-off.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present_any = ["dump_filter", "serve"]
+    )]
+    pub to: Option<String>,
+    /// Instead, serve the live capture as PCAP-over-IP to every client that connects
+    /// (dumpcap `-i TCP@HOST:PORT`, Arkime, NetworkMiner): one pcap stream of all capture
+    /// threads, from the moment the client connects.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "to")]
+    pub serve: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
-    /// Interface to check for zero-copy receive (default: the one with the default route).
-    #[arg(long, value_name = "IF")]
+    /// Interface to check for zero-copy receive and live capture (default: the one with the
+    /// default route).
+    #[arg(short = 'i', long, visible_alias = "interface", value_name = "IF")]
     pub iface: Option<String>,
     /// Queue to check.
     #[arg(long, value_name = "Q")]
@@ -585,6 +671,90 @@ mod tests {
             .unwrap();
         let help = words(speed);
         assert!(help.contains("(above 0, at most 1000000)"), "{help}");
+    }
+
+    #[test]
+    fn live_capture_flags_and_the_zcrx_nic_do_not_collide() {
+        let c = Cli::try_parse_from([
+            "zcap",
+            "record",
+            "-i",
+            "eth0",
+            "-i",
+            "eth1",
+            "-p",
+            "-s",
+            "1500",
+            "--fanout",
+            "2",
+            "--fanout-group",
+            "77",
+            "--block-size",
+            "1MiB",
+            "--block-count",
+            "8",
+            "--block-timeout",
+            "10ms",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.capture.interface, ["eth0", "eth1"]);
+        assert!(r.capture.no_promisc);
+        assert_eq!(
+            (r.capture.snaplen, r.capture.fanout, r.capture.fanout_group),
+            (1500, 2, Some(77))
+        );
+        assert_eq!((r.capture.block_size, r.capture.block_count), (1 << 20, 8));
+        assert_eq!(r.capture.block_timeout, Duration::from_millis(10));
+        assert_eq!(r.zcrx_iface, None);
+        // The zcrx NIC keeps its old spelling as a hidden alias.
+        for flag in ["--zcrx-iface", "--iface"] {
+            let c = Cli::try_parse_from(["zcap", "record", flag, "eth2", "--queue", "3"]).unwrap();
+            let Command::Record(r) = c.command else {
+                panic!()
+            };
+            assert_eq!(
+                (r.zcrx_iface.as_deref(), r.capture.interface.len()),
+                (Some("eth2"), 0)
+            );
+        }
+        let defaults = Cli::try_parse_from(["zcap", "record", "-i", "eth0"]).unwrap();
+        let Command::Record(r) = defaults.command else {
+            panic!()
+        };
+        assert_eq!(
+            (r.capture.snaplen, r.capture.fanout, r.capture.block_count),
+            (262_144, 1, 64)
+        );
+        assert!(!r.capture.no_promisc);
+        assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-r", "f"]).is_err());
+        assert!(Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--listen", "h:1"]).is_err());
+        assert!(Cli::try_parse_from(["zcap", "record", "--fanout", "2"]).is_err());
+        let both = ["zcap", "record", "-i", "eth0", "--zcrx-iface", "eth1"];
+        assert!(Cli::try_parse_from(both).is_err());
+        rejected(
+            &["record", "-i", "e", "-s", "262145"],
+            "--snapshot-length <SNAPLEN>",
+            "262145 is not in 0..=262144",
+        );
+        rejected(
+            &["record", "-i", "e", "--fanout", "0"],
+            "--fanout <N>",
+            "0 is not in 1..=64",
+        );
+        rejected(
+            &["record", "-i", "e", "--block-count", "1"],
+            "--block-count <N>",
+            "1 is not in 2..=65536",
+        );
+        let help = Cli::command()
+            .find_subcommand_mut("record")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("--iface"), "the alias stays hidden");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Report {
     pub zero_copy: bool,
     pub verdict: String,
     pub fixes: Vec<String>,
+    /// Live capture (`record -i`, `send`): what it needs on this host and interface.
+    pub capture: Vec<Check>,
+    pub capture_ok: bool,
+    pub capture_fixes: Vec<String>,
 }
 
 /// Number of rx queues of `iface` (`/sys/class/net/IF/queues/rx-*`).
@@ -483,6 +487,7 @@ pub fn examine(iface: Option<&str>, queue: Option<u32>) -> Report {
         blockers.push("no interface to check (pass --iface)".into());
     }
 
+    let (capture, capture_ok, capture_fixes) = capture_checks(iface.as_deref());
     let zero_copy = blockers.is_empty();
     let verdict = if zero_copy {
         format!(
@@ -503,7 +508,160 @@ pub fn examine(iface: Option<&str>, queue: Option<u32>) -> Report {
         zero_copy,
         verdict,
         fixes,
+        capture,
+        capture_ok,
+        capture_fixes,
     }
+}
+
+/// Whether the effective capability set holds capability `bit`, from /proc.
+fn has_cap(bit: u32) -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    Some(u64::from_str_radix(hex, 16).ok()? & (1 << bit) != 0)
+}
+
+/// What live capture (AF_PACKET TPACKET_V3) needs: CAP_NET_RAW, a packet socket, the
+/// interface up with a link type zcap captures, the default ring against the host's memory
+/// (packet rings are kernel memory: RLIMIT_MEMLOCK does not bound them), libpcap for filters.
+fn capture_checks(iface: Option<&str>) -> (Vec<Check>, bool, Vec<String>) {
+    use crate::rx::afpacket;
+    let (mut checks, mut ok, mut fixes) = (Vec::new(), true, Vec::new());
+    let mut check = |name, state: &'static str, detail: String| {
+        checks.push(Check {
+            name,
+            state,
+            detail,
+        })
+    };
+    match has_cap(13) {
+        Some(true) => check("cap_net_raw", "ok", "CAP_NET_RAW is effective".into()),
+        Some(false) => {
+            check(
+                "cap_net_raw",
+                "missing",
+                "no CAP_NET_RAW: opening a packet socket fails with EPERM".into(),
+            );
+            ok = false;
+            fixes.push(
+                "sudo setcap cap_net_raw,cap_net_admin+ep $(command -v zcap)   # or run as root"
+                    .into(),
+            );
+        }
+        None => check(
+            "cap_net_raw",
+            "unknown",
+            "cannot read /proc/self/status".into(),
+        ),
+    }
+    match afpacket::probe_socket() {
+        Ok(()) => check(
+            "tpacket_v3",
+            "ok",
+            "a packet socket takes TPACKET_V3".into(),
+        ),
+        Err(e) => {
+            check("tpacket_v3", "missing", e.to_string());
+            ok = false;
+        }
+    }
+    if let Some(ifn) = iface {
+        match afpacket::iface_state(ifn) {
+            Ok((up, running, linktype)) => {
+                match (up, running) {
+                    (true, true) => check("link", "ok", format!("{ifn} is up with a carrier")),
+                    (true, false) => {
+                        check("link", "missing", format!("{ifn} is up but has no carrier"))
+                    }
+                    (false, _) => {
+                        check("link", "missing", format!("{ifn} is down"));
+                        ok = false;
+                        fixes.push(format!("ip link set {ifn} up"));
+                    }
+                }
+                match linktype {
+                    Ok(lt) => check(
+                        "link_type",
+                        "ok",
+                        format!("captured as pcap link type {lt}"),
+                    ),
+                    Err(e) => {
+                        check("link_type", "missing", e.to_string());
+                        ok = false;
+                    }
+                }
+            }
+            Err(e) => {
+                check(
+                    "link",
+                    if e.kind() == io::ErrorKind::PermissionDenied {
+                        "unknown"
+                    } else {
+                        "missing"
+                    },
+                    e.to_string(),
+                );
+                ok = false;
+            }
+        }
+    }
+    let per_ring = afpacket::DEFAULT_BLOCK_SIZE as u64 * afpacket::DEFAULT_BLOCK_COUNT as u64;
+    let memlock = rlimit_memlock();
+    let memlock = memlock.map_or("unknown".into(), |m| {
+        if m == u64::MAX {
+            "unlimited".into()
+        } else {
+            crate::units::human_bytes(m)
+        }
+    });
+    match afpacket::ring_fits(per_ring, 1) {
+        (Ok(()), avail) => check(
+            "ring_memory",
+            "ok",
+            format!(
+                "the default ring ({}) fits: {} available; each --fanout thread takes one \
+                 (kernel memory, not bounded by RLIMIT_MEMLOCK = {memlock})",
+                crate::units::human_bytes(per_ring),
+                avail.map_or("unknown".into(), crate::units::human_bytes)
+            ),
+        ),
+        (Err(e), _) => {
+            check("ring_memory", "missing", e.to_string());
+            ok = false;
+            fixes.push("zcap record -i IF --block-count 16   # a 64 MiB ring".into());
+        }
+    }
+    match afpacket::libpcap() {
+        Ok(v) => check("libpcap", "ok", format!("filters compile with {v}")),
+        Err(e) => {
+            check(
+                "libpcap",
+                "missing",
+                format!("{e}; capture without a filter works"),
+            );
+            fixes.push("apt-get install libpcap0.8   # for capture filters".into());
+        }
+    }
+    (checks, ok, fixes)
+}
+
+fn rlimit_memlock() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into our local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return None;
+    }
+    Some(if r.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        r.rlim_cur
+    })
 }
 
 /// `zcap doctor`: prints the report; `Ok(true)` when zero-copy receive is available.
@@ -535,6 +693,32 @@ pub fn run(iface: Option<&str>, queue: Option<u32>, json: bool) -> anyhow::Resul
     }
     if !r.zero_copy {
         println!("zcap record --rx auto falls back to the io_uring `ring` backend here.");
+    }
+    println!(
+        "live capture (record -i, send) on {}:",
+        r.iface.as_deref().unwrap_or("(no interface)")
+    );
+    for c in &r.capture {
+        let mark = match c.state {
+            "ok" => "ok     ",
+            "missing" => "MISSING",
+            _ => "unknown",
+        };
+        println!("  {mark}  {:<13} {}", c.name, c.detail);
+    }
+    println!(
+        "verdict: {}",
+        if r.capture_ok {
+            "live capture works here"
+        } else {
+            "live capture is not ready (see above)"
+        }
+    );
+    if !r.capture_fixes.is_empty() {
+        println!("to fix:");
+        for f in &r.capture_fixes {
+            println!("  {f}");
+        }
     }
     Ok(r.zero_copy)
 }

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod record;
 pub mod replay;
 pub mod rx;
+pub mod send;
 pub mod stats;
 pub mod steer;
 pub mod stream;

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => read::cat(&cat_options(a)),
         Command::Verify(a) => verify::run(&verify_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
+        Command::Send(a) => zcap::send::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json),
         Command::Demo(a) => zcap::demo::run(a),
         Command::Keygen(a) => zcap::archive::sign::keygen(&a.out)

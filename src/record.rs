@@ -3,7 +3,7 @@
 //! the summary. Owns no data path of its own.
 
 use crate::area::Area;
-use crate::cli::{RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
+use crate::cli::{CaptureArgs, RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
 use crate::rx::{self, Events, RxStats};
 use crate::units::{human_bytes, size_text};
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
@@ -51,7 +51,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
             .clone()
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         connect: a.connect.clone(),
-        iface: a.iface.clone(),
+        iface: a.zcrx_iface.clone(),
         queue: a.queue,
         steer: a.steer,
         hugepages: a.hugepages,
@@ -64,9 +64,69 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
     }
 }
 
+/// Live capture's settings from the command line.
+pub fn capture_config(a: &CaptureArgs) -> rx::afpacket::Config {
+    rx::afpacket::Config {
+        interfaces: a.interface.clone(),
+        promisc: !a.no_promisc,
+        // tcpdump's -s 0: the whole packet.
+        snaplen: if a.snaplen == 0 {
+            rx::afpacket::DEFAULT_SNAPLEN
+        } else {
+            a.snaplen
+        },
+        fanout: a.fanout,
+        fanout_group: a.fanout_group,
+        block_size: a.block_size as u32,
+        block_count: a.block_count,
+        block_timeout: a.block_timeout,
+        filter: (!a.filter.is_empty()).then(|| a.filter.join(" ")),
+    }
+}
+
+/// `-d`: the filter as compiled for each interface, like `tcpdump -d`.
+pub(crate) fn print_listings(a: &CaptureArgs) -> anyhow::Result<bool> {
+    let listings = rx::afpacket::listings(&capture_config(a))?;
+    for (iface, lines) in &listings {
+        if listings.len() > 1 {
+            println!("{iface}:");
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(true)
+}
+
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
+    if a.capture.dump_filter {
+        return print_listings(&a.capture);
+    }
+    if !a.capture.interface.is_empty() && a.rx != RxKind::Auto {
+        anyhow::bail!(
+            "--rx picks the receive backend of --listen/--connect; -i always captures with AF_PACKET"
+        );
+    }
+    // Capture rings open before the archive does: a missing interface or a ring too large
+    // fails the start without creating anything.
+    let rings = if a.capture.interface.is_empty() {
+        None
+    } else {
+        let cfg = capture_config(&a.capture);
+        let rings = rx::afpacket::open(&cfg)?;
+        eprintln!(
+            "zcap: rx: afpacket ({} ring(s) of {} × {} on {}{})",
+            rings.len(),
+            cfg.block_count,
+            size_text(a.capture.block_size),
+            a.capture.interface.join(", "),
+            if cfg.promisc { ", promiscuous" } else { "" }
+        );
+        Some(rings)
+    };
+    let mut captured = Vec::new();
     let stats = Arc::new(WriterStats::default());
     let mut cfg = writer_config(a);
     cfg.sign = a
@@ -110,7 +170,11 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         Arc::clone(&rx_stats),
         Arc::clone(&stats),
     );
-    let source = if let Some(path) = &a.read {
+    let source = if let Some(rings) = rings {
+        let r = rx::afpacket::run(rings, 1, &tx, &stop, &rx_stats);
+        drop(tx);
+        r.map(|reps| captured = reps).map_err(anyhow::Error::from)
+    } else if let Some(path) = &a.read {
         let area =
             Area::new(a.area_size as usize, a.hugepages).context("mapping the receive area")?;
         let (input, label): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
@@ -160,7 +224,12 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     live.finish();
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
-    if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
+    if !captured.is_empty() {
+        let unarchived = stats.discarded_bytes.load(Ordering::Relaxed);
+        let lost = (unarchived > 0)
+            .then(|| format!("{unarchived} captured bytes not archived (named above)"));
+        eprintln!("{}", capture_summary(&a.capture, &captured, lost));
+    } else if let Some(l) = crate::stats::rx_summary(&rx_stats, &stats) {
         eprintln!("{l}");
     }
     let unwritten = stats.unwritten_bytes.load(Ordering::Relaxed);
@@ -190,6 +259,55 @@ fn check_buffers(area: u64, buf: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The kernel's side of live capture: what the rings saw and dropped, and when anything was
+/// dropped, what to change. `lost` names what was captured and then not kept (not archived,
+/// not sent); "nothing was lost" only when there is no such thing and no kernel drop.
+pub(crate) fn capture_summary(
+    a: &CaptureArgs,
+    reps: &[rx::afpacket::RingReport],
+    lost: Option<String>,
+) -> String {
+    let (mut seen, mut drops, mut freezes) = (0u64, 0u64, 0u64);
+    for r in reps {
+        seen += r.stats.packets;
+        drops += r.stats.drops;
+        freezes += r.stats.freezes;
+    }
+    let mut line = format!(
+        "zcap: capture: the kernel saw {seen} packets on {} ring(s), delivered {}, dropped {drops}",
+        reps.len(),
+        seen - drops.min(seen)
+    );
+    let nothing_lost = lost.is_none();
+    if let Some(l) = lost {
+        line.push_str("; ");
+        line.push_str(&l);
+    }
+    if drops == 0 {
+        if nothing_lost {
+            line.push_str("; nothing was lost");
+        }
+        return line;
+    }
+    let per: Vec<String> = reps
+        .iter()
+        .filter(|r| r.stats.drops > 0)
+        .map(|r| format!("{} {}", r.name, r.stats.drops))
+        .collect();
+    line.push_str(&format!(
+        " ({:.2}%; {}), ring full {freezes} time(s). To drop fewer: more blocks (--block-count {}, \
+         now {} × {} per ring), more capture threads (--fanout {}), faster or no compression \
+         (--compress), or capture less (a filter, a smaller -s)",
+        drops as f64 * 100.0 / seen.max(1) as f64,
+        per.join(", "),
+        a.block_count.saturating_mul(4).min(65_536),
+        a.block_count,
+        size_text(a.block_size),
+        (a.fanout * 2).min(64),
+    ));
+    line
 }
 
 fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f64) {
@@ -229,6 +347,70 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn ring(name: &str, packets: u64, drops: u64) -> rx::afpacket::RingReport {
+        rx::afpacket::RingReport {
+            name: name.into(),
+            iface: "eth0".into(),
+            stats: rx::afpacket::Stats {
+                packets,
+                drops,
+                freezes: drops.min(1),
+            },
+            blocks: 1,
+        }
+    }
+
+    #[test]
+    fn snaplen_zero_is_the_whole_packet_as_in_tcpdump() {
+        let cli =
+            crate::cli::Cli::try_parse_from(["zcap", "record", "-i", "eth0", "-s", "0"]).unwrap();
+        let crate::cli::Command::Record(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(capture_config(&a.capture).snaplen, 262_144);
+    }
+
+    #[test]
+    fn the_capture_summary_says_what_was_dropped_and_what_to_change() {
+        let cli =
+            crate::cli::Cli::try_parse_from(["zcap", "record", "-i", "eth0", "--fanout", "2"])
+                .unwrap();
+        let crate::cli::Command::Record(a) = cli.command else {
+            panic!()
+        };
+        let quiet = capture_summary(&a.capture, &[ring("a", 10, 0), ring("b", 5, 0)], None);
+        assert_eq!(
+            quiet,
+            "zcap: capture: the kernel saw 15 packets on 2 ring(s), delivered 15, dropped 0; \
+             nothing was lost"
+        );
+        let l = capture_summary(&a.capture, &[ring("a", 100, 25), ring("b", 100, 0)], None);
+        assert!(
+            l.contains("delivered 175, dropped 25 (12.50%; a 25)"),
+            "{l}"
+        );
+        assert!(l.contains("ring full 1 time(s)"), "{l}");
+        for fix in [
+            "--block-count 256",
+            "now 64 × 4MiB",
+            "--fanout 4",
+            "--compress",
+            "a filter",
+        ] {
+            assert!(l.contains(fix), "{fix}: {l}");
+        }
+        let l = capture_summary(
+            &a.capture,
+            &[ring("a", 10, 0)],
+            Some("99 bytes gone".into()),
+        );
+        assert!(
+            l.contains("; 99 bytes gone") && !l.contains("nothing"),
+            "{l}"
+        );
+    }
 
     #[test]
     fn the_area_must_hold_four_buffers() {

@@ -44,6 +44,10 @@ pub struct Snapshot {
     pub area_size: u64,
     pub disk_full_events: u64,
     pub blocked_secs: f64,
+    /// Live capture: packets the kernel's rings saw, dropped, and ring-full events.
+    pub kernel_packets: u64,
+    pub kernel_drops: u64,
+    pub ring_freezes: u64,
 }
 
 impl Snapshot {
@@ -65,6 +69,9 @@ impl Snapshot {
             area_size: len as u64,
             disk_full_events: ld(&w.disk_full_events),
             blocked_secs: ld(&w.blocked_ns) as f64 / 1e9,
+            kernel_packets: ld(&rx.capture_packets),
+            kernel_drops: ld(&rx.capture_drops),
+            ring_freezes: ld(&rx.capture_freezes),
         }
     }
 
@@ -77,7 +84,7 @@ impl Snapshot {
     /// The live line (no newline).
     pub fn line(&self, prev: &Snapshot) -> String {
         format!(
-            "zcap: {} open / {} streams, {} packets, {} in, {} stored, {:.1} MB/s, area {} of {} in use{}",
+            "zcap: {} open / {} streams, {} packets, {} in, {} stored, {:.1} MB/s, area {} of {} in use{}{}",
             self.streams_open,
             self.streams_total,
             self.packets,
@@ -87,6 +94,11 @@ impl Snapshot {
             human_bytes(self.area_in_use),
             human_bytes(self.area_size),
             if self.starved > prev.starved { ", backpressure" } else { "" },
+            if self.kernel_packets > 0 {
+                format!(", kernel dropped {} of {}", self.kernel_drops, self.kernel_packets)
+            } else {
+                String::new()
+            },
         )
     }
 
@@ -108,6 +120,9 @@ impl Snapshot {
             "disk_full_events": self.disk_full_events,
             "blocked_s": self.blocked_secs,
             "starved": self.starved,
+            "kernel_packets": self.kernel_packets,
+            "kernel_drops": self.kernel_drops,
+            "ring_freezes": self.ring_freezes,
         })
         .to_string()
     }
@@ -263,7 +278,19 @@ mod tests {
         assert_eq!(v["packets"], 10);
         assert_eq!(v["streams_open"], 2);
         assert_eq!(v["area_in_use"], 4096);
+        assert_eq!(v["kernel_drops"], 0);
         let line = s.line(&prev);
+        assert!(!line.contains("kernel dropped"), "{line}");
+        let c = Snapshot {
+            kernel_packets: 100,
+            kernel_drops: 7,
+            ..s
+        };
+        assert!(c.line(&prev).contains("kernel dropped 7 of 100"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&c.json(&prev)).unwrap()["kernel_drops"],
+            7
+        );
         assert!(line.contains("2 open / 3 streams"), "{line}");
         assert!(line.contains("2.0 MB/s"), "{line}");
     }

@@ -181,6 +181,7 @@ fn consume(c: Consumer, rx: Receiver<Event>, stop: Arc<AtomicBool>) -> HashMap<S
                     verify(&h, "when released");
                 }
             }
+            Event::Records { .. } => panic!("zcrx lends byte chunks, never record blocks"),
             Event::End { stream, error } => {
                 // A writer persists the stream's last frame and releases all its chunks.
                 held.retain(|h| {

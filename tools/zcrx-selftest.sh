@@ -3,7 +3,7 @@
 #
 # Runs `zcap doctor`; changes the NIC only with --configure; generates a pcap of --size GiB,
 # has the peer send it as PCAP-over-IP (over ssh, with nc on the peer) into
-# `zcap record --rx zcrx --iface IF --queue Q --steer`; checks `zcap cat` of the archive
+# `zcap record --rx zcrx --zcrx-iface IF --queue Q --steer`; checks `zcap cat` of the archive
 # against the sent capture byte for byte; prints throughput and how many streams arrived by
 # the kernel's copy fallback (not steered to the queue). See docs/ZCRX.md.
 set -euo pipefail
@@ -87,7 +87,7 @@ BYTES=$(stat -c %s "$WORK/sent.pcap")
 scp -q "$WORK/sent.pcap" "$PEER:/tmp/zcrx-selftest-sent.pcap" || die "cannot copy the capture to $PEER"
 
 say "4/5 recording from $PEER into $WORK/archive (zcrx on $IFACE queue $QUEUE, --steer)"
-"$ZCAP" record --listen "0.0.0.0:$PORT" --rx zcrx --iface "$IFACE" --queue "$QUEUE" --steer \
+"$ZCAP" record --listen "0.0.0.0:$PORT" --rx zcrx --zcrx-iface "$IFACE" --queue "$QUEUE" --steer \
   -o "$WORK/archive" 2>"$WORK/record.log" &
 ZPID=$!
 for _ in $(seq 50); do

@@ -340,6 +340,7 @@ mod tests {
                 sha256: String::new(),
                 time: String::new(),
                 repaired: false,
+                drops: None,
             })
         };
         w.append(&seg("s/000001.pcap.zst")).unwrap();

@@ -73,6 +73,10 @@ pub struct SegmentEntry {
     pub time: String,
     #[serde(default)]
     pub repaired: bool,
+    /// Live capture: packets the kernel dropped while the segment was open (absent for
+    /// sources that cannot drop, and in archives from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drops: Option<u64>,
 }
 
 /// A parsed manifest line with its chain fields.

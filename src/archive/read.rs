@@ -62,6 +62,8 @@ struct Row {
     packets: Option<u64>,
     stored: u64,
     raw: Option<u64>,
+    /// Kernel drops while the segment was open (live capture only).
+    drops: Option<u64>,
     status: String,
     json: serde_json::Value,
 }
@@ -97,6 +99,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
                 packets: Some(e.packets),
                 stored: e.bytes,
                 raw: Some(e.raw),
+                drops: e.drops,
                 status: status.into(),
                 json: serde_json::json!({
                     "stream": e.stream,
@@ -115,6 +118,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
                     "raw": e.raw,
                     "ratio": ratio(e.raw, e.bytes),
                     "sha256": e.sha256,
+                    "drops": e.drops,
                     "status": status,
                 }),
             });
@@ -133,6 +137,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             packets: None,
             stored: size,
             raw: None,
+            drops: None,
             status: "partial".into(),
             json: serde_json::json!({
                 "stream": d.stream,
@@ -155,6 +160,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             packets: Some(e.packets),
             stored: 0,
             raw: None,
+            drops: None,
             status: format!("error: {err}"),
             json: serde_json::json!({
                 "stream": e.stream,
@@ -176,10 +182,12 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
         out.flush()?;
         return Ok(true);
     }
-    let cells: Vec<[String; 9]> = rows
+    // Live-capture archives get a DROPS column (kernel drops while each segment was open).
+    let drops = rows.iter().any(|r| r.drops.is_some());
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut c = vec![
                 r.stream.clone(),
                 r.seq.map_or("-".into(), |s| s.to_string()),
                 rfc3339(r.first),
@@ -196,13 +204,20 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
                     _ => "-".into(),
                 },
                 r.status.clone(),
-            ]
+            ];
+            if drops {
+                c.insert(8, r.drops.map_or("-".into(), |d| d.to_string()));
+            }
+            c
         })
         .collect();
-    let head = [
+    let mut head = vec![
         "STREAM", "SEQ", "FIRST", "LAST", "PACKETS", "STORED", "RAW", "RATIO", "STATUS",
     ];
-    let mut w = head.map(str::len);
+    if drops {
+        head.insert(8, "DROPS");
+    }
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for c in &cells {
         for (i, s) in c.iter().enumerate() {
             w[i] = w[i].max(s.len());
@@ -211,7 +226,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let line = |out: &mut BufWriter<_>, c: &[&str]| -> io::Result<()> {
         let mut s = String::new();
         for (i, cell) in c.iter().enumerate() {
-            let right = matches!(i, 1 | 4 | 5 | 6 | 7);
+            let right = matches!(i, 1 | 4 | 5 | 6 | 7) || (drops && i == 8);
             if i + 1 == c.len() {
                 s.push_str(cell);
             } else if right {
@@ -235,7 +250,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
     writeln!(
         out,
-        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}",
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}",
         live.len(),
         c.stream_names().len(),
         human_bytes(stored),
@@ -250,6 +265,10 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             format!(", {errors} stream(s) ended with an error")
         } else {
             String::new()
+        },
+        match live.iter().filter_map(|l| l.entry.drops).reduce(|a, b| a + b) {
+            Some(d) => format!(", {d} dropped by the kernel while capturing"),
+            None => String::new(),
         },
     )?;
     out.flush()?;

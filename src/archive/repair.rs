@@ -378,6 +378,7 @@ fn append_segment(
         sha256,
         time: now(),
         repaired,
+        drops: None,
     }))
     .map_err(|e| e.to_string())
 }

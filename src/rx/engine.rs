@@ -106,7 +106,7 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
                 Err(reason) => reason,
             }
         }
-        _ => "no --iface given".to_string(),
+        _ => "no --zcrx-iface given".to_string(),
     };
     let backend = match a.rx {
         Backend::Recv => {
@@ -168,14 +168,14 @@ fn announce(backend: &str, why: Option<String>, core: &Core) {
 }
 
 /// The single call site of the zcrx backend (src/rx/zcrx/): registers an interface queue on
-/// `--iface`/`--queue` over the same area, optionally steers the listen port to it, and runs
+/// `--zcrx-iface`/`--queue` over the same area, optionally steers the listen port to it, and runs
 /// zero-copy receive. `Err(reason)` in words when zcrx cannot run here, in which case `auto`
 /// falls back to `ring`; `Ok(result)` once it ran.
 fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
     let iface = a
         .iface
         .as_deref()
-        .ok_or("--iface IF names the NIC whose queue receives zero-copy")?;
+        .ok_or("--zcrx-iface IF names the NIC whose queue receives zero-copy")?;
     let mut ifq =
         zcrx::register(iface, a.queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
     let _rules = match (&core.source, a.steer) {

@@ -6,8 +6,11 @@
 //! - `zcrx`: io_uring zero-copy receive into the area (NIC queue with a memory provider);
 //! - `ring`: io_uring multishot recv into a provided-buffer ring carved from the area;
 //! - `recv`: plain recv(2) + epoll into area buffers, for hosts without io_uring;
-//! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`).
+//! - `file`: read(2) of a capture file or stdin into area buffers (`record --read`);
+//! - `afpacket`: live capture from interfaces on TPACKET_V3 block rings (`record -i`): the
+//!   ring is the area, each block is lent whole as [`Event::Records`].
 
+pub mod afpacket;
 pub mod bufring;
 pub mod bufs;
 pub mod conn;
@@ -38,6 +41,12 @@ pub enum Event {
     },
     /// Stream bytes, in order for that stream.
     Data(Chunk),
+    /// Whole records lent from one piece of the area (an AF_PACKET block): each span is one
+    /// complete unit of the stream (a pcap record header written in place before its packet
+    /// bytes), in stream order, inside `block`. The block goes back when the writer has
+    /// persisted its last span. One event per block, so nothing is sent or allocated per
+    /// packet.
+    Records { block: Chunk, spans: Vec<Span> },
     /// The stream ended: `None` for an orderly end, or the transport error in words.
     End {
         stream: StreamId,
@@ -49,9 +58,16 @@ impl Event {
     pub fn stream(&self) -> StreamId {
         match self {
             Event::Open { stream, .. } | Event::End { stream, .. } => *stream,
-            Event::Data(chunk) => chunk.stream(),
+            Event::Data(chunk) | Event::Records { block: chunk, .. } => chunk.stream(),
         }
     }
+}
+
+/// `len` bytes at `off` inside a [`Event::Records`] block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub off: u32,
+    pub len: u32,
 }
 
 /// The way from the backends to the writer threads. Every event of a stream goes to the same
@@ -101,6 +117,11 @@ pub struct RxStats {
     /// Times accepting was held back because the area was nearly full (senders waited in
     /// the listen backlog).
     pub admission_held: AtomicU64,
+    /// Live capture (afpacket): packets the kernel's rings saw, of those dropped (no free
+    /// block), and times a ring froze full — summed over the rings (PACKET_STATISTICS).
+    pub capture_packets: AtomicU64,
+    pub capture_drops: AtomicU64,
+    pub capture_freezes: AtomicU64,
 }
 
 impl RxStats {

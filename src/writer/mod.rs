@@ -174,8 +174,12 @@ pub enum WriterError {
 
 struct Held {
     /// Shared with the frames in flight that hold some of its bytes: the buffer goes back
-    /// when the last of them is persisted.
+    /// when the last of them is persisted. A held piece is `len` bytes at `off` in it: the
+    /// whole chunk of a byte-stream backend, or one record of an [`Event::Records`] block
+    /// (every record of the block shares the one `Arc`, so nothing is allocated per record).
     chunk: Arc<Chunk>,
+    off: usize,
+    len: usize,
     start: u64,
     /// Area granules this chunk is charged for: those it touches that the chunk before it
     /// in the stream does not.
@@ -184,7 +188,16 @@ struct Held {
 
 impl Held {
     fn end(&self) -> u64 {
-        self.start + self.chunk.len() as u64
+        self.start + self.len as u64
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.chunk.bytes()[self.off..self.off + self.len]
+    }
+
+    /// Offset of the piece's first byte in the area.
+    fn area_off(&self) -> usize {
+        self.chunk.offset() + self.off
     }
 }
 
@@ -282,6 +295,9 @@ struct StreamState {
     section_segments: u64,
     /// Link types declared in the open segment (its section's, as of its last IDB).
     seg_linktypes: Arc<[u32]>,
+    /// The area's kernel drop count when the previous segment was finalized (live capture):
+    /// each segment records the drops since, so a stream's segments add up to all of them.
+    seg_drops_from: u64,
     /// Set when the disk was still full at shutdown: bytes received and not written.
     unwritten: Option<u64>,
     /// Work for the persist step, in stream order: frames (compressing in the pool or to be
@@ -347,6 +363,17 @@ enum Until {
 impl StreamState {
     fn push(&mut self, chunk: Chunk, cx: &mut Ctx) -> io::Result<()> {
         let len = chunk.len();
+        self.push_piece(Arc::new(chunk), 0, len, cx)
+    }
+
+    /// Frames `len` bytes at `off` of `chunk` as the stream's next bytes.
+    fn push_piece(
+        &mut self,
+        chunk: Arc<Chunk>,
+        off: usize,
+        len: usize,
+        cx: &mut Ctx,
+    ) -> io::Result<()> {
         self.received += len as u64;
         if self.failed.is_some() {
             // Dropping the chunk releases it; its bytes are counted, not archived.
@@ -357,11 +384,13 @@ impl StreamState {
         }
         self.last_data = Instant::now();
         let start = self.framer.position();
-        chunk.prefetch();
-        let charge = self.charge_of(&chunk);
+        crate::area::prefetch(&chunk.bytes()[off..off + len]);
+        let charge = self.charge_of(chunk.offset() + off, len);
         self.charge += charge;
         self.held.push_back(Held {
-            chunk: Arc::new(chunk),
+            chunk,
+            off,
+            len,
             start,
             charge,
         });
@@ -370,7 +399,7 @@ impl StreamState {
         while pos < len {
             // The chunk stays the newest held one: cuts only release chunks wholly before the
             // open frame, and this one still has unframed bytes.
-            let newest = &self.held.back().expect("pushed above").chunk;
+            let newest = self.held.back().expect("pushed above");
             let step = self.framer.step(&newest.bytes()[pos..]);
             let (n, unit) = match step {
                 Ok(r) => r,
@@ -398,17 +427,18 @@ impl StreamState {
         Ok(())
     }
 
-    /// Granules `chunk` adds to what the stream holds (see [`Held::charge`]).
-    fn charge_of(&self, chunk: &Chunk) -> u64 {
-        if chunk.is_empty() {
+    /// Granules a piece of `len` bytes at area offset `off` adds to what the stream holds
+    /// (see [`Held::charge`]).
+    fn charge_of(&self, off: usize, len: usize) -> u64 {
+        if len == 0 {
             return 0;
         }
         let g = self.area.granule();
-        let (first, last) = (chunk.offset() / g, (chunk.offset() + chunk.len() - 1) / g);
-        let shared = self.held.back().is_some_and(|h| {
-            let c = &h.chunk;
-            !c.is_empty() && (c.offset() + c.len() - 1) / g == first
-        });
+        let (first, last) = (off / g, (off + len - 1) / g);
+        let shared = self
+            .held
+            .back()
+            .is_some_and(|h| h.len > 0 && (h.area_off() + h.len - 1) / g == first);
         (last - first + 1) as u64 - u64::from(shared)
     }
 
@@ -464,16 +494,15 @@ impl StreamState {
         for h in &self.held {
             let (s, e) = (h.start.max(from), h.end().min(upto));
             if s < e {
-                self.spill.extend_from_slice(
-                    &h.chunk.bytes()[(s - h.start) as usize..(e - h.start) as usize],
-                );
+                self.spill
+                    .extend_from_slice(&h.bytes()[(s - h.start) as usize..(e - h.start) as usize]);
             }
         }
         debug_assert_eq!(self.spill_start + self.spill.len() as u64, upto);
         cx.stats.copy_in_use.fetch_add(need, Ordering::Relaxed);
         cx.stats.copied_bytes.fetch_add(need, Ordering::Relaxed);
         for h in self.held.drain(..) {
-            *cx.held_total -= h.chunk.len() as u64;
+            *cx.held_total -= h.len as u64;
         }
         self.charge = 0;
         Ok(())
@@ -718,7 +747,7 @@ impl StreamState {
                 if s < e {
                     parts.0.push(Part {
                         src: Source::Chunk(Arc::clone(&h.chunk)),
-                        off: (s - h.start) as usize,
+                        off: h.off + (s - h.start) as usize,
                         len: (e - s) as usize,
                     });
                 }
@@ -894,13 +923,13 @@ impl StreamState {
             .is_some_and(|h| h.end() <= self.frame.start)
         {
             let h = self.held.pop_front().expect("checked");
-            *cx.held_total -= h.chunk.len() as u64;
+            *cx.held_total -= h.len as u64;
             self.charge -= h.charge;
             if let Some(next) = self.held.front_mut() {
                 // The new front no longer shares its first granule with a held chunk.
                 let g = self.area.granule();
-                let popped_last = (h.chunk.offset() + h.chunk.len().max(1) - 1) / g;
-                if !next.chunk.is_empty() && next.chunk.offset() / g == popped_last {
+                let popped_last = (h.area_off() + h.len.max(1) - 1) / g;
+                if next.len > 0 && next.area_off() / g == popped_last {
                     next.charge += 1;
                     self.charge += 1;
                 }
@@ -920,7 +949,7 @@ impl StreamState {
 
     fn release_all(&mut self, cx: &mut Ctx) {
         for h in self.held.drain(..) {
-            *cx.held_total -= h.chunk.len() as u64;
+            *cx.held_total -= h.len as u64;
         }
         self.charge = 0;
         self.free_spill(cx);
@@ -951,6 +980,7 @@ impl StreamState {
             _ => ("pcapng", false),
         };
         let now = SystemTime::now();
+        let drops_now = self.area.drops();
         let entry = Entry::Segment(SegmentEntry {
             stream: self.name.clone(),
             seq,
@@ -969,7 +999,9 @@ impl StreamState {
             sha256,
             time: humantime::format_rfc3339_seconds(now).to_string(),
             repaired: false,
+            drops: drops_now.map(|d| d.saturating_sub(self.seg_drops_from)),
         });
+        self.seg_drops_from = drops_now.unwrap_or(0);
         let appended = space::persist(cx, Step::Manifest, 0, |cx| {
             lock_shared(cx.shared).manifest.append(&entry)
         });
@@ -1385,6 +1417,42 @@ impl Writer {
                 }
                 None => Ok(()), // unknown or finished stream: dropping releases the chunk
             },
+            Event::Records { block, spans } => match self.streams.get_mut(&block.stream()) {
+                Some(st) if st.unwritten.is_some() => {
+                    let n: u64 = spans.iter().map(|s| s.len as u64).sum();
+                    *st.unwritten.get_or_insert(0) += n;
+                    self.stats.unwritten_bytes.fetch_add(n, Ordering::Relaxed);
+                    Ok(()) // dropping releases the block
+                }
+                Some(st) => {
+                    let mut cx = ctx!(self);
+                    let block = Arc::new(block);
+                    let mut r = Ok(());
+                    for s in &spans {
+                        r = st.push_piece(
+                            Arc::clone(&block),
+                            s.off as usize,
+                            s.len as usize,
+                            &mut cx,
+                        );
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    // A capture ring the writer holds too much of makes the kernel drop:
+                    // hand the open frame on now rather than at its full size.
+                    if r.is_ok() && st.failed.is_none() && st.area.under_pressure() {
+                        r = st.cut(&mut cx);
+                    }
+                    match r {
+                        Err(e) => st.absorb(e, &mut cx),
+                        ok => ok,
+                    }
+                    .and_then(|()| self.find_copy_budget())
+                    .and_then(|()| self.persist_ready(true))
+                }
+                None => Ok(()),
+            },
             Event::End { stream, error } => match self.streams.remove(&stream) {
                 Some(st) => st.end(error, &mut ctx!(self)).map(|r| self.reports.push(r)),
                 None => Ok(()),
@@ -1528,6 +1596,7 @@ impl Writer {
                 segments: 0,
                 section_segments: 0,
                 seg_linktypes: Arc::from([]),
+                seg_drops_from: 0,
                 unwritten: None,
             },
         );
