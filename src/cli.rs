@@ -242,6 +242,18 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = crate::rx::limits::DEFAULT_MAX_PER_PEER as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns_per_peer: u32,
 
+    /// After setting up (binding, opening rings and NIC queues, opening the archive), become
+    /// USER as tcpdump -Z does: the archive directory is handed to USER, groups, gid and uid
+    /// change, and every capability is dropped for good. Not with --steer (removing its
+    /// rules at exit needs CAP_NET_ADMIN).
+    #[arg(
+        short = 'Z',
+        long = "relinquish-privileges",
+        value_name = "USER",
+        conflicts_with = "steer"
+    )]
+    pub user: Option<String>,
+
     /// Sign the manifest with this Ed25519 private key (PEM, from `zcap keygen`): every
     /// line is followed by a signature of the chain head, which `verify --key` checks.
     #[arg(long, value_name = "KEY")]

@@ -61,6 +61,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         max_conns: a.max_conns.map(|n| n as usize),
         max_conns_per_peer: a.max_conns_per_peer as usize,
         allow: a.allow.clone(),
+        drop_to: None,
     }
 }
 
@@ -128,6 +129,11 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     };
     let mut captured = Vec::new();
     let stats = Arc::new(WriterStats::default());
+    let drop_to = a
+        .user
+        .as_deref()
+        .map(|u| crate::privdrop::Target::resolve(u, &a.output))
+        .transpose()?;
     let mut cfg = writer_config(a);
     cfg.sign = a
         .sign_key
@@ -171,6 +177,9 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         Arc::clone(&stats),
     );
     let source = if let Some(rings) = rings {
+        if let Some(t) = &drop_to {
+            crate::privdrop::apply(t)?;
+        }
         let r = rx::afpacket::run(rings, 1, &tx, &stop, &rx_stats);
         drop(tx);
         r.map(|reps| captured = reps).map_err(anyhow::Error::from)
@@ -198,6 +207,9 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
                 crate::archive::compact_time(std::time::SystemTime::now())
             )
         });
+        if let Some(t) = &drop_to {
+            crate::privdrop::apply(t)?;
+        }
         let r = rx::file::run(
             input,
             name,
@@ -211,7 +223,11 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         drop(tx);
         r.map(|_| ()).map_err(anyhow::Error::from)
     } else {
-        rx::engine::run(&engine_config(a), tx, &stop, &rx_stats).map_err(anyhow::Error::from)
+        let cfg = rx::engine::Config {
+            drop_to: drop_to.clone(),
+            ..engine_config(a)
+        };
+        rx::engine::run(&cfg, tx, &stop, &rx_stats).map_err(anyhow::Error::from)
     };
     let mut reports = Vec::new();
     for w in writers {

@@ -49,6 +49,13 @@ pub struct Config {
     pub max_conns_per_peer: usize,
     /// Networks senders may connect from (`--allow`); empty: any.
     pub allow: Vec<super::limits::Cidr>,
+    /// Who to become once the listener is bound and the backend set up (`-Z`).
+    pub drop_to: Option<crate::privdrop::Target>,
+}
+
+/// Becomes the `-Z` user, if any: called once everything that needs privileges is set up.
+fn relinquish(a: &Config) -> io::Result<()> {
+    a.drop_to.as_ref().map_or(Ok(()), crate::privdrop::apply)
 }
 
 /// Records PCAP-over-IP connections until `stop` (or `--max-streams`), then ends every stream.
@@ -96,7 +103,10 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
         limits,
     );
     let zcrx_note = match a.rx {
-        Backend::ZcrxEmulated => return run_zcrx_emulated(&mut core, a.max_streams),
+        Backend::ZcrxEmulated => {
+            relinquish(a)?;
+            return run_zcrx_emulated(&mut core, a.max_streams);
+        }
         Backend::Zcrx | Backend::Auto if a.iface.is_some() || a.rx == Backend::Zcrx => {
             match try_zcrx(a, &mut core) {
                 Ok(result) => return result,
@@ -134,6 +144,7 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
             }
         },
     };
+    relinquish(a)?;
     match backend {
         Some(r) => ring::run(&mut core, r),
         None => recv::run(&mut core),
@@ -198,6 +209,9 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         limits: core.limits(),
         ..Default::default()
     };
+    if let Err(e) = relinquish(a) {
+        return Ok(Err(e));
+    }
     announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
     Ok(drive_zcrx(&mut ifq, core, &opts))
 }
