@@ -110,7 +110,7 @@ pub fn apply(t: &Target) -> io::Result<()> {
     let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     for field in ["CapPrm:", "CapEff:"] {
         if let Some(v) = caps.lines().find_map(|l| l.strip_prefix(field)) {
-            if v.trim().trim_start_matches('0') != "" {
+            if !v.trim().trim_start_matches('0').is_empty() {
                 return Err(io::Error::other(format!(
                     "-Z: capabilities remain after the uid change ({field} {})",
                     v.trim()
