@@ -722,3 +722,90 @@ fn mixed_endian_sections_verify_and_a_torn_partial_is_repaired() {
         assert_eq!(tshark_count(&f) as u64, n);
     }
 }
+
+/// Rewrites the manifest of `arch` from `entries`, re-chaining every line as someone who can
+/// write the directory could.
+fn rechain(arch: &Path, entries: &[zcap::archive::manifest::Entry]) {
+    use zcap::archive::manifest;
+    let mut text = String::new();
+    let mut prev = manifest::GENESIS.to_string();
+    for e in entries {
+        let (line, hash) = manifest::render(e, &prev);
+        text += &line;
+        prev = hash;
+    }
+    std::fs::write(arch.join(manifest::FILE), text).unwrap();
+}
+
+fn record_demo(arch: &Path, seg: &str) {
+    run_ok(
+        zcap()
+            .args(["record", "-C", seg, "--frame-size", "8KiB", "-r"])
+            .arg(fixture("demo.pcap"))
+            .arg("-o")
+            .arg(arch),
+    );
+}
+
+/// A middle segment swapped for a shorter one whose own trailer and manifest line agree with
+/// it, every later line re-chained: the chain holds, so only continuity can tell — the next
+/// segment no longer starts where this one ends, and the stream's end line counts packets
+/// the segments do not hold.
+#[test]
+fn a_forged_middle_segment_breaks_stream_continuity() {
+    use zcap::archive::manifest::{self, Entry};
+    let t = tempdir();
+    let (arch, other) = (t.path().join("arch"), t.path().join("other"));
+    record_demo(&arch, "16KiB");
+    record_demo(&other, "40KiB");
+    assert_verifies(&arch, "as recorded");
+    let parse = |d: &Path| {
+        manifest::parse(&std::fs::read_to_string(d.join(manifest::FILE)).unwrap()).unwrap()
+    };
+    let donor = parse(&other)
+        .into_iter()
+        .find_map(|l| match l.entry {
+            Entry::Segment(s) if s.seq == 2 => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let mut entries: Vec<Entry> = parse(&arch).into_iter().map(|l| l.entry).collect();
+    let at = entries
+        .iter()
+        .position(|e| matches!(e, Entry::Segment(s) if s.seq == 2))
+        .unwrap();
+    let Entry::Segment(mut s) = entries[at].clone() else {
+        unreachable!()
+    };
+    std::fs::copy(other.join(&donor.path), arch.join(&s.path)).unwrap();
+    let keep = (s.stream.clone(), s.seq, s.path.clone(), s.time.clone());
+    s = donor;
+    (s.stream, s.seq, s.path, s.time) = keep;
+    entries[at] = Entry::Segment(s.clone());
+    rechain(&arch, &entries);
+    let o = verify(&arch, &[]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("hash chain intact"),
+        "the chain alone holds: {out}"
+    );
+    assert!(
+        out.contains("bytes are missing or were added between them"),
+        "continuity names the break: {out}"
+    );
+    assert!(
+        out.contains("its end line"),
+        "the end line's total disagrees: {out}"
+    );
+
+    // A segment dropped in for a number the stream never had (a gap no delete explains).
+    let mut entries: Vec<Entry> = parse(&arch).into_iter().map(|l| l.entry).collect();
+    entries.retain(|e| !matches!(e, Entry::Segment(x) if x.seq == 3));
+    rechain(&arch, &entries);
+    let out = stdout(&verify(&arch, &[]));
+    assert!(
+        out.contains("jumps from segment 2 to 4 and no delete line removed the ones between"),
+        "{out}"
+    );
+}

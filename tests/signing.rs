@@ -11,9 +11,13 @@ use std::path::Path;
 use zcap::archive::manifest::{self, Entry};
 
 fn record(arch: &Path, seg: &str, key: Option<&Path>) {
+    record_file(arch, &fixture("demo.pcap"), seg, key)
+}
+
+fn record_file(arch: &Path, input: &Path, seg: &str, key: Option<&Path>) {
     let mut cmd = zcap();
     cmd.args(["record", "-C", seg, "--frame-size", "8KiB", "-r"])
-        .arg(fixture("demo.pcap"))
+        .arg(input)
         .arg("-o")
         .arg(arch);
     if let Some(k) = key {
@@ -112,11 +116,23 @@ fn signatures_cover_an_honest_archive_and_expose_a_rechained_forgery() {
         );
     }
 
-    // The forger: a segment of another recording (same capture, other segment size) replaces
-    // the archive's second segment; its manifest line takes the new file's facts, and every
-    // later line is re-chained. The signature lines are kept as they were.
+    // The forger: the same capture with every packet's last byte changed (so the same sizes,
+    // times and stream positions), recorded alike; its second segment replaces the archive's,
+    // that manifest line takes the new file's hash and size, and every later line is
+    // re-chained. The signature lines are kept as they were.
+    let mut altered = std::fs::read(fixture("demo.pcap")).unwrap();
+    let mut pos = 24;
+    while pos + 16 <= altered.len() {
+        let caplen = u32::from_le_bytes(altered[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        if caplen > 0 {
+            altered[pos + 16 + caplen - 1] ^= 0x5a;
+        }
+        pos += 16 + caplen;
+    }
+    let altered_path = t.path().join("altered.pcap");
+    std::fs::write(&altered_path, &altered).unwrap();
     let other = t.path().join("other");
-    record(&other, "40KiB", None);
+    record_file(&other, &altered_path, "16KiB", None);
     let donor = lines(&other)
         .into_iter()
         .find_map(|l| match l.entry {

@@ -166,13 +166,14 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     Ok((manifest::hex(&h.finalize()), n_total))
 }
 
-fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
+/// Checks one live segment against its manifest line; returns its scan when it could be read.
+fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) -> Option<Scan> {
     let e = &l.entry;
     let path = match super::checked_path(dir, &e.path) {
         Ok(p) => p,
         Err(err) => {
             r.problem(err.at(l.line).to_string(), false);
-            return;
+            return None;
         }
     };
     let (sha, len) = match sha256_file(&path) {
@@ -185,11 +186,11 @@ fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
                 ),
                 false,
             );
-            return;
+            return None;
         }
         Err(err) => {
             r.problem(format!("{}: cannot read it: {err}", e.path), false);
-            return;
+            return None;
         }
     };
     if sha != e.sha256 {
@@ -210,8 +211,11 @@ fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
             false,
         );
     }
-    match scan_segment(&path, dec) {
-        Err(what) => r.problem(format!("{}: {what}", e.path), false),
+    let scan = match scan_segment(&path, dec) {
+        Err(what) => {
+            r.problem(format!("{}: {what}", e.path), false);
+            None
+        }
         Ok(s) => {
             let mut diffs = Vec::new();
             if s.packets != e.packets {
@@ -251,10 +255,109 @@ fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) {
             }
             r.frames += s.frames;
             r.packets += s.packets;
+            Some(s)
         }
-    }
+    };
     r.segments += 1;
     r.bytes += len;
+    scan
+}
+
+/// The sequence number a segment's file name carries (`000042.pcap.zst`).
+fn seq_of(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?;
+    name.split('.').next()?.parse().ok()
+}
+
+/// What the chain alone cannot show: that each stream's segments follow one another. Per
+/// stream directory, in sequence order: numbers rise by one except where a `delete` line
+/// removed the ones between; each segment's first data byte is where the one before it
+/// ended (a rotation repeats the header, a new pcapng section adds its own); a stream that
+/// begins in the archive begins at its header; and a stream's end line counts the packets
+/// its segments hold, when none was deleted.
+fn check_continuity(c: &Catalog, live: &[(&LiveSegment, Scan)], r: &mut Report) {
+    use std::collections::{BTreeMap, HashSet};
+    let dir_of = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+    let deleted: HashSet<(String, u64)> = c
+        .deleted
+        .iter()
+        .filter_map(|p| Some((dir_of(p), seq_of(p)?)))
+        .collect();
+    let mut by_dir: BTreeMap<String, Vec<&(&LiveSegment, Scan)>> = BTreeMap::new();
+    for x in live {
+        by_dir.entry(dir_of(&x.0.entry.path)).or_default().push(x);
+    }
+    for (dir, mut segs) in by_dir {
+        // A segment that could not be read is reported already; its stream's order is not
+        // checked around the hole it leaves.
+        let live_here = c
+            .segments
+            .iter()
+            .filter(|l| dir_of(&l.entry.path) == dir)
+            .count();
+        if live_here != segs.len() {
+            continue;
+        }
+        segs.sort_by_key(|(l, _)| l.entry.seq);
+        let stream = &segs[0].0.entry.stream;
+        let first = segs[0];
+        if first.0.entry.seq == 1 && (first.1.cont || first.1.stream_off != first.1.header_raw_len)
+        {
+            r.problem(
+                format!(
+                    "{}: the first segment of stream {stream} does not start at the stream's beginning",
+                    first.0.entry.path
+                ),
+                false,
+            );
+        }
+        let mut any_deleted = (1..first.0.entry.seq).any(|q| deleted.contains(&(dir.clone(), q)));
+        for w in segs.windows(2) {
+            let ((a, sa), (b, sb)) = (w[0], w[1]);
+            let gap = a.entry.seq + 1..b.entry.seq;
+            if gap.clone().any(|q| !deleted.contains(&(dir.clone(), q))) {
+                r.problem(
+                    format!(
+                        "{}: stream {stream} jumps from segment {} to {} and no delete line removed the ones between",
+                        b.entry.path, a.entry.seq, b.entry.seq
+                    ),
+                    false,
+                );
+                continue;
+            }
+            if !gap.is_empty() {
+                any_deleted = true;
+                continue;
+            }
+            let end = sa.stream_off + sa.raw - sa.header_raw_len;
+            let want = if sb.cont {
+                end
+            } else {
+                end + sb.header_raw_len
+            };
+            if sb.stream_off != want {
+                r.problem(
+                    format!(
+                        "{}: its data starts at stream byte {}, but segment {} ({}) ends at {end}: bytes are missing or were added between them",
+                        b.entry.path, sb.stream_off, a.entry.seq, a.entry.path
+                    ),
+                    false,
+                );
+            }
+        }
+        if let Some(e) = c.stream_ends.iter().find(|e| e.stream == *stream) {
+            let held: u64 = segs.iter().map(|(_, s)| s.packets).sum();
+            if !any_deleted && first.0.entry.seq == 1 && held != e.packets {
+                r.problem(
+                    format!(
+                        "stream {stream}: its end line ({}) counts {} packets, its segments hold {held}",
+                        e.line, e.packets
+                    ),
+                    false,
+                );
+            }
+        }
+    }
 }
 
 /// Checks the whole archive. `recorder_running`: a recorder holds the lock, so `.partial`
@@ -288,9 +391,13 @@ pub fn check(
         r.problem(format!("{e}; the file it names was not read"), false);
     }
     let mut dec = Decoder::new();
+    let mut scanned = Vec::new();
     for l in &c.segments {
-        check_live(dir, l, &mut dec, &mut r);
+        if let Some(s) = check_live(dir, l, &mut dec, &mut r) {
+            scanned.push((l, s));
+        }
     }
+    check_continuity(&c, &scanned, &mut r);
     let disk = scan_disk(dir)?;
     for e in &disk.refused {
         // A link the manifest names is reported once, at its line.
