@@ -809,3 +809,35 @@ fn a_forged_middle_segment_breaks_stream_continuity() {
         "{out}"
     );
 }
+
+/// A segment file dropped into a stream whose end is recorded is not crash debris: verify
+/// names it as foreign and `--repair` leaves it out of the manifest.
+#[test]
+fn a_segment_dropped_into_an_ended_stream_is_not_adopted() {
+    let t = tempdir();
+    let arch = t.path().join("arch");
+    record_demo(&arch, "40KiB");
+    let m = std::fs::read_to_string(arch.join("manifest.jsonl")).unwrap();
+    let first: String = m
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["op"] == "segment")
+        .map(|v| v["path"].as_str().unwrap().to_string())
+        .unwrap();
+    let (stream_dir, _) = first.rsplit_once('/').unwrap();
+    let planted = format!("{stream_dir}/000099.pcap.zst");
+    std::fs::copy(arch.join(&first), arch.join(&planted)).unwrap();
+    let out = stdout(&verify(&arch, &[]));
+    assert!(
+        out.contains(&format!(
+            "{planted}: a segment file the manifest does not know"
+        )) && out.contains("foreign, not crash debris"),
+        "{out}"
+    );
+    let r = verify(&arch, &["--repair"]);
+    let said = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{}{said}", stdout(&r));
+    assert!(said.contains(&format!("not adopting {planted}")), "{said}");
+    let after = std::fs::read_to_string(arch.join("manifest.jsonl")).unwrap();
+    assert_eq!(after, m, "the manifest is untouched");
+}

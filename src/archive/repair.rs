@@ -113,6 +113,16 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
         eprintln!("zcap: verify --repair: leaving {e} alone");
     }
     for d in disk.segments {
+        let ended = cat.stream_ends.iter().find(|e| e.stream == d.stream);
+        if let (Some(end), false) = (ended, cat.knows(&d.rel) || cat.deleted.contains(&d.rel)) {
+            // A crash leaves debris only in a stream still being written; a file that turns up
+            // in a stream whose end is recorded came from elsewhere.
+            eprintln!(
+                "zcap: verify --repair: not adopting {}: stream {} ended on manifest line {}, so this file is foreign, not crash debris (left in place)",
+                d.rel, d.stream, end.line
+            );
+            continue;
+        }
         if d.partial {
             let what = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
             done.push(what);

@@ -406,6 +406,17 @@ pub fn check(
         }
     }
     for d in disk.segments {
+        let ended = c.stream_ends.iter().find(|e| e.stream == d.stream);
+        if let (Some(end), false) = (ended, c.knows(&d.rel) || c.deleted.contains(&d.rel)) {
+            r.problem(
+                format!(
+                    "{}: a segment file the manifest does not know, in stream {} which ended on manifest line {}: foreign, not crash debris (`--repair` will not adopt it)",
+                    d.rel, d.stream, end.line
+                ),
+                false,
+            );
+            continue;
+        }
         if d.partial {
             if recorder_running {
                 r.notes
