@@ -190,6 +190,7 @@ fn real_ring_drives_the_backend_until_recv_zc_is_refused() {
     let sources = Sources {
         listener: None,
         connected: vec![server],
+        ..Sources::default()
     };
     let opts = Options {
         label: "unregistered ring".into(),
@@ -277,7 +278,7 @@ fn loopback_streams_are_flagged_as_copy_fallback_against_the_queue_napi_id() {
     };
     let sources = Sources {
         listener: Some(l),
-        connected: Vec::new(),
+        ..Sources::default()
     };
     let report = zcrx::run(
         &mut emu,

@@ -183,22 +183,27 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         ..Default::default()
     };
     announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
-    Ok(drive_zcrx(&mut ifq, core, &opts))
+    // Buffers left over are the kernel's to drop when the ring closes (io_zcrx_scrub).
+    Ok(drive_zcrx(&mut ifq, core, &opts).map(|_| ()))
 }
 
 /// The zcrx backend against the emulated kernel half: the same backend code, for tests and
 /// benchmarks here. Fails if the emulator saw the protocol broken (reuse, leak, bad entry).
 fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()> {
     let limits = core.limits();
-    let mut emu = zcrx::emu::Emulator::new(&core.area, zcrx::emu::EmuConfig::default())?;
+    let spec = zcrx::emu::EmuSpec::from_env().map_err(io::Error::other)?;
+    let mut emu = zcrx::emu::Emulator::new(&core.area, spec.cfg)?;
     announce("zcrx", Some("emulated kernel half".into()), core);
+    let defaults = zcrx::Options::default();
     let opts = zcrx::Options {
         label: "emulated queue".into(),
         max_streams,
         limits,
-        ..Default::default()
+        starve_timeout: spec.starve_timeout.unwrap_or(defaults.starve_timeout),
+        ..defaults
     };
-    drive_zcrx(&mut emu, core, &opts)?;
+    let left = drive_zcrx(&mut emu, core, &opts)?;
+    emu.teardown(&left);
     let books = emu.shutdown();
     if !books.clean() {
         return Err(io::Error::other(format!(
@@ -209,12 +214,14 @@ fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()
 }
 
 /// Runs the zcrx backend on the engine's source: once over the listener, or once per
-/// connection for `--connect`, dialing again with the dialer's back-off.
+/// connection for `--connect`, dialing again with the dialer's back-off. Returns the
+/// released buffers the refill ring could not take at the end (each run hands its own to
+/// the next).
 fn drive_zcrx<K: zcrx::ZcrxKernel>(
     kernel: &mut K,
     core: &mut Core,
     opts: &zcrx::Options,
-) -> io::Result<()> {
+) -> io::Result<Vec<crate::area::ReleaseToken>> {
     fn once<K: zcrx::ZcrxKernel>(
         kernel: &mut K,
         core: &Core,
@@ -237,11 +244,12 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
     if let Source::Listen(l) = &core.source {
         let sources = zcrx::Sources {
             listener: Some(l.try_clone()?),
-            connected: Vec::new(),
+            ..Default::default()
         };
-        return once(kernel, core, sources, opts).map(|_| ());
+        return once(kernel, core, sources, opts).map(|r| r.held_at_exit);
     }
     let (mut ended, mut next) = (0, opts.first_stream);
+    let mut held = Vec::new();
     while !core.stop_flag().load(Ordering::Relaxed) && opts.max_streams.is_none_or(|m| ended < m) {
         let Some(sock) = core.dial() else {
             std::thread::sleep(Duration::from_millis(20));
@@ -255,15 +263,17 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
         let sources = zcrx::Sources {
             listener: None,
             connected: vec![sock],
+            held: std::mem::take(&mut held),
         };
         let rep = once(kernel, core, sources, &one)?;
+        held = rep.held_at_exit;
         ended += rep.streams;
         next += rep.streams;
         if let Source::Connect(d) = &mut core.source {
             d.ended(rep.bytes);
         }
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Refill ring entries asked for: enough for an area of 64 KiB..256 MiB in 4 KiB pages

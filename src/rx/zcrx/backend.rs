@@ -56,6 +56,10 @@ pub struct Sources {
     pub listener: Option<TcpListener>,
     /// Already connected sockets (`record --connect`).
     pub connected: Vec<TcpStream>,
+    /// Buffers an earlier run released but could not put into the refill ring (its
+    /// [`ZcrxReport::held_at_exit`]): they still belong to the kernel's user references and
+    /// go back first.
+    pub held: Vec<ReleaseToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +131,11 @@ pub struct ZcrxReport {
     pub bad_completions: u64,
     /// Buffers not back in the refill ring when the backend returned.
     pub unreturned_at_exit: u64,
+    /// Of those, the ones the writer released but the full refill ring could not take (the
+    /// kernel reads it only while the queue receives): give them to the next run
+    /// ([`Sources::held`]), or leave them to the queue's teardown, which drops every user
+    /// reference (`io_zcrx_scrub`).
+    pub held_at_exit: Vec<ReleaseToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +219,7 @@ pub fn run<K: ZcrxKernel>(
         area_id,
         next_id: opts.first_stream,
         streams: HashMap::new(),
-        held: VecDeque::new(),
+        held: sources.held.into(),
         tokens: Vec::new(),
         aborts: Vec::new(),
         outstanding: 0,
@@ -677,6 +686,7 @@ impl<K: ZcrxKernel> Core<'_, K> {
             }
         }
         self.report.unreturned_at_exit = self.outstanding + self.held.len() as u64;
+        self.report.held_at_exit = self.held.iter().copied().collect();
         if self.report.unreturned_at_exit > 0 && !self.writer_gone {
             let held = self.held.len();
             eprintln!(

@@ -128,6 +128,56 @@ impl Default for EmuConfig {
     }
 }
 
+/// The environment variable that configures the emulation behind `record --rx
+/// zcrx-emulated` (tests and benchmarks): comma-separated `steered` | `unsteered` |
+/// `alternate`, `kernel=6.19`, `reserve=N` (niovs), `rx-buf-len=N` (bytes), `rq=N`,
+/// `starve=SECONDS` (the backend's wait for buffers before "not steered").
+pub const EMU_ENV: &str = "ZCAP_ZCRX_EMU";
+
+/// What [`EMU_ENV`] asks for: the emulated kernel and, optionally, the backend's starve
+/// timeout.
+#[derive(Debug, Clone, Default)]
+pub struct EmuSpec {
+    pub cfg: EmuConfig,
+    pub starve_timeout: Option<Duration>,
+}
+
+impl EmuSpec {
+    pub fn parse(spec: &str) -> Result<EmuSpec, String> {
+        let mut out = EmuSpec::default();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, val) = item.split_once('=').unwrap_or((item, ""));
+            let num = || {
+                val.parse::<u64>()
+                    .map_err(|_| format!("{EMU_ENV}: {key}={val} is not a number"))
+            };
+            match key {
+                "steered" => out.cfg.steering = Steering::Steered,
+                "unsteered" => out.cfg.steering = Steering::Unsteered,
+                "alternate" => out.cfg.steering = Steering::Alternate,
+                "kernel" => {
+                    out.cfg.kernel = KernelVersion::parse(val)
+                        .ok_or_else(|| format!("{EMU_ENV}: kernel={val} is not like 6.19"))?
+                }
+                "reserve" => out.cfg.nic_reserve = num()? as usize,
+                "rx-buf-len" => out.cfg.rx_buf_len = num()? as usize,
+                "rq" => out.cfg.rq_entries = num()? as u32,
+                "starve" => out.starve_timeout = Some(Duration::from_secs(num()?)),
+                _ => return Err(format!("{EMU_ENV}: unknown setting {item:?}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`EMU_ENV`], or the defaults when it is unset.
+    pub fn from_env() -> Result<EmuSpec, String> {
+        match std::env::var(EMU_ENV) {
+            Ok(s) => Self::parse(&s),
+            Err(_) => Ok(EmuSpec::default()),
+        }
+    }
+}
+
 /// The emulator's books at shutdown.
 #[derive(Debug, Default, Clone)]
 pub struct EmuReport {
@@ -613,6 +663,18 @@ impl Emulator {
         }
     }
 
+    /// The queue's teardown (`io_zcrx_scrub`) drops the user references of buffers user
+    /// space still holds; `held` names the ones the backend released but could not put into
+    /// the refill ring ([`super::ZcrxReport::held_at_exit`]). Each is checked like a refill
+    /// entry, so a buffer named twice, or one never lent, is still a protocol error; a
+    /// niov nobody names stays a leak.
+    pub fn teardown(&mut self, held: &[crate::area::ReleaseToken]) {
+        for t in held {
+            let rqe = super::sys::rqe_for(t.id, t.len, self.niovs.area_token);
+            self.niovs.give_back(rqe);
+        }
+    }
+
     /// Tears the queue down as unregistering does: takes what is left in the refill ring,
     /// then reports niovs still held by user space and everything counted along the way.
     pub fn shutdown(&mut self) -> EmuReport {
@@ -987,6 +1049,19 @@ mod tests {
         assert_eq!(out.len(), 1, "one niov holds 16 KiB: {out:?}");
         assert_eq!(out[0].res, 16384);
         assert_eq!(r.emu.niov_size(), 16384);
+    }
+
+    #[test]
+    fn the_environment_spec_sets_the_knobs() {
+        let s =
+            EmuSpec::parse("unsteered, kernel=6.19,reserve=512,rx-buf-len=16384,starve=2").unwrap();
+        assert_eq!(s.cfg.steering, Steering::Unsteered);
+        assert_eq!(s.cfg.kernel, KernelVersion::new(6, 19));
+        assert_eq!((s.cfg.nic_reserve, s.cfg.rx_buf_len), (512, 16384));
+        assert_eq!(s.starve_timeout, Some(Duration::from_secs(2)));
+        assert!(EmuSpec::parse("bogus").is_err());
+        assert!(EmuSpec::parse("kernel=x").is_err());
+        assert_eq!(EmuSpec::parse("").unwrap().cfg.steering, Steering::Steered);
     }
 
     #[test]
