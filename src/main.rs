@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => read::cat(&cat_options(a)),
         Command::Verify(a) => verify::run(&verify_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
-        Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json),
+        Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),
         Command::Demo(a) => zcap::demo::run(a),
     };
     match result {

@@ -37,7 +37,9 @@ pub struct Config {
     pub connect: Option<String>,
     /// The NIC and queue zcrx registers, and whether to steer the listen port there.
     pub iface: Option<String>,
-    pub queue: u32,
+    pub queue: Option<u32>,
+    /// Register the queue even when RSS also uses it.
+    pub force: bool,
     pub steer: bool,
     pub hugepages: bool,
     pub area_size: u64,
@@ -160,13 +162,24 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         .iface
         .as_deref()
         .ok_or("--iface IF names the NIC whose queue receives zero-copy")?;
+    let queue = a.queue.ok_or_else(|| {
+        format!(
+            "no --queue given: name the rx queue of {iface} to register, one kept out of RSS \
+             (`ethtool -X {iface} equal Q` spreads RSS over 0..Q-1, then --queue Q)"
+        )
+    })?;
+    if !a.force {
+        if let Some(why) = crate::doctor::queue_objection(iface, queue) {
+            return Err(why);
+        }
+    }
     let mut ifq =
-        zcrx::register(iface, a.queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
+        zcrx::register(iface, queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
     let _rules = match (&core.source, a.steer) {
         (Source::Listen(l), true) => {
             match l
                 .local_addr()
-                .map(|addr| steer::install_for(iface, &addr, a.queue))
+                .map(|addr| steer::install_for(iface, &addr, queue))
             {
                 Ok(Ok(rules)) => rules,
                 Ok(Err(e)) => return Ok(Err(io::Error::other(format!("--steer: {e}")))),
@@ -176,13 +189,20 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         _ => Vec::new(),
     };
     let opts = zcrx::Options {
-        queue_napi_id: steer::queue_napi_id(iface, a.queue).ok().flatten(),
-        label: format!("{iface} queue {}", a.queue),
+        queue_napi_id: steer::queue_napi_id(iface, queue).ok().flatten(),
+        label: format!("{iface} queue {queue}"),
+        steer_fix: format!(
+            "use --steer or `ethtool -N {iface} flow-type tcp4 dst-port {port} action {queue}`",
+            port = match &core.source {
+                Source::Listen(l) => l.local_addr().map_or(0, |a| a.port()),
+                Source::Connect(_) => 0,
+            }
+        ),
         max_streams: a.max_streams,
         limits: core.limits(),
         ..Default::default()
     };
-    announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
+    announce("zcrx", Some(format!("{iface} queue {queue}")), core);
     // Buffers left over are the kernel's to drop when the ring closes (io_zcrx_scrub).
     Ok(drive_zcrx(&mut ifq, core, &opts).map(|_| ()))
 }
