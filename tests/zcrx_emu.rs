@@ -506,6 +506,39 @@ fn an_unsteered_stream_larger_than_the_area_ends_not_steered_without_flush_rq() 
     assert_eq!((o.emu.protocol_error_count, o.emu.reuse_violations), (0, 0));
 }
 
+/// A final completion that carries data (only a length-limited RECV_ZC ends so, and zcap
+/// sets no limit) is delivered and then ends the stream in words — it is not re-armed.
+#[test]
+fn a_final_completion_with_data_ends_the_stream_instead_of_rearming() {
+    let s = senders(1, MIB);
+    let cfg = EmuConfig {
+        final_with_data: true,
+        split_pages: false,
+        ..EmuConfig::default()
+    };
+    let o = scenario(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 4,
+            abort_after: None,
+            expect_streams: 1,
+        },
+    );
+    let g = o.got.values().next().unwrap();
+    let err = g.error.as_deref().expect("the stream ends with an error");
+    assert!(err.contains("no F_MORE"), "{err}");
+    assert!(
+        g.bytes > 0 && g.bytes <= 4096,
+        "the final completion's data (one niov) was delivered: {}",
+        g.bytes
+    );
+    assert_eq!(o.report.bad_completions, 1);
+    assert!(o.emu.clean(), "{:?}", o.emu);
+    assert_eq!(o.emu.armed_at_shutdown, 0, "not re-armed");
+}
+
 /// Half the area posted in the NIC's rx ring (and the pool's batch in its cache), out of
 /// user space's reach: steered streams still record byte-exact through what is left.
 #[test]

@@ -109,6 +109,10 @@ pub struct EmuConfig {
     pub steering: Steering,
     /// niov size in bytes (`rx_buf_len`); 0 means one 4 KiB page (rule 6).
     pub rx_buf_len: usize,
+    /// End each request at its first zero-copy niov with a final completion that carries
+    /// the data (`res > 0`, no F_MORE), as only a length-limited RECV_ZC does: zcap never
+    /// sets a limit, so this checks it does not quietly re-arm what it did not ask for.
+    pub final_with_data: bool,
 }
 
 impl Default for EmuConfig {
@@ -124,6 +128,7 @@ impl Default for EmuConfig {
             kernel: KernelVersion::new(6, 18),
             steering: Steering::Steered,
             rx_buf_len: 0,
+            final_with_data: false,
         }
     }
 }
@@ -614,6 +619,13 @@ impl Emulator {
                 self.post(user_data, p, 0, n);
             }
             self.nic_top_up();
+            if self.cfg.final_with_data {
+                if let Some(last) = self.cq.back_mut() {
+                    last.flags &= !IORING_CQE_F_MORE;
+                }
+                self.reqs.retain(|r| r.user_data != user_data);
+                return;
+            }
         }
     }
 
