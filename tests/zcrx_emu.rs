@@ -539,6 +539,54 @@ fn a_final_completion_with_data_ends_the_stream_instead_of_rearming() {
     assert_eq!(o.emu.armed_at_shutdown, 0, "not re-armed");
 }
 
+/// One steered and one unsteered stream on 6.18: the steered one keeps the zcrx queue busy,
+/// so its page-pool allocations read the refill ring and the copied niovs the backend
+/// returned reach the freelist again (the backend re-arms when the kernel's head moves).
+/// The steered stream is byte-exact; the copied one is byte-exact too or ends not steered.
+#[test]
+fn a_steered_stream_keeps_the_queue_reading_the_ring_for_a_copied_one() {
+    let s = senders(2, 8 * MIB);
+    let cfg = EmuConfig {
+        steering: Steering::Alternate,
+        split_pages: false,
+        nic_reserve: 64,
+        ..EmuConfig::default()
+    };
+    let opts = Options {
+        starve_timeout: Duration::from_secs(2),
+        ..test_options()
+    };
+    let o = scenario_with(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 32,
+            abort_after: None,
+            expect_streams: 2,
+        },
+        opts,
+    );
+    assert!(
+        o.emu.zero_copy_niovs > 0 && o.emu.copied_niovs > 0,
+        "{:?}",
+        o.emu
+    );
+    let mut whole = 0;
+    for g in o.got.values() {
+        match &g.error {
+            None => {
+                assert_eq!(g.bytes, 8 * MIB);
+                whole += 1;
+            }
+            Some(e) => assert!(e.contains("not steered"), "{e}"),
+        }
+    }
+    assert!(whole >= 1, "the steered stream is whole");
+    assert!(o.emu.refill_reads > 0 && o.emu.refill_read_max <= 64);
+    assert_clean_but_left_to_teardown(&o);
+}
+
 /// Half the area posted in the NIC's rx ring (and the pool's batch in its cache), out of
 /// user space's reach: steered streams still record byte-exact through what is left.
 #[test]

@@ -462,12 +462,15 @@ impl<K: ZcrxKernel> Core<'_, K> {
         self.starved_at = None;
         let why = if self.kernel.can_flush_rq() {
             format!(
-                "the area has no free niov for the kernel's copy fallback and none came back                  within {:?} (the NIC and its page pool hold the rest)",
+                "the area has no free niov for the kernel's copy fallback and none came back \
+                 within {:?} (the NIC and its page pool hold the rest)",
                 self.opts.starve_timeout
             )
         } else {
             format!(
-                "the kernel copies its data into free area niovs and takes returned ones back                  only when the zcrx queue receives (this kernel has no ZCRX_CTRL_FLUSH_RQ);                  none came back within {:?}",
+                "the kernel copies its data into free area niovs and takes returned ones back \
+                 only when the zcrx queue receives (this kernel has no ZCRX_CTRL_FLUSH_RQ); \
+                 none came back within {:?}",
                 self.opts.starve_timeout
             )
         };
