@@ -4,7 +4,8 @@
 //! from the kernel fails the build's tests instead of corrupting shared memory. The
 //! completion half of a CQE32 is decoded into [`ZcrxCompletion`], a plain value.
 //!
-//! No unsafe code lives here; the shared-memory rings are in `rings.rs`.
+//! The only unsafe code here is uname(2), for the running kernel's version; the shared-memory
+//! rings are in `rings.rs`.
 
 pub use io_uring::types::{
     io_uring_region_desc, io_uring_zcrx_area_reg, io_uring_zcrx_cqe, io_uring_zcrx_rqe,
