@@ -1,7 +1,9 @@
 //! The zcrx kernel ABI as zcap uses it (Linux 6.15+, `include/uapi/linux/io_uring.h` and
 //! `io_uring/zcrx.c`): the `#[repr(C)]` structs come from the io-uring crate's generated
-//! bindings and are re-exported here with a layout assertion each, so a binding that drifts
-//! from the kernel fails the build's tests instead of corrupting shared memory. The
+//! bindings, except `io_uring_zcrx_ifq_reg` (defined here with the current header's field
+//! names), `io_uring_zcrx_offsets` and `zcrx_ctrl` (6.19+, not in the crate), each with a
+//! layout assertion, so a binding that drifts from the kernel fails the build's tests
+//! instead of corrupting shared memory. The
 //! completion half of a CQE32 is decoded into [`ZcrxCompletion`], a plain value.
 //!
 //! The only unsafe code here is uname(2), for the running kernel's version; the shared-memory
