@@ -144,9 +144,16 @@ pub struct RecordArgs {
     )]
     pub zcrx_iface: Option<String>,
 
-    /// Receive queue of --zcrx-iface; steer the listen port to it (--steer or ethtool).
-    #[arg(long, value_name = "Q", default_value_t = 0)]
-    pub queue: u32,
+    /// Receive queue of --zcrx-iface for zcrx, kept out of RSS (`ethtool -X IF equal Q`
+    /// spreads RSS over 0..Q-1); steer the listen port to it (--steer or ethtool). No
+    /// default: queue 0 is in every RSS table.
+    #[arg(long, value_name = "Q")]
+    pub queue: Option<u32>,
+
+    /// Register --queue even though RSS also spreads other flows onto it (their data is
+    /// copied into the area and can run it dry).
+    #[arg(long)]
+    pub force: bool,
 
     /// Install an ntuple rule steering the listen port to --queue, removed on exit (zcrx).
     #[arg(long)]
@@ -445,6 +452,10 @@ pub struct DoctorArgs {
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
+    /// Also register the queue for real (restarts it once), with an area as large as the
+    /// NIC's rx ring: the decisive check, off by default.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -143,12 +143,78 @@ fn rss_table(iface: &str) -> io::Result<Vec<u32>> {
     Ok(buf[2..].to_vec())
 }
 
+/// Why `queue` of `iface` should not be the zcrx queue, if it should not: the RSS
+/// indirection table (`table`, `None` when the driver does not report one) spreads other
+/// flows onto it, or the device has one rx queue so every flow lands there. Their data
+/// would be copied into the area (copy fallback) and can run it dry. `None`: no objection.
+pub fn queue_rss_objection(
+    iface: &str,
+    queue: u32,
+    table: Option<&[u32]>,
+    rx_queues: Option<usize>,
+) -> Option<String> {
+    let fix = match rx_queues {
+        Some(n) if n > 1 => format!(
+            "keep it out of RSS with `ethtool -X {iface} equal {q}` and register queue {q} \
+             (`--queue {q}`), or pass --force",
+            q = n - 1
+        ),
+        _ => "use a NIC with more than one rx queue, or pass --force".to_string(),
+    };
+    if let Some(t) = table {
+        let slots = t.iter().filter(|&&q| q == queue).count();
+        if slots > 0 {
+            return Some(format!(
+                "queue {queue} of {iface} takes RSS traffic ({slots} of {} slots of its RSS \
+                 table), so other flows would be copied into the zcrx area and can run it dry; {fix}",
+                t.len()
+            ));
+        }
+        return None;
+    }
+    match rx_queues {
+        Some(1) => Some(format!(
+            "{iface} has a single rx queue, so every flow lands on queue {queue} and is copied \
+             into the zcrx area; {fix}"
+        )),
+        _ => None,
+    }
+}
+
+/// [`queue_rss_objection`] for the live device.
+pub fn queue_objection(iface: &str, queue: u32) -> Option<String> {
+    let table = rss_table(iface).ok().filter(|t| !t.is_empty());
+    queue_rss_objection(iface, queue, table.as_deref(), rx_queue_count(iface))
+}
+
 fn words(e: &io::Error) -> String {
     zcrx::sys::errno_words(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Gathers the report (no printing).
-pub fn examine(iface: Option<&str>, queue: Option<u32>) -> Report {
+/// Descriptors posted in `iface`'s rx ring (`ETHTOOL_GRINGPARAM` `rx_pending`).
+fn rx_ring_pending(iface: &str) -> Option<u32> {
+    // struct ethtool_ringparam: cmd, then eight u32; rx_pending is the sixth word.
+    const ETHTOOL_GRINGPARAM: u32 = 0x10;
+    let mut p = [0u32; 9];
+    p[0] = ETHTOOL_GRINGPARAM;
+    steer::ethtool(iface, &mut p).ok()?;
+    (p[5] > 0).then_some(p[5])
+}
+
+/// The area and refill ring a registration probe uses: at least the NIC's rx ring plus the
+/// page pool's batch, so the queue can start (it posts its whole rx ring at once).
+fn probe_size(rx_pending: Option<u32>, page: usize) -> (usize, u32) {
+    let niovs = rx_pending.unwrap_or(1024).max(64) as usize + 128;
+    let rq = (niovs as u32)
+        .next_power_of_two()
+        .clamp(64, zcrx::sys::RQ_MAX_ENTRIES);
+    (niovs * page, rq)
+}
+
+/// Examines the host for zero-copy receive. `probe`: also register the queue for real
+/// (which restarts it once; a `record` right after may meet its teardown, which it retries).
+pub fn examine(iface: Option<&str>, queue: Option<u32>, probe: bool) -> Report {
     let mut checks = Vec::new();
     let mut fixes = Vec::new();
     let mut blockers: Vec<String> = Vec::new();
@@ -442,9 +508,19 @@ pub fn examine(iface: Option<&str>, queue: Option<u32>) -> Report {
                     format!("netdev netlink QUEUE_GET failed: {}", words(&e)),
                 ),
             }
-            // The decisive probe: register a small area on the queue, as `record` would.
-            match crate::area::Area::new(256 << 10, false) {
-                Ok(area) => match zcrx::register(ifn, queue, &area, 64) {
+            // The decisive probe, only when asked: register an area on the queue, as
+            // `record` would.
+            let (probe_len, probe_rq) = probe_size(rx_ring_pending(ifn), crate::area::page_size());
+            match crate::area::Area::new(probe_len, false) {
+                Ok(_) if !probe => check(
+                    "registration",
+                    "unknown",
+                    format!(
+                        "not tried: `zcap doctor --probe` registers {ifn} queue {queue} for real \
+                         (the queue restarts once)"
+                    ),
+                ),
+                Ok(area) => match zcrx::register(ifn, queue, &area, probe_rq) {
                     Ok(ifq) => {
                         drop(ifq);
                         check("registration", "ok", format!("registered and released {ifn} queue {queue} (the queue restarted once)"))
@@ -665,8 +741,13 @@ fn rlimit_memlock() -> Option<u64> {
 }
 
 /// `zcap doctor`: prints the report; `Ok(true)` when zero-copy receive is available.
-pub fn run(iface: Option<&str>, queue: Option<u32>, json: bool) -> anyhow::Result<bool> {
-    let r = examine(iface, queue);
+pub fn run(
+    iface: Option<&str>,
+    queue: Option<u32>,
+    json: bool,
+    probe: bool,
+) -> anyhow::Result<bool> {
+    let r = examine(iface, queue, probe);
     if json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(r.zero_copy);
@@ -733,5 +814,36 @@ mod tests {
         assert_eq!(version_at_least("6.8.0-45-generic", 6, 15), Some(false));
         assert_eq!(version_at_least("7.0.1", 6, 15), Some(true));
         assert_eq!(version_at_least("weird", 6, 15), None);
+    }
+
+    #[test]
+    fn the_probe_area_holds_the_rx_ring_and_a_pool_batch() {
+        let (len, rq) = probe_size(Some(4096), 4096);
+        assert!(len >= (4096 + 64) * 4096, "{len}");
+        assert_eq!(rq, 8192);
+        let (len, rq) = probe_size(None, 65536);
+        assert_eq!(len % 65536, 0);
+        assert!(rq >= 1024);
+    }
+
+    #[test]
+    fn a_queue_that_rss_uses_is_objected_to_with_the_fix() {
+        // `ethtool -X eth2 equal 8` cannot exclude queue 0: it spreads over 0..7.
+        let t: Vec<u32> = (0..128).map(|i| i % 8).collect();
+        let why = queue_rss_objection("eth2", 0, Some(&t), Some(8)).unwrap();
+        assert!(why.contains("takes RSS traffic"), "{why}");
+        assert!(
+            why.contains("ethtool -X eth2 equal 7") && why.contains("--queue 7"),
+            "{why}"
+        );
+        assert!(why.contains("--force"), "{why}");
+        let t: Vec<u32> = (0..128).map(|i| i % 7).collect();
+        assert_eq!(queue_rss_objection("eth2", 7, Some(&t), Some(8)), None);
+        // One queue: every flow lands there, with or without an RSS table.
+        let why = queue_rss_objection("eth0", 0, None, Some(1)).unwrap();
+        assert!(why.contains("single rx queue"), "{why}");
+        // Nothing known: no objection (registration says the rest).
+        assert_eq!(queue_rss_objection("eth0", 3, None, None), None);
+        assert_eq!(queue_rss_objection("eth0", 3, None, Some(8)), None);
     }
 }

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&verify_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
         Command::Send(a) => zcap::send::run(a),
-        Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json),
+        Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),
         Command::Demo(a) => zcap::demo::run(a),
         Command::Keygen(a) => zcap::archive::sign::keygen(&a.out)
             .map(|(key, public)| {

@@ -53,6 +53,7 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         connect: a.connect.clone(),
         iface: a.zcrx_iface.clone(),
         queue: a.queue,
+        force: a.force,
         steer: a.steer,
         hugepages: a.hugepages,
         area_size: a.area_size,

@@ -11,9 +11,10 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zcap::area::{Area, Chunk, StreamId};
-use zcap::rx::zcrx::emu::{EmuConfig, EmuReport, Emulator, OnEmpty};
+use zcap::rx::zcrx::emu::{EmuConfig, EmuReport, Emulator, Steering};
+use zcap::rx::zcrx::sys::KernelVersion;
 use zcap::rx::zcrx::{self, Options, Sources, ZcrxReport};
 use zcap::rx::{Event, RxStats};
 
@@ -212,9 +213,29 @@ struct Outcome {
     got: HashMap<StreamId, Got>,
     report: ZcrxReport,
     emu: EmuReport,
+    /// How long `zcrx::run` took, start to return (for generous bounds only).
+    took: Duration,
+}
+
+fn test_options() -> Options {
+    Options {
+        label: "emulated queue".into(),
+        drain_timeout: Duration::from_secs(20),
+        ..Options::default()
+    }
 }
 
 fn scenario(area_size: u64, cfg: EmuConfig, senders: &[Sender], consumer: Consumer) -> Outcome {
+    scenario_with(area_size, cfg, senders, consumer, test_options())
+}
+
+fn scenario_with(
+    area_size: u64,
+    cfg: EmuConfig,
+    senders: &[Sender],
+    consumer: Consumer,
+    opts: Options,
+) -> Outcome {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let area = Area::new(area_size as usize, false).unwrap();
@@ -229,24 +250,28 @@ fn scenario(area_size: u64, cfg: EmuConfig, senders: &[Sender], consumer: Consum
         .map(|&s| std::thread::spawn(move || send(addr, s)))
         .collect();
     let stats = RxStats::default();
-    let opts = Options {
-        label: "emulated queue".into(),
-        drain_timeout: Duration::from_secs(20),
-        ..Options::default()
-    };
     let sources = Sources {
         listener: Some(listener),
-        connected: Vec::new(),
+        ..Sources::default()
     };
+    let start = Instant::now();
     let report = zcrx::run(&mut emu, &area, sources, &tx, &stop, &stats, &opts).unwrap();
+    let took = start.elapsed();
     drop(tx);
     let got = consumer.join().expect("consumer panicked");
     for t in threads {
         t.join().unwrap();
     }
+    // The queue's teardown drops the user references of what the full ring could not take.
+    emu.teardown(&report.held_at_exit);
     let emu = emu.shutdown();
     assert_eq!(area.lent_bytes(), 0, "chunks still lent after shutdown");
-    Outcome { got, report, emu }
+    Outcome {
+        got,
+        report,
+        emu,
+        took,
+    }
 }
 
 fn assert_clean(o: &Outcome) {
@@ -261,6 +286,16 @@ fn assert_clean(o: &Outcome) {
     assert_eq!(o.report.unreturned_at_exit, 0, "{:?}", o.report);
     assert_eq!(o.report.bad_completions, 0, "{:?}", o.report);
     assert_eq!(o.emu.armed_at_shutdown, 0);
+}
+
+/// Clean once the teardown took the held buffers, and those were all the backend left.
+fn assert_clean_but_left_to_teardown(o: &Outcome) {
+    assert!(o.emu.clean(), "{:?}", o.emu);
+    assert_eq!(o.report.bad_completions, 0, "{:?}", o.report);
+    assert_eq!(
+        o.report.held_at_exit.len() as u64,
+        o.report.unreturned_at_exit
+    );
 }
 
 /// Every sender's stream arrived whole: right seed, right length, no error.
@@ -335,6 +370,7 @@ fn many_sockets_share_one_area() {
 #[test]
 fn refill_ring_full_holds_buffers_without_dropping_them() {
     let s = senders(2, 8 * MIB);
+    // 6.18, no FLUSH_RQ: the ring is read only as steered packets arrive, 4 entries at a time.
     let cfg = EmuConfig {
         rq_entries: 4,
         refill_batch: 4,
@@ -351,7 +387,9 @@ fn refill_ring_full_holds_buffers_without_dropping_them() {
         },
     );
     assert_byte_exact(&o, &s);
-    assert_clean(&o);
+    // At exit the idle NIC reads nothing: what the full ring could not take is left to the
+    // teardown — and it is exactly what the emulator still saw referenced (clean after it).
+    assert_clean_but_left_to_teardown(&o);
     assert!(
         o.report.refill_full > 0,
         "the 4-entry ring never filled: {:?}",
@@ -383,20 +421,24 @@ fn enospc_final_completion_rearms_recv_zc() {
     assert_eq!(o.report.rearm_enospc, o.emu.enospc);
 }
 
+/// Copy fallback (nothing steered) on a kernel with FLUSH_RQ: streams sixteen times the
+/// area complete, each -ENOMEM answered by a flush of the buffers returned since.
 #[test]
-fn enomem_copy_fallback_rearms_once_buffers_return() {
+fn unsteered_streams_larger_than_the_area_complete_through_flush_rq() {
     let s = senders(2, 8 * MIB);
     let cfg = EmuConfig {
-        on_empty: OnEmpty::Enomem,
+        steering: Steering::Unsteered,
+        kernel: KernelVersion::new(6, 19),
         split_pages: false,
+        nic_reserve: 64,
         ..EmuConfig::default()
     };
     let o = scenario(
-        512 * 1024,
+        MIB,
         cfg,
         &s,
         Consumer {
-            hold: 96,
+            hold: 64,
             abort_after: None,
             expect_streams: 2,
         },
@@ -405,6 +447,260 @@ fn enomem_copy_fallback_rearms_once_buffers_return() {
     assert_clean(&o);
     assert!(o.emu.enomem > 0, "{:?}", o.emu);
     assert_eq!(o.report.rearm_enomem, o.emu.enomem);
+    assert!(o.report.flushes > 0, "{:?}", o.report);
+    assert_eq!(o.emu.zero_copy_niovs, 0, "nothing was steered");
+    // One whole niov per copied chunk, never more bytes than a niov.
+    assert_eq!(o.emu.copied_niovs, o.report.chunks);
+    // The idle zcrx queue never read the refill ring: only the flushes did.
+    assert_eq!(o.emu.refill_reads, 0, "{:?}", o.emu);
+}
+
+/// Copy fallback on a kernel without FLUSH_RQ (6.18): buffers zcap returns are never read
+/// while the zcrx queue is idle, so the stream must end with the "not steered" error —
+/// after a bounded wait, without re-arming into -ENOMEM again and again.
+#[test]
+fn an_unsteered_stream_larger_than_the_area_ends_not_steered_without_flush_rq() {
+    let s = senders(1, 16 * MIB);
+    let cfg = EmuConfig {
+        steering: Steering::Unsteered,
+        kernel: KernelVersion::new(6, 18),
+        split_pages: false,
+        nic_reserve: 64,
+        ..EmuConfig::default()
+    };
+    let opts = Options {
+        starve_timeout: Duration::from_secs(1),
+        steer_fix: "use --steer or `ethtool -N eth9 flow-type tcp4 dst-port 1 action 3`".into(),
+        ..test_options()
+    };
+    let o = scenario_with(
+        MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 16,
+            abort_after: None,
+            expect_streams: 1,
+        },
+        opts,
+    );
+    let g = o.got.values().next().expect("the stream opened");
+    let err = g.error.as_deref().expect("the stream ends with an error");
+    assert!(err.contains("not steered to emulated queue"), "{err}");
+    assert!(err.contains("ethtool -N eth9"), "{err}");
+    assert!(err.contains("FLUSH_RQ"), "{err}");
+    assert!(
+        g.bytes < MIB,
+        "at most the free part of the area arrived: {}",
+        g.bytes
+    );
+    assert_eq!(o.report.starved_ends, 1);
+    // Never a spin: one -ENOMEM, one wait, one end (the old backend re-armed every 2 ms).
+    assert_eq!(o.emu.enomem, 1, "{:?}", o.emu);
+    assert_eq!(o.emu.refill_reads, 0);
+    assert_eq!(
+        o.emu.flushes_refused, 0,
+        "FLUSH_RQ is not tried where the kernel lacks it"
+    );
+    // Generous: the stream waits starve_timeout (1 s) once; the old code never ended.
+    assert!(o.took < Duration::from_secs(60), "{:?}", o.took);
+    assert_eq!((o.emu.protocol_error_count, o.emu.reuse_violations), (0, 0));
+}
+
+/// A final completion that carries data (only a length-limited RECV_ZC ends so, and zcap
+/// sets no limit) is delivered and then ends the stream in words — it is not re-armed.
+#[test]
+fn a_final_completion_with_data_ends_the_stream_instead_of_rearming() {
+    let s = senders(1, MIB);
+    let cfg = EmuConfig {
+        final_with_data: true,
+        split_pages: false,
+        ..EmuConfig::default()
+    };
+    let o = scenario(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 4,
+            abort_after: None,
+            expect_streams: 1,
+        },
+    );
+    let g = o.got.values().next().unwrap();
+    let err = g.error.as_deref().expect("the stream ends with an error");
+    assert!(err.contains("no F_MORE"), "{err}");
+    assert!(
+        g.bytes > 0 && g.bytes <= 4096,
+        "the final completion's data (one niov) was delivered: {}",
+        g.bytes
+    );
+    assert_eq!(o.report.bad_completions, 1);
+    assert!(o.emu.clean(), "{:?}", o.emu);
+    assert_eq!(o.emu.armed_at_shutdown, 0, "not re-armed");
+}
+
+/// One steered and one unsteered stream on 6.18: the steered one keeps the zcrx queue busy,
+/// so its page-pool allocations read the refill ring and the copied niovs the backend
+/// returned reach the freelist again (the backend re-arms when the kernel's head moves).
+/// The steered stream is byte-exact; the copied one is byte-exact too or ends not steered.
+#[test]
+fn a_steered_stream_keeps_the_queue_reading_the_ring_for_a_copied_one() {
+    let s = senders(2, 8 * MIB);
+    let cfg = EmuConfig {
+        steering: Steering::Alternate,
+        split_pages: false,
+        nic_reserve: 64,
+        ..EmuConfig::default()
+    };
+    let opts = Options {
+        starve_timeout: Duration::from_secs(2),
+        ..test_options()
+    };
+    let o = scenario_with(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 32,
+            abort_after: None,
+            expect_streams: 2,
+        },
+        opts,
+    );
+    assert!(
+        o.emu.zero_copy_niovs > 0 && o.emu.copied_niovs > 0,
+        "{:?}",
+        o.emu
+    );
+    let mut whole = 0;
+    for g in o.got.values() {
+        match &g.error {
+            None => {
+                assert_eq!(g.bytes, 8 * MIB);
+                whole += 1;
+            }
+            Some(e) => assert!(e.contains("not steered"), "{e}"),
+        }
+    }
+    assert!(whole >= 1, "the steered stream is whole");
+    assert!(o.emu.refill_reads > 0 && o.emu.refill_read_max <= 64);
+    assert_clean_but_left_to_teardown(&o);
+}
+
+/// Half the area posted in the NIC's rx ring (and the pool's batch in its cache), out of
+/// user space's reach: steered streams still record byte-exact through what is left.
+#[test]
+fn a_nic_reserve_of_half_the_area_still_records_byte_exact() {
+    let s = senders(3, 8 * MIB);
+    let area = 2 * MIB;
+    let cfg = EmuConfig {
+        nic_reserve: (area / 4096 / 2) as usize,
+        ..EmuConfig::default()
+    };
+    let o = scenario(
+        area,
+        cfg,
+        &s,
+        Consumer {
+            hold: 64,
+            abort_after: None,
+            expect_streams: 3,
+        },
+    );
+    assert_byte_exact(&o, &s);
+    assert_clean(&o);
+    assert!(
+        o.emu.refill_reads > 0 && o.emu.refill_read_max <= 64,
+        "{:?}",
+        o.emu
+    );
+}
+
+/// niovs of 16 KiB (`rx_buf_len`, 6.19+): completions up to a niov long, byte-exact.
+#[test]
+fn sixteen_kib_niovs_record_byte_exact() {
+    let s = senders(2, 8 * MIB);
+    let cfg = EmuConfig {
+        rx_buf_len: 16384,
+        kernel: KernelVersion::new(6, 19),
+        nic_reserve: 32,
+        ..EmuConfig::default()
+    };
+    let o = scenario(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 32,
+            abort_after: None,
+            expect_streams: 2,
+        },
+    );
+    assert_byte_exact(&o, &s);
+    assert_clean(&o);
+    assert_eq!(o.emu.niov_size, 16384);
+}
+
+/// At exit, buffers the writer released but the full refill ring could not take, with the
+/// NIC idle and no FLUSH_RQ: the drain does not wait for a kernel that will never read the
+/// ring — it ends once the writer is done and says what it left to the teardown.
+#[test]
+fn the_exit_drain_is_bounded_when_the_idle_nic_never_reads_the_ring() {
+    let s = senders(1, 4 * MIB);
+    let cfg = EmuConfig {
+        rq_entries: 4,
+        refill_batch: 4,
+        ..EmuConfig::default()
+    };
+    let opts = Options {
+        drain_timeout: Duration::from_secs(120),
+        ..test_options()
+    };
+    let o = scenario_with(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 200,
+            abort_after: None,
+            expect_streams: 1,
+        },
+        opts,
+    );
+    assert_byte_exact(&o, &s);
+    assert!(
+        o.took < Duration::from_secs(60),
+        "drain waited: {:?}",
+        o.took
+    );
+    assert!(o.report.unreturned_at_exit > 0, "{:?}", o.report);
+    assert_clean_but_left_to_teardown(&o);
+}
+
+/// The same at exit with FLUSH_RQ: the drain flushes the full ring and returns everything.
+#[test]
+fn the_exit_drain_flushes_the_ring_where_the_kernel_can() {
+    let s = senders(1, 4 * MIB);
+    let cfg = EmuConfig {
+        rq_entries: 4,
+        refill_batch: 4,
+        kernel: KernelVersion::new(6, 19),
+        ..EmuConfig::default()
+    };
+    let o = scenario(
+        2 * MIB,
+        cfg,
+        &s,
+        Consumer {
+            hold: 200,
+            abort_after: None,
+            expect_streams: 1,
+        },
+    );
+    assert_byte_exact(&o, &s);
+    assert_clean(&o);
+    assert!(o.report.flushes > 0, "{:?}", o.report);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! through the refill ring and reused many times. The archive must give back the stream
 //! byte for byte (compared by SHA-256 while streaming, so nothing is held in memory), and the
 //! emulator's books (no page reused before release, none leaked) must balance: the recorder
-//! fails if they do not.
+//! fails if they do not. The emulation's defaults are the strict ones: Linux 6.18 (no
+//! FLUSH_RQ), 256 niovs posted in the NIC's rx ring, the refill ring read only as packets
+//! arrive, at most 64 entries at a time.
 
 mod common;
 

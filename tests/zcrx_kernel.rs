@@ -190,6 +190,7 @@ fn real_ring_drives_the_backend_until_recv_zc_is_refused() {
     let sources = Sources {
         listener: None,
         connected: vec![server],
+        ..Sources::default()
     };
     let opts = Options {
         label: "unregistered ring".into(),
@@ -277,7 +278,7 @@ fn loopback_streams_are_flagged_as_copy_fallback_against_the_queue_napi_id() {
     };
     let sources = Sources {
         listener: Some(l),
-        connected: Vec::new(),
+        ..Sources::default()
     };
     let report = zcrx::run(
         &mut emu,
@@ -300,12 +301,32 @@ fn loopback_streams_are_flagged_as_copy_fallback_against_the_queue_napi_id() {
     assert!(w.contains("copy fallback") && w.contains("--steer"), "{w}");
 }
 
+/// doctor's real registration (which restarts the queue and leaves an asynchronous
+/// teardown behind) is opt-in.
+#[test]
+fn doctor_registers_the_queue_only_with_probe() {
+    let r = zcap::doctor::examine(Some("lo"), Some(0), false);
+    if let Some(reg) = r.checks.iter().find(|c| c.name == "registration") {
+        assert_eq!(reg.state, "unknown");
+        assert!(reg.detail.contains("--probe"), "{}", reg.detail);
+    }
+    let out = common::zcap()
+        .args(["doctor", "--iface", "lo", "--queue", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("registration  not tried: `zcap doctor --probe`"),
+        "no registration was tried:\n{text}"
+    );
+}
+
 #[test]
 fn doctor_says_virtio_eth0_cannot_do_zero_copy_and_why() {
     if !common::need_root() || !virtio_eth0() {
         return;
     }
-    let r = zcap::doctor::examine(Some("eth0"), Some(0));
+    let r = zcap::doctor::examine(Some("eth0"), Some(0), true);
     assert!(!r.zero_copy);
     assert!(
         r.verdict

@@ -22,7 +22,7 @@ fn virtio_eth0() -> bool {
     }
 }
 
-fn record_zcrx(wrap: &[&str], out: &std::path::Path) -> (Option<i32>, String) {
+fn record_zcrx(wrap: &[&str], queue: &[&str], out: &std::path::Path) -> (Option<i32>, String) {
     let zcap = env!("CARGO_BIN_EXE_zcap");
     let mut argv: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
     argv.push(zcap.into());
@@ -33,8 +33,6 @@ fn record_zcrx(wrap: &[&str], out: &std::path::Path) -> (Option<i32>, String) {
             "zcrx",
             "--iface",
             "eth0",
-            "--queue",
-            "0",
             "--listen",
             "127.0.0.1:0",
             "-o",
@@ -42,6 +40,7 @@ fn record_zcrx(wrap: &[&str], out: &std::path::Path) -> (Option<i32>, String) {
         .map(String::from),
     );
     argv.push(out.to_string_lossy().into_owned());
+    argv.extend(queue.iter().map(|s| s.to_string()));
     let o = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .output()
@@ -58,13 +57,46 @@ fn rx_zcrx_on_virtio_exits_with_one_line_naming_eopnotsupp_and_the_driver() {
         return;
     }
     let t = common::tempdir();
-    let (code, err) = record_zcrx(&[], &t.path().join("a"));
+    // --force: eth0 has one rx queue, which every flow uses (see the next test).
+    let (code, err) = record_zcrx(&[], &["--queue", "0", "--force"], &t.path().join("a"));
     assert_eq!(code, Some(2), "{err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {err}");
     for part in ["EOPNOTSUPP", "virtio_net", "eth0 queue 0", "--rx ring"] {
         assert!(lines[0].contains(part), "{part:?} missing from: {err}");
     }
+}
+
+/// A queue every flow lands on (queue 0 of a one-queue NIC, or one in the RSS table) would
+/// fill the area with copies: refused before registering, saying how to fix it.
+#[test]
+fn rx_zcrx_refuses_a_queue_that_takes_all_traffic_unless_forced() {
+    let queues = std::fs::read_dir("/sys/class/net/eth0/queues").map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count()
+    });
+    if queues != 1 {
+        eprintln!("SKIP: eth0 has {queues} rx queues, not one");
+        return;
+    }
+    let t = common::tempdir();
+    let (code, err) = record_zcrx(&[], &["--queue", "0"], &t.path().join("a"));
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for part in ["single rx queue", "--force", "eth0"] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+}
+
+/// No default queue: queue 0 is in every RSS table (`ethtool -X IF equal N` keeps 0..N-1).
+#[test]
+fn rx_zcrx_without_a_queue_says_how_to_choose_one() {
+    let t = common::tempdir();
+    let (code, err) = record_zcrx(&[], &[], &t.path().join("a"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no --queue given"), "{err}");
+    assert!(err.contains("ethtool -X eth0 equal Q"), "{err}");
 }
 
 #[test]
@@ -79,7 +111,7 @@ fn rx_zcrx_without_cap_net_admin_explains_eperm() {
         "--bounding-set=-net_admin",
         "--",
     ];
-    let (code, err) = record_zcrx(&drop_cap, &t.path().join("a"));
+    let (code, err) = record_zcrx(&drop_cap, &["--queue", "0", "--force"], &t.path().join("a"));
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     for part in ["EPERM", "CAP_NET_ADMIN", "setcap"] {
@@ -101,6 +133,7 @@ fn rx_auto_with_iface_falls_back_to_ring_and_records_byte_exact() {
             "eth0",
             "--queue",
             "0",
+            "--force",
             "--listen",
             "127.0.0.1:0",
         ])

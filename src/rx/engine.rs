@@ -37,7 +37,9 @@ pub struct Config {
     pub connect: Option<String>,
     /// The NIC and queue zcrx registers, and whether to steer the listen port there.
     pub iface: Option<String>,
-    pub queue: u32,
+    pub queue: Option<u32>,
+    /// Register the queue even when RSS also uses it.
+    pub force: bool,
     pub steer: bool,
     pub hugepages: bool,
     pub area_size: u64,
@@ -187,13 +189,24 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         .iface
         .as_deref()
         .ok_or("--zcrx-iface IF names the NIC whose queue receives zero-copy")?;
+    let queue = a.queue.ok_or_else(|| {
+        format!(
+            "no --queue given: name the rx queue of {iface} to register, one kept out of RSS \
+             (`ethtool -X {iface} equal Q` spreads RSS over 0..Q-1, then --queue Q)"
+        )
+    })?;
+    if !a.force {
+        if let Some(why) = crate::doctor::queue_objection(iface, queue) {
+            return Err(why);
+        }
+    }
     let mut ifq =
-        zcrx::register(iface, a.queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
+        zcrx::register(iface, queue, &core.area, ZCRX_RQ_ENTRIES).map_err(|e| e.to_string())?;
     let _rules = match (&core.source, a.steer) {
         (Source::Listen(l), true) => {
             match l
                 .local_addr()
-                .map(|addr| steer::install_for(iface, &addr, a.queue))
+                .map(|addr| steer::install_for(iface, &addr, queue))
             {
                 Ok(Ok(rules)) => rules,
                 Ok(Err(e)) => return Ok(Err(io::Error::other(format!("--steer: {e}")))),
@@ -203,8 +216,15 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
         _ => Vec::new(),
     };
     let opts = zcrx::Options {
-        queue_napi_id: steer::queue_napi_id(iface, a.queue).ok().flatten(),
-        label: format!("{iface} queue {}", a.queue),
+        queue_napi_id: steer::queue_napi_id(iface, queue).ok().flatten(),
+        label: format!("{iface} queue {queue}"),
+        steer_fix: format!(
+            "use --steer or `ethtool -N {iface} flow-type tcp4 dst-port {port} action {queue}`",
+            port = match &core.source {
+                Source::Listen(l) => l.local_addr().map_or(0, |a| a.port()),
+                Source::Connect(_) => 0,
+            }
+        ),
         max_streams: a.max_streams,
         limits: core.limits(),
         ..Default::default()
@@ -212,23 +232,28 @@ fn try_zcrx(a: &Config, core: &mut Core) -> Result<io::Result<()>, String> {
     if let Err(e) = relinquish(a) {
         return Ok(Err(e));
     }
-    announce("zcrx", Some(format!("{iface} queue {}", a.queue)), core);
-    Ok(drive_zcrx(&mut ifq, core, &opts))
+    announce("zcrx", Some(format!("{iface} queue {queue}")), core);
+    // Buffers left over are the kernel's to drop when the ring closes (io_zcrx_scrub).
+    Ok(drive_zcrx(&mut ifq, core, &opts).map(|_| ()))
 }
 
 /// The zcrx backend against the emulated kernel half: the same backend code, for tests and
 /// benchmarks here. Fails if the emulator saw the protocol broken (reuse, leak, bad entry).
 fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()> {
     let limits = core.limits();
-    let mut emu = zcrx::emu::Emulator::new(&core.area, zcrx::emu::EmuConfig::default())?;
+    let spec = zcrx::emu::EmuSpec::from_env().map_err(io::Error::other)?;
+    let mut emu = zcrx::emu::Emulator::new(&core.area, spec.cfg)?;
     announce("zcrx", Some("emulated kernel half".into()), core);
+    let defaults = zcrx::Options::default();
     let opts = zcrx::Options {
         label: "emulated queue".into(),
         max_streams,
         limits,
-        ..Default::default()
+        starve_timeout: spec.starve_timeout.unwrap_or(defaults.starve_timeout),
+        ..defaults
     };
-    drive_zcrx(&mut emu, core, &opts)?;
+    let left = drive_zcrx(&mut emu, core, &opts)?;
+    emu.teardown(&left);
     let books = emu.shutdown();
     if !books.clean() {
         return Err(io::Error::other(format!(
@@ -239,12 +264,14 @@ fn run_zcrx_emulated(core: &mut Core, max_streams: Option<u64>) -> io::Result<()
 }
 
 /// Runs the zcrx backend on the engine's source: once over the listener, or once per
-/// connection for `--connect`, dialing again with the dialer's back-off.
+/// connection for `--connect`, dialing again with the dialer's back-off. Returns the
+/// released buffers the refill ring could not take at the end (each run hands its own to
+/// the next).
 fn drive_zcrx<K: zcrx::ZcrxKernel>(
     kernel: &mut K,
     core: &mut Core,
     opts: &zcrx::Options,
-) -> io::Result<()> {
+) -> io::Result<Vec<crate::area::ReleaseToken>> {
     fn once<K: zcrx::ZcrxKernel>(
         kernel: &mut K,
         core: &Core,
@@ -267,11 +294,12 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
     if let Source::Listen(l) = &core.source {
         let sources = zcrx::Sources {
             listener: Some(l.try_clone()?),
-            connected: Vec::new(),
+            ..Default::default()
         };
-        return once(kernel, core, sources, opts).map(|_| ());
+        return once(kernel, core, sources, opts).map(|r| r.held_at_exit);
     }
     let (mut ended, mut next) = (0, opts.first_stream);
+    let mut held = Vec::new();
     while !core.stop_flag().load(Ordering::Relaxed) && opts.max_streams.is_none_or(|m| ended < m) {
         let Some(sock) = core.dial() else {
             std::thread::sleep(Duration::from_millis(20));
@@ -285,15 +313,17 @@ fn drive_zcrx<K: zcrx::ZcrxKernel>(
         let sources = zcrx::Sources {
             listener: None,
             connected: vec![sock],
+            held: std::mem::take(&mut held),
         };
         let rep = once(kernel, core, sources, &one)?;
+        held = rep.held_at_exit;
         ended += rep.streams;
         next += rep.streams;
         if let Source::Connect(d) = &mut core.source {
             d.ended(rep.bytes);
         }
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Refill ring entries asked for: enough for an area of 64 KiB..256 MiB in 4 KiB pages

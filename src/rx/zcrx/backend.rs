@@ -39,6 +39,14 @@ pub trait ZcrxKernel {
     /// Submits queued requests and waits up to `timeout` for completions (or a watched
     /// descriptor); appends RECV_ZC completions to `out`.
     fn wait(&mut self, out: &mut Vec<ZcrxCompletion>, timeout: Duration) -> io::Result<()>;
+    /// Bytes per niov: the most one completion can carry (`rx_buf_len`, else a page).
+    fn niov_size(&self) -> usize;
+    /// Whether the kernel has `ZCRX_CTRL_FLUSH_RQ` (probed at registration).
+    fn can_flush_rq(&self) -> bool;
+    /// Makes the kernel read the whole refill ring now (IORING_REGISTER_ZCRX_CTRL,
+    /// ZCRX_CTRL_FLUSH_RQ). Without it the kernel reads the ring only when the queue's page
+    /// pool allocates, i.e. while steered packets arrive.
+    fn flush_rq(&mut self) -> io::Result<()>;
 }
 
 /// Where the backend's sockets come from.
@@ -48,6 +56,10 @@ pub struct Sources {
     pub listener: Option<TcpListener>,
     /// Already connected sockets (`record --connect`).
     pub connected: Vec<TcpStream>,
+    /// Buffers an earlier run released but could not put into the refill ring (its
+    /// [`ZcrxReport::held_at_exit`]): they still belong to the kernel's user references and
+    /// go back first.
+    pub held: Vec<ReleaseToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +72,13 @@ pub struct Options {
     pub label: String,
     /// How long to wait at exit for the writer to give back chunks it still holds.
     pub drain_timeout: Duration,
+    /// How long a stream the copy fallback left without free niovs (`-ENOMEM`) waits for the
+    /// kernel to take buffers back before it ends as not steered to the queue. Without
+    /// FLUSH_RQ an idle zcrx queue never reads the refill ring, so waiting longer is useless.
+    pub starve_timeout: Duration,
+    /// How to steer a stream to the queue, for the "not steered" error (e.g. `use --steer
+    /// or ethtool -N eth0 flow-type tcp4 dst-port 57012 action 7`).
+    pub steer_fix: String,
     /// Stream ids are allocated from here up.
     pub first_stream: StreamId,
     /// Stop once this many streams have ended (`record --max-streams`).
@@ -74,6 +93,9 @@ impl Default for Options {
             queue_napi_id: None,
             label: "zcrx".into(),
             drain_timeout: Duration::from_secs(30),
+            starve_timeout: Duration::from_secs(5),
+            steer_fix: "use --steer or `ethtool -N IF flow-type tcp4 dst-port PORT action Q`"
+                .into(),
             first_stream: 1,
             max_streams: None,
             limits: Limits::default(),
@@ -96,15 +118,24 @@ pub struct ZcrxReport {
     pub held_max: usize,
     /// Final `-ENOSPC` completions (CQ overflow) answered by re-arming RECV_ZC.
     pub rearm_enospc: u64,
-    /// Final `-ENOMEM` completions (no free area page for the copy path), re-armed after
-    /// buffers were returned.
+    /// Final `-ENOMEM` completions (no free area niov for the copy path).
     pub rearm_enomem: u64,
+    /// ZCRX_CTRL_FLUSH_RQ calls made so the kernel takes returned buffers back.
+    pub flushes: u64,
+    /// Streams ended because the copy fallback starved them and the kernel would not read
+    /// the refill ring (not steered to the queue).
+    pub starved_ends: u64,
     /// Streams whose data arrived through the kernel's copy fallback (not steered).
     pub copy_fallback_streams: u64,
     /// Completions that named no live stream or lay outside the area.
     pub bad_completions: u64,
     /// Buffers not back in the refill ring when the backend returned.
     pub unreturned_at_exit: u64,
+    /// Of those, the ones the writer released but the full refill ring could not take (the
+    /// kernel reads it only while the queue receives): give them to the next run
+    /// ([`Sources::held`]), or leave them to the queue's teardown, which drops every user
+    /// reference (`io_zcrx_scrub`).
+    pub held_at_exit: Vec<ReleaseToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +174,10 @@ struct Core<'a, K: ZcrxKernel> {
     /// Chunks lent to the writer and not yet released.
     outstanding: u64,
     ring_was_full: bool,
+    /// When a stream last got `-ENOMEM` with nothing re-armed since, and where the kernel's
+    /// refill-ring head was then (it moves when the kernel takes buffers back).
     starved_at: Option<Instant>,
+    starve_head: u32,
     writer_gone: bool,
     stopping: bool,
     ended: u64,
@@ -168,8 +202,8 @@ pub fn run<K: ZcrxKernel>(
     opts: &Options,
 ) -> io::Result<ZcrxReport> {
     let area_id = kernel.refill().area_token() >> IORING_ZCRX_AREA_SHIFT;
-    // A completion's bytes lie in one page (niov) of the area.
-    area.set_granule(crate::area::page_size());
+    // A completion's bytes lie in one niov of the area.
+    area.set_granule(kernel.niov_size());
     kernel.watch(area.wake_fd())?;
     let mut listener = sources.listener;
     if let Some(l) = &listener {
@@ -185,12 +219,13 @@ pub fn run<K: ZcrxKernel>(
         area_id,
         next_id: opts.first_stream,
         streams: HashMap::new(),
-        held: VecDeque::new(),
+        held: sources.held.into(),
         tokens: Vec::new(),
         aborts: Vec::new(),
         outstanding: 0,
         ring_was_full: false,
         starved_at: None,
+        starve_head: 0,
         writer_gone: false,
         stopping: false,
         ended: 0,
@@ -234,8 +269,13 @@ pub fn run<K: ZcrxKernel>(
         if stopping && core.streams.is_empty() {
             break;
         }
-        let busy = !core.held.is_empty() || core.starved_at.is_some();
-        let timeout = Duration::from_millis(if busy { 1 } else { 100 });
+        // Held buffers go into the refill ring as soon as the kernel makes room; a starved
+        // stream waits for the kernel's head to move, which needs no fast polling.
+        let timeout = Duration::from_millis(match (core.held.is_empty(), core.starved_at) {
+            (false, _) => 1,
+            (true, Some(_)) => 10,
+            (true, None) => 100,
+        });
         core.kernel.wait(&mut cqes, timeout)?;
         for c in cqes.drain(..) {
             core.handle(c);
@@ -338,15 +378,16 @@ impl<K: ZcrxKernel> Core<'_, K> {
         self.area.take_returns(&mut self.tokens, &mut self.aborts);
         self.outstanding -= self.tokens.len() as u64;
         self.held.extend(self.tokens.drain(..));
-        let mut pushed = 0u64;
-        let ring = self.kernel.refill();
-        while let Some(t) = self.held.front() {
-            match ring.push(t.id, t.len) {
-                Ok(()) => {
-                    self.held.pop_front();
-                    pushed += 1;
-                }
-                Err(Full) => break,
+        let mut pushed = self.push_held();
+        // A full ring where the kernel can be asked to read it: ask, then push the rest.
+        while !self.held.is_empty() && self.kernel.can_flush_rq() {
+            if self.kernel.flush_rq().is_err() {
+                break;
+            }
+            self.report.flushes += 1;
+            match self.push_held() {
+                0 => break,
+                n => pushed += n,
             }
         }
         let full = !self.held.is_empty();
@@ -364,20 +405,103 @@ impl<K: ZcrxKernel> Core<'_, K> {
         self.aborts = aborts;
         self.aborts.clear();
 
-        if let Some(since) = self.starved_at {
-            if pushed > 0 || since.elapsed() >= Duration::from_millis(2) {
-                self.starved_at = None;
-                let starved: Vec<u64> = self
-                    .streams
-                    .iter()
-                    .filter(|(_, s)| s.recv == Recv::Starved)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in starved {
-                    self.rearm(id);
+        if self.starved_at.is_some() {
+            self.unstarve();
+        }
+    }
+
+    /// Streams the copy fallback starved (`-ENOMEM`) are re-armed only when the kernel can
+    /// have free niovs again: after a FLUSH_RQ that returned buffers, or once the kernel
+    /// read the refill ring by itself (its head moved: the queue's page pool allocated).
+    /// Re-arming otherwise gets `-ENOMEM` at once, forever. After `starve_timeout` without
+    /// either, the streams end: on a kernel without FLUSH_RQ an idle zcrx queue never reads
+    /// the ring, which is what an unsteered flow looks like.
+    fn unstarve(&mut self) {
+        let Some(since) = self.starved_at else {
+            return;
+        };
+        let ring = self.kernel.refill();
+        let queued = ring.queued();
+        let head_moved = ring.kernel_head() != self.starve_head;
+        let mut ready = head_moved;
+        if !ready && queued > 0 && self.kernel.can_flush_rq() {
+            match self.kernel.flush_rq() {
+                Ok(()) => {
+                    self.report.flushes += 1;
+                    ready = true;
                 }
+                Err(e) => eprintln!(
+                    "zcap: {}: ZCRX_CTRL_FLUSH_RQ failed: {}",
+                    self.opts.label,
+                    errno_words(e.raw_os_error().unwrap_or(libc::EIO))
+                ),
             }
         }
+        let starved: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.recv == Recv::Starved)
+            .map(|(id, _)| *id)
+            .collect();
+        if starved.is_empty() {
+            self.starved_at = None;
+            return;
+        }
+        if ready {
+            self.starved_at = None;
+            for id in starved {
+                self.rearm(id);
+            }
+            return;
+        }
+        // With FLUSH_RQ, buffers the writer still holds will come back: wait for them.
+        let more_to_come = self.kernel.can_flush_rq() && self.outstanding > 0;
+        if more_to_come || since.elapsed() < self.opts.starve_timeout {
+            return;
+        }
+        self.starved_at = None;
+        let why = if self.kernel.can_flush_rq() {
+            format!(
+                "the area has no free niov for the kernel's copy fallback and none came back \
+                 within {:?} (the NIC and its page pool hold the rest)",
+                self.opts.starve_timeout
+            )
+        } else {
+            format!(
+                "the kernel copies its data into free area niovs and takes returned ones back \
+                 only when the zcrx queue receives (this kernel has no ZCRX_CTRL_FLUSH_RQ); \
+                 none came back within {:?}",
+                self.opts.starve_timeout
+            )
+        };
+        for id in starved {
+            self.report.starved_ends += 1;
+            let msg = format!(
+                "not steered to {}: {why}; {}",
+                self.opts.label, self.opts.steer_fix
+            );
+            eprintln!(
+                "zcap: stream {}: {msg}",
+                self.streams.get(&id).map_or("?", |s| s.name.as_str())
+            );
+            self.end(id, Some(msg));
+        }
+    }
+
+    /// Pushes held buffers into the refill ring until it is full; returns how many.
+    fn push_held(&mut self) -> u64 {
+        let mut pushed = 0u64;
+        let ring = self.kernel.refill();
+        while let Some(t) = self.held.front() {
+            match ring.push(t.id, t.len) {
+                Ok(()) => {
+                    self.held.pop_front();
+                    pushed += 1;
+                }
+                Err(Full) => break,
+            }
+        }
+        pushed
     }
 
     fn rearm(&mut self, id: u64) {
@@ -458,8 +582,20 @@ impl<K: ZcrxKernel> Core<'_, K> {
         let cancelling = matches!(recv, Recv::Cancelling { .. });
         match c.res {
             0 => self.end(id, None),
-            // A length-limited request finished; we never set a limit, but keep going.
-            r if r > 0 && !cancelling => self.rearm(id),
+            // Only a length-limited RECV_ZC ends with data, and zcap never sets a limit
+            // (`io_recvzc` ends an unlimited request with 0 or -errno): the data above was
+            // delivered; say what happened rather than re-arm a request we do not understand.
+            r if r > 0 && !cancelling => {
+                self.report.bad_completions += 1;
+                self.end(
+                    id,
+                    Some(format!(
+                        "RECV_ZC on {} ended with {r} bytes and no F_MORE, which an unlimited \
+                         request never does",
+                        self.opts.label
+                    )),
+                )
+            }
             r if r > 0 => self.end(id, None),
             r if cancelling
                 && (r == -libc::ECANCELED || r == -libc::ENOSPC || r == -libc::ENOMEM) =>
@@ -473,12 +609,15 @@ impl<K: ZcrxKernel> Core<'_, K> {
                 self.rearm(id);
             }
             r if r == -libc::ENOMEM => {
-                // No free area page for the copy path: re-arm once the writer gave some back.
+                // No free area niov for the copy fallback: see `unstarve`.
                 self.report.rearm_enomem += 1;
                 if let Some(st) = self.streams.get_mut(&id) {
                     st.recv = Recv::Starved;
                 }
-                self.starved_at.get_or_insert_with(Instant::now);
+                if self.starved_at.is_none() {
+                    self.starved_at = Some(Instant::now());
+                    self.starve_head = self.kernel.refill().kernel_head();
+                }
                 self.stats.add(&self.stats.starved, 1);
             }
             r => {
@@ -513,17 +652,36 @@ impl<K: ZcrxKernel> Core<'_, K> {
         }
     }
 
-    /// After the last stream ended: wait for the writer to release every chunk and for the
-    /// refill ring to take every held buffer.
+    /// After the last stream ended: wait (up to `drain_timeout`) for the writer to release
+    /// every chunk, and put every held buffer into the refill ring. A full ring is emptied
+    /// with FLUSH_RQ where the kernel has it; otherwise the kernel reads it only when the
+    /// queue receives, which at exit it does not, so those buffers are left to the queue's
+    /// teardown (which takes back every user reference) instead of waiting for nothing.
     fn drain(&mut self, cqes: &mut Vec<ZcrxCompletion>) -> io::Result<()> {
-        let deadline = Instant::now() + self.opts.drain_timeout;
+        let start = Instant::now();
+        let deadline = start + self.opts.drain_timeout;
+        let mut said = false;
         loop {
+            // Also flushes a full ring where the kernel can.
             self.release();
-            if (self.outstanding == 0 || self.writer_gone) && self.held.is_empty() {
+            let writer_has = if self.writer_gone {
+                0
+            } else {
+                self.outstanding
+            };
+            if writer_has == 0 {
                 break;
             }
             if Instant::now() >= deadline {
                 break;
+            }
+            if !said && start.elapsed() >= Duration::from_secs(1) {
+                said = true;
+                eprintln!(
+                    "zcap: {}: waiting up to {:?} for the writer to persist and release {} \
+                     chunk(s) it still holds",
+                    self.opts.label, self.opts.drain_timeout, writer_has
+                );
             }
             self.kernel.wait(cqes, Duration::from_millis(5))?;
             for c in cqes.drain(..) {
@@ -531,10 +689,23 @@ impl<K: ZcrxKernel> Core<'_, K> {
             }
         }
         self.report.unreturned_at_exit = self.outstanding + self.held.len() as u64;
+        self.report.held_at_exit = self.held.iter().copied().collect();
         if self.report.unreturned_at_exit > 0 && !self.writer_gone {
+            let held = self.held.len();
             eprintln!(
-                "zcap: {}: {} buffer(s) not returned to the kernel at exit",
-                self.opts.label, self.report.unreturned_at_exit
+                "zcap: {}: {} buffer(s) not returned to the kernel at exit: {} still with the \
+                 writer after {:?}, {held} released but not in the refill ring (full, and \
+                 the kernel reads it only while the queue receives{}); the queue's teardown \
+                 takes them back",
+                self.opts.label,
+                self.report.unreturned_at_exit,
+                self.outstanding,
+                start.elapsed(),
+                if self.kernel.can_flush_rq() {
+                    ""
+                } else {
+                    "; no FLUSH_RQ on this kernel"
+                }
             );
         }
         Ok(())

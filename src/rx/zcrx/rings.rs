@@ -21,12 +21,20 @@ use std::sync::Arc;
 /// cache-line size, as liburing's example does.
 const HEADER: usize = NIOV_SIZE;
 
-/// Size of the user-provided region for `entries` refill entries (page multiple).
+/// Size of the user-provided region for `entries` refill entries: a multiple of the real
+/// page size, as `io_create_region` requires (64 KiB on some arm64 hosts; a 4 KiB multiple
+/// there is EINVAL).
 pub fn region_size(entries: u32) -> usize {
+    region_size_for(entries, crate::area::page_size())
+}
+
+/// [`region_size`] for a host whose pages are `page` bytes.
+pub fn region_size_for(entries: u32, page: usize) -> usize {
     let entries = entries
         .clamp(1, super::sys::RQ_MAX_ENTRIES)
         .next_power_of_two() as usize;
-    (HEADER + entries * size_of::<io_uring_zcrx_rqe>()).div_ceil(NIOV_SIZE) * NIOV_SIZE
+    let page = page.max(1);
+    (HEADER + entries * size_of::<io_uring_zcrx_rqe>()).div_ceil(page) * page
 }
 
 /// Memory for the refill ring, allocated by user space and registered as an
@@ -195,6 +203,11 @@ impl RefillRing {
         self.area_token
     }
 
+    /// The kernel's head: how far it has read (moves only when it takes entries).
+    pub fn kernel_head(&self) -> u32 {
+        self.sh.head().load(Ordering::Acquire)
+    }
+
     /// Entries written but not yet consumed by the kernel.
     pub fn queued(&self) -> u32 {
         self.tail
@@ -246,6 +259,15 @@ impl RefillConsumer {
         })
     }
 
+    /// Entries published by the producer and not yet taken.
+    pub fn available(&self) -> u32 {
+        self.sh
+            .tail()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.cached_head)
+            .min(self.sh.entries)
+    }
+
     /// Takes up to `max` published entries exactly as `io_zcrx_ring_refill` does: reads the
     /// tail with Acquire, visits `min(tail - cached_head, entries, max)` slots, then
     /// publishes the new head with Release. Returns how many were taken.
@@ -286,6 +308,20 @@ mod tests {
         assert_eq!(region_size(32768), 4096 + 32768 * 16);
         let l = RingLayout::kernel_default(5);
         assert_eq!(l.entries, 8);
+    }
+
+    #[test]
+    fn region_is_a_multiple_of_the_real_page_size() {
+        // 64 KiB-page arm64 hosts: a 4 KiB multiple is EINVAL in io_create_region.
+        assert_eq!(region_size_for(1, 65536), 65536);
+        assert_eq!(region_size_for(4096, 65536), 2 * 65536);
+        assert_eq!(region_size_for(32768, 65536), 9 * 65536);
+        assert_eq!(region_size_for(256, 4096), 8192);
+        let page = crate::area::page_size();
+        for entries in [1, 64, 4096, 32768] {
+            assert_eq!(region_size(entries) % page, 0, "{entries} entries");
+            assert_eq!(RqRegion::new(entries).unwrap().size() % page, 0);
+        }
     }
 
     #[test]

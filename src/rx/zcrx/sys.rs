@@ -1,18 +1,131 @@
 //! The zcrx kernel ABI as zcap uses it (Linux 6.15+, `include/uapi/linux/io_uring.h` and
 //! `io_uring/zcrx.c`): the `#[repr(C)]` structs come from the io-uring crate's generated
-//! bindings and are re-exported here with a layout assertion each, so a binding that drifts
-//! from the kernel fails the build's tests instead of corrupting shared memory. The
+//! bindings, except `io_uring_zcrx_ifq_reg` (defined here with the current header's field
+//! names), `io_uring_zcrx_offsets` and `zcrx_ctrl` (6.19+, not in the crate), each with a
+//! layout assertion, so a binding that drifts from the kernel fails the build's tests
+//! instead of corrupting shared memory. The
 //! completion half of a CQE32 is decoded into [`ZcrxCompletion`], a plain value.
 //!
-//! No unsafe code lives here; the shared-memory rings are in `rings.rs`.
+//! The only unsafe code here is uname(2), for the running kernel's version; the shared-memory
+//! rings are in `rings.rs`.
 
 pub use io_uring::types::{
-    io_uring_region_desc, io_uring_zcrx_area_reg, io_uring_zcrx_cqe, io_uring_zcrx_ifq_reg,
-    io_uring_zcrx_rqe, IORING_MEM_REGION_TYPE_USER, IORING_ZCRX_AREA_MASK, IORING_ZCRX_AREA_SHIFT,
+    io_uring_region_desc, io_uring_zcrx_area_reg, io_uring_zcrx_cqe, io_uring_zcrx_rqe,
+    IORING_MEM_REGION_TYPE_USER, IORING_ZCRX_AREA_MASK, IORING_ZCRX_AREA_SHIFT,
 };
 
 /// `IORING_REGISTER_ZCRX_IFQ`.
 pub const IORING_REGISTER_ZCRX_IFQ: u32 = 32;
+/// `IORING_REGISTER_ZCRX_CTRL` (6.19+): control operations on a registered zcrx; older
+/// kernels answer an unknown register opcode with `EINVAL`.
+pub const IORING_REGISTER_ZCRX_CTRL: u32 = 36;
+/// `ZCRX_CTRL_FLUSH_RQ` of `enum zcrx_ctrl_op`: the kernel reads the whole refill ring now.
+pub const ZCRX_CTRL_FLUSH_RQ: u32 = 0;
+/// Kernels up to at least 6.18 fail registering an area larger than this with `EFAULT`.
+pub const AREA_LIMIT_TO_6_18: usize = 1 << 30;
+
+/// `struct io_uring_zcrx_offsets`: where the kernel put head, tail and entries in the
+/// refill-ring region.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct io_uring_zcrx_offsets {
+    pub head: u32,
+    pub tail: u32,
+    pub rqes: u32,
+    pub __resv2: u32,
+    pub __resv: [u64; 2],
+}
+
+/// `struct io_uring_zcrx_ifq_reg`, the argument of IORING_REGISTER_ZCRX_IFQ, with the field
+/// names of the current header: what 6.15–6.18 called `__resv2` is `rx_buf_len` (niov size
+/// asked for, `ZCRX_FEATURE_RX_PAGE_SIZE`, 0 = page size; must be 0 before 6.19), and the
+/// first reserved word is `event_desc` (pointer to an event descriptor on kernels that have
+/// it; 0 = none). Reserved words must be zero.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct io_uring_zcrx_ifq_reg {
+    pub if_idx: u32,
+    pub if_rxq: u32,
+    pub rq_entries: u32,
+    pub flags: u32,
+    /// Pointer to a `struct io_uring_zcrx_area_reg`.
+    pub area_ptr: u64,
+    /// Pointer to a `struct io_uring_region_desc`.
+    pub region_ptr: u64,
+    pub offsets: io_uring_zcrx_offsets,
+    pub zcrx_id: u32,
+    pub rx_buf_len: u32,
+    pub event_desc: u64,
+    pub __resv: [u64; 2],
+}
+
+/// `struct zcrx_ctrl`, the argument of IORING_REGISTER_ZCRX_CTRL (`nr_args` 0). For
+/// `ZCRX_CTRL_FLUSH_RQ` the 48-byte union (`struct zcrx_ctrl_flush_rq`) is all reserved and
+/// must be zero.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct zcrx_ctrl {
+    pub zcrx_id: u32,
+    pub op: u32,
+    pub __resv: [u64; 2],
+    /// The union of `zc_export`, `zc_flush`, …: six words.
+    pub data: [u64; 6],
+}
+
+/// A kernel's major and minor version, for the zcrx features that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl KernelVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        KernelVersion { major, minor }
+    }
+
+    /// `6.18.44-foo` → 6.18.
+    pub fn parse(release: &str) -> Option<Self> {
+        let mut it = release.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some(KernelVersion { major, minor })
+    }
+
+    /// The running kernel (uname).
+    pub fn running() -> Option<Self> {
+        // SAFETY: uname fills the zeroed local struct.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a live utsname.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return None;
+        }
+        // SAFETY: uname NUL-terminates the field.
+        let r = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+        Self::parse(&r.to_string_lossy())
+    }
+
+    /// IORING_REGISTER_ZCRX_CTRL with ZCRX_CTRL_FLUSH_RQ (`zcrx_flush_rq`).
+    pub fn has_flush_rq(self) -> bool {
+        self >= KernelVersion::new(6, 19)
+    }
+
+    /// `rx_buf_len` niov sizes (`ZCRX_FEATURE_RX_PAGE_SIZE`).
+    pub fn has_rx_buf_len(self) -> bool {
+        self >= KernelVersion::new(6, 19)
+    }
+
+    /// Registered ranges over [`AREA_LIMIT_TO_6_18`] fail with EFAULT.
+    pub fn limits_area_to_1gib(self) -> bool {
+        self <= KernelVersion::new(6, 18)
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
 /// `IORING_OP_RECV_ZC`.
 pub const IORING_OP_RECV_ZC: u8 = io_uring::opcode::RecvZc::CODE;
 /// `IORING_CQE_F_MORE`: the multishot request stays armed after this completion.
@@ -178,8 +291,39 @@ mod tests {
         assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, offsets.tail), 36);
         assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, offsets.rqes), 40);
         assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, zcrx_id), 64);
-        assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, __resv2), 68);
-        assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, __resv), 72);
+        assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, rx_buf_len), 68);
+        assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, event_desc), 72);
+        assert_eq!(offset_of!(io_uring_zcrx_ifq_reg, __resv), 80);
+        assert_eq!(size_of::<io_uring_zcrx_offsets>(), 32);
+        // The crate's binding (6.15 names) has the same shape: one struct, two spellings.
+        assert_eq!(
+            size_of::<io_uring::types::io_uring_zcrx_ifq_reg>(),
+            size_of::<io_uring_zcrx_ifq_reg>()
+        );
+    }
+
+    #[test]
+    fn zcrx_ctrl_layout() {
+        // struct zcrx_ctrl { u32 zcrx_id; u32 op; u64 __resv[2]; union { 48 bytes }; }
+        assert_eq!(size_of::<zcrx_ctrl>(), 72);
+        assert_eq!(align_of::<zcrx_ctrl>(), 8);
+        assert_eq!(offset_of!(zcrx_ctrl, zcrx_id), 0);
+        assert_eq!(offset_of!(zcrx_ctrl, op), 4);
+        assert_eq!(offset_of!(zcrx_ctrl, __resv), 8);
+        assert_eq!(offset_of!(zcrx_ctrl, data), 24);
+        assert_eq!(IORING_REGISTER_ZCRX_CTRL, 36);
+        assert_eq!(ZCRX_CTRL_FLUSH_RQ, 0);
+    }
+
+    #[test]
+    fn kernel_versions_decide_the_features() {
+        let v = KernelVersion::parse("6.18.44-fc-v857").unwrap();
+        assert_eq!(v, KernelVersion::new(6, 18));
+        assert!(!v.has_flush_rq() && !v.has_rx_buf_len() && v.limits_area_to_1gib());
+        let v = KernelVersion::parse("6.19.0-rc1").unwrap();
+        assert!(v.has_flush_rq() && v.has_rx_buf_len() && !v.limits_area_to_1gib());
+        assert!(KernelVersion::new(7, 0) > KernelVersion::new(6, 19));
+        assert_eq!(KernelVersion::parse("x"), None);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 use super::backend::ZcrxKernel;
 use super::rings::{RefillRing, RingLayout, RqRegion};
 use super::sys::{
-    errno_words, io_uring_region_desc, io_uring_zcrx_area_reg, io_uring_zcrx_ifq_reg,
-    ZcrxCompletion, IORING_MEM_REGION_TYPE_USER, IORING_REGISTER_ZCRX_IFQ, RQ_MAX_ENTRIES,
+    errno_words, io_uring_region_desc, io_uring_zcrx_area_reg, io_uring_zcrx_ifq_reg, zcrx_ctrl,
+    KernelVersion, ZcrxCompletion, AREA_LIMIT_TO_6_18, IORING_MEM_REGION_TYPE_USER,
+    IORING_REGISTER_ZCRX_CTRL, IORING_REGISTER_ZCRX_IFQ, NIOV_SIZE, RQ_MAX_ENTRIES,
+    ZCRX_CTRL_FLUSH_RQ,
 };
 use crate::area::Area;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -34,6 +36,15 @@ pub enum ZcrxError {
     Ring { source: io::Error },
     #[error("zcrx: cannot map the refill ring: {source}")]
     Memory { source: io::Error },
+    #[error(
+        "zcrx: a {area_len}-byte area is larger than the 1 GiB that Linux {kernel} can register \
+             for zero-copy receive (registration would fail with EFAULT); use --area-size 1GiB \
+             or less"
+    )]
+    AreaTooLarge {
+        area_len: usize,
+        kernel: KernelVersion,
+    },
     #[error("zcrx on {iface} queue {queue}: {}", register_words(.iface, *.queue, .driver.as_deref(), *.errno, *.rq_entries, *.area_len))]
     Register {
         iface: String,
@@ -54,6 +65,7 @@ impl ZcrxError {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             ZcrxError::Register { errno, .. } => *errno,
+            ZcrxError::AreaTooLarge { .. } => libc::EFAULT,
         }
     }
 }
@@ -108,7 +120,9 @@ fn register_words(
         libc::ENODEV => format!("{name}: no interface {iface} in this network namespace"),
         libc::EEXIST => format!(
             "{name}: an XDP program is attached to {iface} (`ip link set {iface} xdp off`) or queue \
-             {queue} already has a memory provider (another zcrx or devmem user)"
+             {queue} already has a memory provider (another zcrx or devmem user, or one still \
+             being torn down: retried for {:?})",
+            EEXIST_BACKOFF.iter().sum::<Duration>()
         ),
         libc::EBUSY => format!(
             "{name}: queue {queue} of {iface} is in use by AF_XDP or leased to another device"
@@ -116,6 +130,10 @@ fn register_words(
         libc::ENOMEM => format!(
             "{name}: the kernel could not pin the {area_len}-byte area; raise the locked-memory \
              limit (`ulimit -l`, LimitMEMLOCK=) or use a smaller --area-size"
+        ),
+        libc::EFAULT if area_len > AREA_LIMIT_TO_6_18 => format!(
+            "{name}: the {area_len}-byte area is over the 1 GiB this kernel registers; use \
+             --area-size 1GiB or less"
         ),
         libc::EFAULT => format!("{name}: the kernel could not access the area or refill ring memory"),
         _ => format!("{name}: the kernel refused the zero-copy receive queue"),
@@ -133,6 +151,8 @@ pub struct ZcrxIfq {
     ring: IoUring<squeue::Entry, cqueue::Entry32>,
     refill: RefillRing,
     zcrx_id: u32,
+    /// The kernel answered a probing ZCRX_CTRL_FLUSH_RQ (6.19+).
+    flush_rq: bool,
     /// The kernel pinned the area's pages; keep the mapping alive as long as the ring.
     _area: Arc<Area>,
     enabled: bool,
@@ -153,8 +173,51 @@ fn build_ring() -> io::Result<IoUring<squeue::Entry, cqueue::Entry32>> {
         .build(SQ_ENTRIES)
 }
 
+/// Waits before the retries of a registration that failed with EEXIST: the queue's previous
+/// memory provider (a `doctor --probe`, a zcap that just exited) goes away in the kernel's
+/// asynchronous ring teardown (`io_ring_exit_work`), a moment after its process closed it.
+pub const EEXIST_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+];
+
+/// Runs `attempt` again after each pause of `backoff` while it fails with EEXIST.
+pub fn retry_eexist<T>(
+    backoff: &[Duration],
+    mut attempt: impl FnMut() -> Result<T, ZcrxError>,
+) -> Result<T, ZcrxError> {
+    let mut pauses = backoff.iter();
+    loop {
+        match attempt() {
+            Err(e) if e.errno() == libc::EEXIST => match pauses.next() {
+                Some(d) => std::thread::sleep(*d),
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Refuses, before anything is registered, an area the running kernel cannot register:
+/// kernels up to 6.18 fail ranges over 1 GiB with EFAULT.
+pub fn check_area_len(area_len: usize, kernel: Option<KernelVersion>) -> Result<(), ZcrxError> {
+    match kernel {
+        Some(k) if k.limits_area_to_1gib() && area_len > AREA_LIMIT_TO_6_18 => {
+            Err(ZcrxError::AreaTooLarge {
+                area_len,
+                kernel: k,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Registers queue `queue` of `iface` for zero-copy receive into `area`, with a refill ring
-/// of `rq_entries` (rounded up to a power of two by the kernel).
+/// of `rq_entries` (rounded up to a power of two by the kernel). EEXIST is retried with a
+/// short back-off ([`EEXIST_BACKOFF`]); an area the running kernel cannot register is
+/// refused first.
 pub fn register(
     iface: &str,
     queue: u32,
@@ -164,7 +227,10 @@ pub fn register(
     let ifindex = crate::steer::ifindex(iface).map_err(|_| ZcrxError::NoInterface {
         iface: iface.into(),
     })?;
-    register_index(iface, ifindex, queue, area, rq_entries)
+    check_area_len(area.len(), KernelVersion::running())?;
+    retry_eexist(&EEXIST_BACKOFF, || {
+        register_index(iface, ifindex, queue, area, rq_entries)
+    })
 }
 
 /// [`register`] by interface index (tests use it to reach the kernel's own ENODEV).
@@ -193,14 +259,15 @@ pub fn register_index(
         mmap_offset: 0,
         __resv: [0; 4],
     };
-    // SAFETY: io_uring_zcrx_ifq_reg is plain integers; all-zero is its documented initial
-    // state (reserved fields must be zero).
-    let mut reg: io_uring_zcrx_ifq_reg = unsafe { std::mem::zeroed() };
-    reg.if_idx = ifindex;
-    reg.if_rxq = queue;
-    reg.rq_entries = rq_entries;
-    reg.area_ptr = &mut area_reg as *mut _ as u64;
-    reg.region_ptr = &mut region_desc as *mut _ as u64;
+    // rx_buf_len 0: niovs of one page; event_desc 0: no event descriptor; reserved zero.
+    let mut reg = io_uring_zcrx_ifq_reg {
+        if_idx: ifindex,
+        if_rxq: queue,
+        rq_entries,
+        area_ptr: &mut area_reg as *mut _ as u64,
+        region_ptr: &mut region_desc as *mut _ as u64,
+        ..Default::default()
+    };
     // The kernel writes back into `reg`, `area_reg` and `region_desc`, so they are passed as
     // `*mut` through the raw syscall: io-uring's `Submitter::register_ifq` takes `&reg`, and
     // a write through a pointer derived from a shared reference is not allowed in Rust.
@@ -236,10 +303,14 @@ pub fn register_index(
     };
     let refill = RefillRing::new(region, layout, area_reg.rq_area_token)
         .map_err(|source| ZcrxError::Memory { source })?;
+    // Probe FLUSH_RQ on the empty ring: 0 where the kernel has it, EINVAL (unknown register
+    // opcode) before 6.19.
+    let flush_rq = ctrl_flush_rq(ring.as_raw_fd(), reg.zcrx_id).is_ok();
     Ok(ZcrxIfq {
         ring,
         refill,
         zcrx_id: reg.zcrx_id,
+        flush_rq,
         _area: Arc::clone(area),
         enabled: false,
         watched: Vec::new(),
@@ -260,6 +331,7 @@ impl ZcrxIfq {
             ring,
             refill,
             zcrx_id: u32::MAX,
+            flush_rq: false,
             _area: Arc::clone(area),
             enabled: false,
             watched: Vec::new(),
@@ -270,6 +342,12 @@ impl ZcrxIfq {
 
     pub fn zcrx_id(&self) -> u32 {
         self.zcrx_id
+    }
+
+    /// ZCRX_CTRL_FLUSH_RQ on this ring, whatever the probe said (tests use it to see the
+    /// kernel's own answer).
+    pub fn flush_rq_raw(&self) -> io::Result<()> {
+        ctrl_flush_rq(self.ring.as_raw_fd(), self.zcrx_id)
     }
 
     fn push(&mut self, e: squeue::Entry) -> io::Result<()> {
@@ -308,9 +386,46 @@ impl ZcrxIfq {
     }
 }
 
+/// IORING_REGISTER_ZCRX_CTRL with ZCRX_CTRL_FLUSH_RQ for zcrx `zcrx_id` of ring `fd`.
+fn ctrl_flush_rq(fd: RawFd, zcrx_id: u32) -> io::Result<()> {
+    let mut ctrl = zcrx_ctrl {
+        zcrx_id,
+        op: ZCRX_CTRL_FLUSH_RQ,
+        ..Default::default()
+    };
+    // SAFETY: `ctrl` is a live local with the kernel's layout (asserted in sys.rs), all
+    // reserved words zero; `nr_args` must be 0 for this opcode. The kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            IORING_REGISTER_ZCRX_CTRL,
+            &mut ctrl as *mut zcrx_ctrl,
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl ZcrxKernel for ZcrxIfq {
     fn refill(&mut self) -> &mut RefillRing {
         &mut self.refill
+    }
+
+    fn niov_size(&self) -> usize {
+        // rx_buf_len is left 0: one page per niov.
+        crate::area::page_size().max(NIOV_SIZE)
+    }
+
+    fn can_flush_rq(&self) -> bool {
+        self.flush_rq
+    }
+
+    fn flush_rq(&mut self) -> io::Result<()> {
+        ctrl_flush_rq(self.ring.as_raw_fd(), self.zcrx_id)
     }
 
     fn arm(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
@@ -374,5 +489,87 @@ impl ZcrxKernel for ZcrxIfq {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn eexist() -> ZcrxError {
+        ZcrxError::Register {
+            iface: "eth9".into(),
+            queue: 3,
+            driver: None,
+            errno: libc::EEXIST,
+            rq_entries: 64,
+            area_len: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn eexist_is_retried_with_back_off_until_the_old_provider_is_gone() {
+        let tries = Cell::new(0);
+        let r = retry_eexist(&[Duration::from_millis(1); 4], || {
+            tries.set(tries.get() + 1);
+            if tries.get() < 3 {
+                Err(eexist())
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(tries.get(), 3);
+        // A lasting EEXIST ends after the back-off, with the error in words.
+        let tries = Cell::new(0);
+        let e = retry_eexist(&[Duration::from_millis(1); 2], || {
+            tries.set(tries.get() + 1);
+            Err::<(), _>(eexist())
+        })
+        .unwrap_err();
+        assert_eq!(tries.get(), 3);
+        assert!(e.to_string().contains("EEXIST"), "{e}");
+        // Other errors are not retried.
+        let tries = Cell::new(0);
+        let _ = retry_eexist(&EEXIST_BACKOFF, || {
+            tries.set(tries.get() + 1);
+            Err::<(), _>(ZcrxError::NoInterface { iface: "x".into() })
+        });
+        assert_eq!(tries.get(), 1);
+    }
+
+    #[test]
+    fn an_area_over_1gib_is_refused_up_front_on_kernels_to_6_18() {
+        let big = (1 << 30) + 4096;
+        let e = check_area_len(big, Some(KernelVersion::new(6, 18))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("1 GiB") && msg.contains("6.18"), "{msg}");
+        assert!(msg.contains("--area-size 1GiB"), "{msg}");
+        assert_eq!(e.errno(), libc::EFAULT);
+        assert!(check_area_len(1 << 30, Some(KernelVersion::new(6, 15))).is_ok());
+        assert!(check_area_len(big, Some(KernelVersion::new(6, 19))).is_ok());
+        assert!(check_area_len(big, None).is_ok());
+    }
+
+    #[test]
+    fn efault_on_a_large_area_names_the_limit() {
+        let w = register_words("eth0", 1, Some("mlx5_core"), libc::EFAULT, 64, 2 << 30);
+        assert!(w.contains("1 GiB"), "{w}");
+        let w = register_words("eth0", 1, Some("mlx5_core"), libc::EFAULT, 64, 1 << 20);
+        assert!(w.contains("could not access"), "{w}");
+    }
+
+    #[test]
+    fn flush_rq_on_an_unregistered_ring_is_refused_by_the_kernel() {
+        let area = Area::new(1 << 20, false).unwrap();
+        let Ok(ifq) = ZcrxIfq::unregistered(&area, 64) else {
+            eprintln!("skipped: io_uring with DEFER_TASKRUN/CQE32 unavailable here");
+            return;
+        };
+        assert!(!ifq.can_flush_rq());
+        // 6.19+: ENXIO (no such zcrx id); before: EINVAL (unknown register opcode).
+        let e = ifq.flush_rq_raw().unwrap_err().raw_os_error();
+        assert!(matches!(e, Some(libc::EINVAL | libc::ENXIO)), "{e:?}");
     }
 }
