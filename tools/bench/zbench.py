@@ -1522,7 +1522,7 @@ def capture_once(args, veth: Veth, case: CaptureCase, corpus: Corpus, run_no: in
 
 
 CAPTURE_FIELDS = ["pkt_s", "capture_ratio", "drop_rate", "captured", "missing", "kernel_drops", "sent",
-                  "flood_s", "flood_pkt_s", "reached_iface", "cpu_s", "cpu_s_per_mpkt", "maxrss_kib",
+                  "flood_s", "flood_pkt_s", "flood_cpu_s", "reached_iface", "cpu_s", "cpu_s_per_mpkt", "maxrss_kib",
                   "written_bytes"]
 
 
@@ -1651,7 +1651,11 @@ def render_capture(args, cap: dict) -> list[str]:
                f"duration (tcpreplay's own); capture ratio = in the output ÷ sent; missing = sent − in the output; "
                f"kernel drops as the capturer reports them. Rings: zcap's default {RING_MIB} MiB per capture "
                f"thread (64 × 4 MiB; twice that with --fanout 2), tcpdump and dumpcap -B {RING_MIB} MiB. The flood "
-               f"and the capturer share this host's CPUs: a veth measures the capture path here, not a NIC.")
+               f"and the capturer share this host's CPUs: a veth measures the capture path here, not a NIC. "
+               f"Packets/s cannot exceed the flood's rate, which moves with the host's load: where every case "
+               f"captures everything, compare capture ratio and CPU s, not packets/s. The kernel's copy into "
+               f"the ring runs in the sender's softirq and is charged to tcpreplay (flood_cpu_s in "
+               f"results.json), so CPU s is the capturer's own work: reading the ring, writing, compressing.")
     out.append("")
     out += capture_table(cap)
     out.append("")
