@@ -911,12 +911,18 @@ def machine_info(args, zcap: str | None) -> dict:
     try:
         st = os.stat(args.workdir)
         dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        # The mount the workdir is on: of the mounts of its device, the longest prefix of it
+        # (not the last listed: bind mounts such as /run/netns/* share the device).
+        best = ""
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 parts = line.split()
-                if parts[2] == dev:
+                mnt = parts[4]
+                if parts[2] == dev and len(mnt) >= len(best) and \
+                        (args.workdir == mnt or args.workdir.startswith(mnt.rstrip("/") + "/")):
                     sep = parts.index("-")
-                    info["disk"] = f"{parts[sep + 2]} ({parts[sep + 1]}) at {parts[4]}"
+                    info["disk"] = f"{parts[sep + 2]} ({parts[sep + 1]}) at {mnt}"
+                    best = mnt
         name = os.path.basename(os.path.realpath(f"/sys/dev/block/{dev}"))
         base = re.sub(r"\d+$", "", name) if not os.path.exists(f"/sys/block/{name}") else name
         rot = f"/sys/block/{base}/queue/rotational"
@@ -1654,7 +1660,7 @@ def render_capture(args, cap: dict) -> list[str]:
                f"and the capturer share this host's CPUs: a veth measures the capture path here, not a NIC. "
                f"Packets/s cannot exceed the flood's rate, which moves with the host's load: where every case "
                f"captures everything, compare capture ratio and CPU s, not packets/s. The kernel's copy into "
-               f"the ring runs in the sender's softirq and is charged to tcpreplay (flood_cpu_s in "
+               f"the ring runs in the sender's softirq and is mostly charged to tcpreplay (flood_cpu_s in "
                f"results.json), so CPU s is the capturer's own work: reading the ring, writing, compressing.")
     out.append("")
     out += capture_table(cap)
