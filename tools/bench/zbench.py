@@ -911,12 +911,18 @@ def machine_info(args, zcap: str | None) -> dict:
     try:
         st = os.stat(args.workdir)
         dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        # The mount the workdir is on: of the mounts of its device, the longest prefix of it
+        # (not the last listed: bind mounts such as /run/netns/* share the device).
+        best = ""
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 parts = line.split()
-                if parts[2] == dev:
+                mnt = parts[4]
+                if parts[2] == dev and len(mnt) >= len(best) and \
+                        (args.workdir == mnt or args.workdir.startswith(mnt.rstrip("/") + "/")):
                     sep = parts.index("-")
-                    info["disk"] = f"{parts[sep + 2]} ({parts[sep + 1]}) at {parts[4]}"
+                    info["disk"] = f"{parts[sep + 2]} ({parts[sep + 1]}) at {mnt}"
+                    best = mnt
         name = os.path.basename(os.path.realpath(f"/sys/dev/block/{dev}"))
         base = re.sub(r"\d+$", "", name) if not os.path.exists(f"/sys/block/{name}") else name
         rot = f"/sys/block/{base}/queue/rotational"
@@ -1254,6 +1260,425 @@ def query_table(q: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
+# Live-capture benchmark (--capture): tcpreplay floods a veth pair between two network
+# namespaces; zcap record -i, tcpdump and dumpcap capture its near end.
+
+CAPTURE_MTU = 1500
+RING_MIB = 256  # zcap's default ring per capture thread: --block-count 64 × --block-size 4MiB
+
+
+class Veth:
+    """Two network namespaces joined by a veth pair, as tests/afpacket.rs builds them: MTU
+    1500, IPv6 off on both ends (no router solicitations on the wire), lo and the pair up.
+    close() deletes both namespaces, which deletes the pair; it is registered with atexit
+    and the harness's signal handlers exit through it too."""
+
+    def __init__(self):
+        tag = f"{os.getpid() % 100000}"
+        self.near_ns, self.far_ns = f"zbench-cap-{tag}", f"zbench-snd-{tag}"
+        self.near, self.far = f"zbc{tag}a", f"zbc{tag}b"
+        self.made = []
+        atexit.register(self.close)
+        try:
+            for ns in (self.near_ns, self.far_ns):
+                self.ip("netns", "add", ns)
+                self.made.append(ns)
+            self.ip("link", "add", self.near, "mtu", str(CAPTURE_MTU), "type", "veth",
+                    "peer", "name", self.far, "mtu", str(CAPTURE_MTU))
+            for ns, dev in ((self.near_ns, self.near), (self.far_ns, self.far)):
+                self.ip("link", "set", dev, "netns", ns)
+            for ns, dev in ((self.near_ns, self.near), (self.far_ns, self.far)):
+                for conf in ("all", "default", dev):
+                    self.ip("netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+                self.ip("-n", ns, "link", "set", "lo", "up")
+                self.ip("-n", ns, "link", "set", dev, "up")
+        except Exception:
+            self.close()
+            raise
+
+    @staticmethod
+    def ip(*argv: str) -> None:
+        r = subprocess.run(["ip", *argv], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(argv)}: {r.stderr.decode(errors='replace').strip()}")
+
+    def near_exec(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.near_ns, *argv]
+
+    def far_exec(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.far_ns, *argv]
+
+    def rx_stats(self) -> dict:
+        """The near end's receive counters (what reached the interface; veth counts a frame
+        the backlog refused as rx dropped)."""
+        r = subprocess.run(["ip", "-n", self.near_ns, "-s", "-j", "link", "show", self.near],
+                           capture_output=True, timeout=30)
+        try:
+            rx = json.loads(r.stdout)[0]["stats64"]["rx"]
+            return {"packets": rx["packets"], "dropped": rx["dropped"]}
+        except (ValueError, IndexError, KeyError):
+            return {"packets": 0, "dropped": 0}
+
+    def close(self) -> None:
+        while self.made:
+            ns = self.made.pop()
+            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class CaptureCase:
+    """A capturer on the near end. ready: a regex its stderr prints once the capture socket
+    is open (the flood starts only then); output: 'zcap' (an archive) or 'pcap' (one file)."""
+
+    def __init__(self, cid, label, argv, *, needs=(), ready, output, zcap=False):
+        self.cid, self.label, self.argv, self.needs = cid, label, argv, needs
+        self.ready, self.output, self.zcap = ready, output, zcap
+
+
+def capture_cases(zcap: str) -> list[CaptureCase]:
+    cases = []
+    for comp, tag in (("zstd:1", "zstd1"), ("none", "none")):
+        for fanout in (1, 2):
+            cases.append(CaptureCase(
+                f"capture-zcap-{tag}-f{fanout}", f"zcap record -i --compress {comp} --fanout {fanout}",
+                [zcap, "record", "-i", "{iface}", "--compress", comp, "--fanout", str(fanout), "-o", "{out}/archive"],
+                ready=r"zcap: rx: afpacket", output="zcap", zcap=True))
+    cases += [
+        CaptureCase("capture-tcpdump", f"tcpdump -i -B {RING_MIB * 1024} -w",
+                    ["tcpdump", "-Z", "root", "-i", "{iface}", "-B", str(RING_MIB * 1024), "-w", "{out}/capture.pcap"],
+                    needs=("tcpdump",), ready=r"listening on", output="pcap"),
+        CaptureCase("capture-dumpcap", f"dumpcap -i -B {RING_MIB} -P -w",
+                    ["dumpcap", "-i", "{iface}", "-B", str(RING_MIB), "-P", "-w", "{out}/capture.pcap"],
+                    needs=("dumpcap",), ready=r"Capturing on", output="pcap"),
+    ]
+    return cases
+
+
+def make_capture_corpus(args) -> Corpus:
+    """The realistic corpus's generator arguments with a fixed packet count: every run floods
+    the same frames. Its largest frame (1514 bytes) fits the 1500-byte MTU; checked anyway,
+    since tcpreplay cannot send a frame larger than the MTU plus the Ethernet header."""
+    gen_args = CORPORA["realistic"][1] + ["--count", str(args.capture_packets)]
+    cdir = os.path.join(args.workdir, "corpus")
+    os.makedirs(cdir, exist_ok=True)
+    path = os.path.join(cdir, f"capture-{args.capture_packets}.pcap")
+    meta_path = path + ".json"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("gen_args") != gen_args or not os.path.exists(path):
+            meta = None
+    except (OSError, ValueError):
+        meta = None
+    if meta is None:
+        log(f"generating the capture corpus ({args.capture_packets:,} packets, realistic mix)")
+        r = subprocess.run([sys.executable, GEN, "--format", "pcap", *gen_args, "--seed", "1", "-o", path],
+                           stdout=sys.stderr)
+        if r.returncode != 0:
+            die("gen-pcap.py failed for the capture corpus")
+        count, offs, _ = pcap_scan(path)
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            largest = max(struct.unpack_from("<I", data, o + 8)[0] for o in offs)
+        finally:
+            data.close()
+        if largest > CAPTURE_MTU + 14:
+            die(f"the capture corpus has a {largest}-byte frame, larger than MTU {CAPTURE_MTU} + 14")
+        meta = {"gen_args": gen_args, "packets": count, "size": os.path.getsize(path), "largest": largest}
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+    return Corpus("capture", f"realistic mix, {meta['packets']:,} packets", path, meta["packets"], meta["size"], [])
+
+
+def wait_ready(p: subprocess.Popen, errpath: str, pattern: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, tail(errpath, 4000)):
+        if exited(p):
+            raise RuntimeError("the capturer exited before it was capturing")
+        if time.monotonic() > deadline:
+            raise Timeout(f"the capturer did not say /{pattern}/ within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def wait_settled(p: subprocess.Popen, out: str, quiet: float = 1.0, limit: float = 60.0) -> float:
+    """After the flood: waits until the capturer's output has not grown for `quiet` seconds
+    (it has drained its ring to disk), at most `limit`. Returns the seconds waited."""
+    t0 = time.monotonic()
+    last, since = -1, t0
+    while time.monotonic() - t0 < limit and not exited(p):
+        size = apparent(out)
+        now = time.monotonic()
+        if size != last:
+            last, since = size, now
+        elif now - since >= quiet:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def parse_tcpreplay(text: str) -> dict:
+    m = re.search(r"Actual: (\d+) packets \((\d+) bytes\) sent in ([0-9.]+) seconds", text)
+    if not m:
+        raise RuntimeError(f"tcpreplay printed no statistics: {text[-300:]}")
+    failed = re.search(r"Failed packets:\s+(\d+)", text)
+    return {"sent": int(m.group(1)), "sent_bytes": int(m.group(2)), "flood_s": float(m.group(3)),
+            "send_failed": int(failed.group(1)) if failed else 0}
+
+
+def count_capture(case: CaptureCase, out: str, errpath: str) -> tuple[int, int | None]:
+    """(packets in the output, kernel drops the capturer reported)."""
+    text = tail(errpath, 8000)
+    if case.output == "zcap":
+        got = drops = 0
+        with open(os.path.join(out, "archive", "manifest.jsonl")) as f:
+            for line in f:
+                e = json.loads(line)
+                if e.get("op") == "segment":
+                    got += e.get("packets", 0)
+                    drops += e.get("drops") or 0
+        m = re.search(r"zcap: capture: .*? dropped (\d+)", text)
+        return got, int(m.group(1)) if m else drops
+    got = pcap_scan(os.path.join(out, "capture.pcap"))[0]
+    m = (re.search(r"(\d+) packets? dropped by kernel", text)  # tcpdump
+         or re.search(r"Packets received/dropped on interface [^:]*: \d+/(\d+)", text))  # dumpcap
+    return got, int(m.group(1)) if m else None
+
+
+def capture_once(args, veth: Veth, case: CaptureCase, corpus: Corpus, run_no: int) -> dict:
+    odir = os.path.join(args.workdir, "out")
+    out = os.path.join(odir, case.cid)
+    rm(out)
+    os.makedirs(out)
+    errpath = os.path.join(odir, f"{case.cid}.stderr")
+    floodpath = os.path.join(odir, f"{case.cid}.tcpreplay")
+    rss_path = os.path.join(odir, f"{case.cid}.rss")
+    argv = measured(veth.near_exec(fmt_argv(case.argv, {"iface": veth.near, "out": out})), rss_path)
+    load = os.getloadavg()[0]
+    os.sync()
+    cap = flood = None
+    try:
+        with open(errpath, "wb") as err, open(floodpath, "wb") as fout:
+            rx0 = veth.rx_stats()
+            cap = spawn(argv, stdout=err, stderr=err)
+            wait_ready(cap, errpath, case.ready, 30)
+            time.sleep(0.3)
+            # -K: the whole corpus in memory first, so the flood does not wait for the disk.
+            flood = spawn(measured(veth.far_exec(["tcpreplay", "-K", "-i", veth.far, "--topspeed", corpus.path]),
+                                   floodpath + ".rss"), stdout=fout, stderr=fout)
+            _, frc, fru = wait_rusage(flood, 120 + corpus.size / MB)
+            if frc != 0:
+                raise RuntimeError(f"tcpreplay exit status {frc}: {tail(floodpath)}")
+            settle = wait_settled(cap, out)
+            rx1 = veth.rx_stats()
+            if not exited(cap):
+                os.killpg(cap.pid, signal.SIGINT)
+            t_stop = time.monotonic()
+            _, rc, ru = wait_rusage(cap, 60)
+            stop_s = time.monotonic() - t_stop
+    except (Timeout, RuntimeError, OSError) as e:
+        for p in (cap, flood):
+            if p is not None:
+                kill_group(p)
+                CHILDREN.pop(p.pid, None)
+        text = tail(errpath)
+        missing = zcap_missing(text) if case.zcap else None
+        rm(out)
+        return missing_result(missing) if missing else {"status": "failed", "reason": f"{e}: {text[-300:]}"}
+    text = tail(errpath)
+    if rc != 0:
+        missing = zcap_missing(text) if case.zcap else None
+        rm(out)
+        return missing_result(missing) if missing else {"status": "failed", "reason": f"exit status {rc}: {text[-300:]}"}
+    try:
+        fl = parse_tcpreplay(tail(floodpath, 4000))
+        captured, kdrops = count_capture(case, out, errpath)
+    except (RuntimeError, OSError, ValueError, struct.error) as e:
+        rm(out)
+        return {"status": "failed", "reason": str(e)}
+    cpu = ru.ru_utime + ru.ru_stime
+    rss, rss_exact = read_rss(rss_path, ru)
+    sent = fl["sent"]
+    res = {
+        "status": "ok",
+        "run": run_no,
+        **fl,
+        "flood_pkt_s": sent / fl["flood_s"],
+        "flood_cpu_s": fru.ru_utime + fru.ru_stime,
+        "reached_iface": rx1["packets"] - rx0["packets"],
+        "iface_rx_dropped": rx1["dropped"] - rx0["dropped"],
+        "captured": captured,
+        "kernel_drops": kdrops,
+        "missing": max(0, sent - captured),
+        "capture_ratio": captured / sent if sent else 0.0,
+        "drop_rate": max(0, sent - captured) / sent if sent else 0.0,
+        "pkt_s": captured / fl["flood_s"],
+        "settle_s": settle,
+        "stop_s": stop_s,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        "cpu_s": cpu,
+        "cpu_s_per_mpkt": cpu / (captured / 1e6) if captured else None,
+        "maxrss_kib": rss,
+        "maxrss_exact": rss_exact,
+        "written_bytes": du(out),
+        "loadavg_1m_before": load,
+    }
+    rm(out)
+    return res
+
+
+CAPTURE_FIELDS = ["pkt_s", "capture_ratio", "drop_rate", "captured", "missing", "kernel_drops", "sent",
+                  "flood_s", "flood_pkt_s", "flood_cpu_s", "reached_iface", "cpu_s", "cpu_s_per_mpkt", "maxrss_kib",
+                  "written_bytes"]
+
+
+def capture_summary(runs: list[dict]) -> dict:
+    s = summarize(runs)
+    ok = [r for r in runs if r.get("status") == "ok"]
+    for k in CAPTURE_FIELDS:
+        vals = [r[k] for r in ok if r.get(k) is not None]
+        if vals:
+            s[k] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+    return s
+
+
+def run_capture(args, zcap: str) -> dict:
+    cases = capture_cases(zcap)
+    if args.only:
+        cases = [c for c in cases if re.search(args.only, c.cid)]
+    meta = [{"id": c.cid, "label": c.label, "argv": c.argv} for c in cases]
+    result = {"cases": meta, "runs": {}, "corpus": None, "skipped": None}
+    why = None
+    if os.geteuid() != 0:
+        why = "needs root (network namespaces, a veth pair, raw packet sockets)"
+    elif not have("ip"):
+        why = "needs ip (apt-get install iproute2)"
+    elif not have("tcpreplay"):
+        why = "needs tcpreplay (apt-get install tcpreplay) for the flood"
+    if why or not cases:
+        why = why or "no capture case matches --only"
+        log(f"capture benchmark skipped: {why}")
+        result["skipped"] = why
+        return result
+    corpus = make_capture_corpus(args)
+    result["corpus"] = {"title": corpus.title, "packets": corpus.packets, "bytes": corpus.size, "path": corpus.path}
+    veth = Veth()
+    try:
+        result["veth"] = {"near": f"{veth.near} in {veth.near_ns}", "far": f"{veth.far} in {veth.far_ns}",
+                          "mtu": CAPTURE_MTU}
+        for c in cases:
+            absent = [t for t in c.needs if not have(t)]
+            if absent:
+                result["runs"][c.cid] = [missing_result(f"{', '.join(absent)} not installed", "unavailable")]
+                continue
+            runs = []
+            for i in range(args.warmup + args.runs):
+                warm = i < args.warmup
+                r = capture_once(args, veth, c, corpus, 0 if warm else i - args.warmup + 1)
+                note_capture(f"[capture] {c.cid}" + (" warm-up" if warm else ""),
+                             i if warm else i - args.warmup, args.warmup if warm else args.runs, r)
+                if r["status"] in ("missing", "failed"):
+                    runs = [r]
+                    break
+                if not warm:
+                    runs.append(r)
+            result["runs"][c.cid] = runs
+    finally:
+        veth.close()
+    return result
+
+
+def note_capture(what: str, i: int, n: int, r: dict) -> None:
+    if r.get("status") != "ok":
+        log(f"{what}: {r['status']}: {(r.get('reason') or '')[:200]}")
+        return
+    log(f"{what} run {i + 1}/{n}: sent {r['sent']:,} in {r['flood_s']:.2f} s, captured {r['captured']:,} "
+        f"({r['capture_ratio'] * 100:.2f}%), kernel drops {r['kernel_drops']}, {r['pkt_s']:,.0f} packets/s, "
+        f"cpu {r['cpu_s']:.2f} s, rss {r['maxrss_kib'] / 1024:.0f} MiB, settle {r['settle_s']:.1f} s")
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{x * 100:.2f}%"
+
+
+def count(x) -> str:
+    return "–" if x is None else f"{round(x):,}"
+
+
+def capture_table(cap: dict) -> list[str]:
+    lines = ["| case | captured packets/s | capture ratio | missing | kernel drops (reported) | sent | "
+             "flood s | CPU s | CPU s per M packets | peak RSS MiB | on disk MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m in cap["cases"]:
+        s = capture_summary(cap["runs"].get(m["id"], []))
+        bad = status_cell(s)
+        if bad and not s.get("pkt_s"):
+            lines.append(f"| {md_cell(m['label'])} | {bad} |" + "  |" * 9)
+            continue
+        cr = s["capture_ratio"]
+        ratio = pct(cr["median"]) if s["runs"] <= 1 or pct(cr["min"]) == pct(cr["max"]) else \
+            f"{pct(cr['median'])} ({pct(cr['min'])}–{pct(cr['max'])})"
+        lines.append(
+            f"| {md_cell(m['label'])} | {spread(s, 'pkt_s')} | {ratio} | {count(med(s, 'missing'))} | "
+            f"{count(med(s, 'kernel_drops'))} | {count(med(s, 'sent'))} | {spread(s, 'flood_s')} | {spread(s, 'cpu_s')} | "
+            f"{f3(med(s, 'cpu_s_per_mpkt'))} | {spread(s, 'maxrss_kib', 1024)} | {f3(med(s, 'written_bytes') / MB)} |")
+    return lines
+
+
+def capture_ratio_table(cap: dict) -> list[str]:
+    summ = {m["id"]: capture_summary(cap["runs"].get(m["id"], [])) for m in cap["cases"]}
+    peers = [p for p in ("capture-tcpdump", "capture-dumpcap") if med(summ.get(p, {}), "pkt_s")]
+    zc = [m for m in cap["cases"] if m["id"].startswith("capture-zcap") and med(summ[m["id"]], "pkt_s")]
+    if not peers or not zc:
+        return []
+    name = {"capture-tcpdump": "tcpdump", "capture-dumpcap": "dumpcap"}
+    lines = ["| zcap case | " + " | ".join(f"packets/s ÷ {name[p]}" for p in peers) + " | "
+             + " | ".join(f"capture ratio ÷ {name[p]}" for p in peers) + " |",
+             "| --- |" + " ---: |" * (2 * len(peers))]
+    for m in zc:
+        z = summ[m["id"]]
+        cells = [f"{med(z, 'pkt_s') / med(summ[p], 'pkt_s'):.2f}×" for p in peers]
+        cells += [f"{med(z, 'capture_ratio') / med(summ[p], 'capture_ratio'):.2f}×" if med(summ[p], "capture_ratio")
+                  else "–" for p in peers]
+        lines.append(f"| {md_cell(m['label'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_capture(args, cap: dict) -> list[str]:
+    out = ["## Live capture: tcpreplay --topspeed over a veth pair", ""]
+    if cap.get("skipped"):
+        return out + [f"Skipped: {cap['skipped']}.", ""]
+    c = cap["corpus"]
+    v = cap.get("veth", {})
+    out.append(f"`tcpreplay -K -i {v.get('far', 'vethB')} --topspeed` floods {c['title']} ({human(c['bytes'])}) "
+               f"from the far namespace; each capturer runs on the near end ({v.get('near', 'vethA')}, MTU "
+               f"{v.get('mtu', CAPTURE_MTU)}) via `ip netns exec` and is stopped with SIGINT once its output "
+               f"has not grown for 1 s after the flood. Captured packets/s = packets in the output ÷ the flood's "
+               f"duration (tcpreplay's own); capture ratio = in the output ÷ sent; missing = sent − in the output; "
+               f"kernel drops as the capturer reports them. Rings: zcap's default {RING_MIB} MiB per capture "
+               f"thread (64 × 4 MiB; twice that with --fanout 2), tcpdump and dumpcap -B {RING_MIB} MiB. The flood "
+               f"and the capturer share this host's CPUs: a veth measures the capture path here, not a NIC. "
+               f"Packets/s cannot exceed the flood's rate, which moves with the host's load: where every case "
+               f"captures everything, compare capture ratio and CPU s, not packets/s. The kernel's copy into "
+               f"the ring runs in the sender's softirq and is mostly charged to tcpreplay (flood_cpu_s in "
+               f"results.json), so CPU s is the capturer's own work: reading the ring, writing, compressing.")
+    out.append("")
+    out += capture_table(cap)
+    out.append("")
+    rt = capture_ratio_table(cap)
+    if rt:
+        out.append("zcap ÷ peer, medians (above 1: zcap captured more per second / a larger share):")
+        out.append("")
+        out += rt
+        out.append("")
+    for m in cap["cases"]:
+        argv = re.sub(r"\S*/zcap ", "zcap ", " ".join(fmt_argv(m["argv"], {"iface": "IF", "out": "OUT"})) + " ")
+        out.append(f"- `{m['id']}`: `ip netns exec NEAR_NS {argv.strip()}`")
+    out.append("")
+    return out
+
+
+# --------------------------------------------------------------------------------------
 
 
 def note_run(what: str, i: int, n: int, r: dict) -> None:
@@ -1292,13 +1717,18 @@ def parse_args(argv):
     p.add_argument("--zcap", metavar="PATH", help="use this zcap binary instead of building --release")
     p.add_argument("--workdir", default="/tmp/zcap-bench", help="corpora, outputs and results (default /tmp/zcap-bench)")
     p.add_argument("--keep", action="store_true", help="keep corpora and the query archive for the next run")
-    p.add_argument("--only", metavar="REGEX", help="run only the ingest cases whose id matches (see --list)")
+    p.add_argument("--only", metavar="REGEX", help="run only the ingest (and --capture) cases whose id matches (see --list)")
     p.add_argument("--list", action="store_true", help="list the case ids and exit")
     p.add_argument("--corpus", default="realistic,full", help="which corpora: realistic,full (default both)")
     p.add_argument("--senders", type=int, default=8, help="concurrent senders of the multi-sender cases (default 8)")
     p.add_argument("--no-ingest", action="store_true", help="skip the ingest benchmark")
     p.add_argument("--no-replay", action="store_true", help="skip the replay benchmark")
     p.add_argument("--query", action="store_true", help="run the query benchmark (builds a --query-size archive)")
+    p.add_argument("--capture", action="store_true",
+                   help="run the live-capture benchmark: tcpreplay floods a veth pair, zcap record -i, tcpdump and "
+                        "dumpcap capture it (root)")
+    p.add_argument("--capture-packets", type=int, default=2_000_000, metavar="N",
+                   help="packets tcpreplay floods per capture run (default 2000000, about 1.4 GB)")
     p.add_argument("--query-size", type=parse_size, default=10 * GIB, help="raw bytes of the query archive (default 10G)")
     p.add_argument("--query-span", type=float, default=4 * 3600, help="seconds of traffic the query archive spans (default 4 h)")
     p.add_argument("--query-window", type=int, default=60, help="seconds cut out by the query (default 60)")
@@ -1316,6 +1746,8 @@ def parse_args(argv):
         p.error("--warmup must be 0..10")
     if a.senders < 2 or a.senders > 64:
         p.error("--senders must be 2..64")
+    if a.capture_packets < 1000:
+        p.error("--capture-packets must be at least 1000")
     if a.size < 64 * 1024:
         p.error("--size must be at least 64K")
     a.corpora = [c.strip() for c in a.corpus.split(",") if c.strip()]
@@ -1335,6 +1767,8 @@ def main(argv) -> int:
     if args.list:
         for c in ingest_cases(args, "zcap", args.segment_size):
             print(f"{c.cid:22} {c.label}")
+        for c in capture_cases("zcap"):
+            print(f"{c.cid:22} {c.label} (--capture)")
         return 0
     atexit.register(kill_all)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -1353,7 +1787,7 @@ def main(argv) -> int:
     os.makedirs(resdir, exist_ok=True)
     info = machine_info(args, zcap)
     report = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "ingest": {}, "replay": None,
-              "query": None, "commands": {}}
+              "query": None, "capture": None, "commands": {}}
     failures = 0
     started = time.monotonic()
     corpora = {}
@@ -1401,6 +1835,11 @@ def main(argv) -> int:
                     failures += 1
             if not all(report["query"]["same_records_as_zcap_cat"].values()):
                 failures += 1
+        if args.capture:
+            report["capture"] = run_capture(args, zcap)
+            for m in report["capture"]["cases"]:
+                if summarize(report["capture"]["runs"].get(m["id"], []))["status"] in ("failed", "wrong"):
+                    failures += 1
     finally:
         kill_all()
         rm(os.path.join(args.workdir, "out"))
@@ -1529,6 +1968,8 @@ def render(args, report) -> str:
         out.append("")
         out += query_table(q)
         out.append("")
+    if report.get("capture"):
+        out += render_capture(args, report["capture"])
     if not report["ingest"]:
         return "\n".join(out)
     out.append("## How each row was run")
