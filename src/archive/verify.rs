@@ -274,7 +274,7 @@ fn seq_of(path: &str) -> Option<u64> {
 /// removed the ones between; each segment's first data byte is where the one before it
 /// ended (a rotation repeats the header, a new pcapng section adds its own); a stream that
 /// begins in the archive begins at its header; and a stream's end line counts the packets
-/// its segments hold, when none was deleted.
+/// its segments hold, when none was deleted and it ended without an error.
 fn check_continuity(c: &Catalog, live: &[(&LiveSegment, Scan)], r: &mut Report) {
     use std::collections::{BTreeMap, HashSet};
     let dir_of = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
@@ -347,7 +347,9 @@ fn check_continuity(c: &Catalog, live: &[(&LiveSegment, Scan)], r: &mut Report) 
         }
         if let Some(e) = c.stream_ends.iter().find(|e| e.stream == *stream) {
             let held: u64 = segs.iter().map(|(_, s)| s.packets).sum();
-            if !any_deleted && first.0.entry.seq == 1 && held != e.packets {
+            // A stream that ended in an error (a full disk at shutdown among them) counts
+            // what it framed, not only what reached the disk; its line says what was lost.
+            if !any_deleted && first.0.entry.seq == 1 && e.error.is_none() && held != e.packets {
                 r.problem(
                     format!(
                         "stream {stream}: its end line ({}) counts {} packets, its segments hold {held}",
