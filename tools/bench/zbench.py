@@ -1803,15 +1803,9 @@ def main(argv) -> int:
                                              "stdout": c.stdout_file, "senders": c.senders}
             for name, corpus in corpora.items():
                 per = {}
-                for c in cases:
-                    runs = []
-                    absent = [t for t in c.needs if not have(t)]
-                    if absent:
-                        runs.append(missing_result(f"{', '.join(absent)} not installed", "unavailable"))
-                    else:
-                        runs = measure_case(args, c, corpus, name)
-                    per[c.cid] = {"runs": runs, "summary": summarize(runs)}
-                    if per[c.cid]["summary"]["status"] in ("failed", "wrong"):
+                for c, runs in measure_cases(args, cases, corpus, name).items():
+                    per[c] = {"runs": runs, "summary": summarize(runs)}
+                    if per[c]["summary"]["status"] in ("failed", "wrong"):
                         failures += 1
                 report["ingest"][name] = {"corpus": {"title": corpus.title, "bytes": corpus.size,
                                                      "packets": corpus.packets, "path": corpus.path},
@@ -1861,21 +1855,37 @@ def main(argv) -> int:
     return 0
 
 
-def measure_case(args, c: Case, corpus: Corpus, name: str) -> list[dict]:
-    """Warm-up runs (discarded: on a VM the first touch of fresh memory is far slower than
-    the steady state), then the measured runs; stops at the first missing/failed run."""
-    for i in range(args.warmup):
-        r = run_once(args, c, corpus, 0)
-        note_run(f"[{name}] {c.cid} warm-up", i, args.warmup, r)
-        if r["status"] in ("missing", "failed"):
-            return [r]
-    runs = []
+def measure_cases(args, cases: list, corpus: Corpus, name: str) -> dict:
+    """Every case's warm-ups, then the measured runs round robin: run 1 of every case, then
+    run 2 of every case, ... A VM's speed drifts over minutes (other guests, frequency), and
+    a ratio between two cases measured minutes apart would carry that drift; measured in
+    turn, each case's median sees the same spells. A case stops at its first missing or
+    failed run."""
+    runs: dict = {}
+    live = []
+    for c in cases:
+        absent = [t for t in c.needs if not have(t)]
+        if absent:
+            runs[c.cid] = [missing_result(f"{', '.join(absent)} not installed", "unavailable")]
+            continue
+        runs[c.cid] = []
+        ok = True
+        for i in range(args.warmup):
+            r = run_once(args, c, corpus, 0)
+            note_run(f"[{name}] {c.cid} warm-up", i, args.warmup, r)
+            if r["status"] in ("missing", "failed"):
+                runs[c.cid] = [r]
+                ok = False
+                break
+        if ok:
+            live.append(c)
     for i in range(args.runs):
-        r = run_once(args, c, corpus, i + 1)
-        runs.append(r)
-        note_run(f"[{name}] {c.cid}", i, args.runs, r)
-        if r["status"] in ("missing", "failed"):
-            break
+        for c in list(live):
+            r = run_once(args, c, corpus, i + 1)
+            runs[c.cid].append(r)
+            note_run(f"[{name}] {c.cid}", i, args.runs, r)
+            if r["status"] in ("missing", "failed"):
+                live.remove(c)
     return runs
 
 
