@@ -261,6 +261,30 @@ pub struct RecordArgs {
     )]
     pub user: Option<String>,
 
+    /// Speak TLS on --listen with this certificate chain (PEM); senders connect with e.g.
+    /// `socat -u FILE OPENSSL:HOST:PORT,cafile=CA` or `openssl s_client`. Plain TCP stays
+    /// the default (what tcpdump | nc, Arkime and NetworkMiner speak).
+    #[arg(
+        long,
+        value_name = "CERT",
+        requires = "tls_key",
+        conflicts_with = "connect"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only senders whose client certificate this CA (PEM) issued; the
+    /// certificate's subject names the stream.
+    #[arg(long, value_name = "CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --connect: speak TLS to the server and trust the CAs in this PEM file.
+    #[arg(long, value_name = "CA", requires = "connect")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Sign the manifest with this Ed25519 private key (PEM, from `zcap keygen`): every
     /// line is followed by a signature of the chain head, which `verify --key` checks.
     #[arg(long, value_name = "KEY")]
@@ -397,6 +421,11 @@ pub struct ReplayArgs {
     /// Serve the capture to every client that connects (a PCAP-over-IP server).
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "to")]
     pub serve: Option<String>,
+
+    /// With --to: send over TLS, trusting the server certificates this CA (PEM) issued for
+    /// the host named in --to (e.g. a `zcap record --tls-cert` recorder).
+    #[arg(long, value_name = "CA", requires = "to")]
+    pub tls_ca: Option<PathBuf>,
     /// Play at X times the recorded pace: 1 = real time, 0.5 = half speed (above 0, at most
     /// 1000000).
     #[arg(long, value_name = "X", conflicts_with = "topspeed", allow_negative_numbers = true, value_parser = speed_up_to(MAX_SPEED))]

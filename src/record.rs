@@ -63,6 +63,8 @@ pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
         max_conns_per_peer: a.max_conns_per_peer as usize,
         allow: a.allow.clone(),
         drop_to: None,
+        tls: None,
+        tls_client: None,
     }
 }
 
@@ -224,8 +226,23 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         drop(tx);
         r.map(|_| ()).map_err(anyhow::Error::from)
     } else {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => Some(
+                rx::tls::server_config(c, k, a.tls_client_ca.as_deref())
+                    .context("--tls-cert/--tls-key/--tls-client-ca")?,
+            ),
+            _ => None,
+        };
+        let tls_client = a
+            .tls_ca
+            .as_deref()
+            .map(rx::tls::client_config)
+            .transpose()
+            .context("--tls-ca")?;
         let cfg = rx::engine::Config {
             drop_to: drop_to.clone(),
+            tls,
+            tls_client,
             ..engine_config(a)
         };
         rx::engine::run(&cfg, tx, &stop, &rx_stats).map_err(anyhow::Error::from)

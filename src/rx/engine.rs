@@ -53,7 +53,14 @@ pub struct Config {
     pub allow: Vec<super::limits::Cidr>,
     /// Who to become once the listener is bound and the backend set up (`-Z`).
     pub drop_to: Option<crate::privdrop::Target>,
+    /// Speak TLS to senders (`--tls-cert`/`--tls-key`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Speak TLS to the `--connect` server (`--tls-ca`).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
 }
+
+/// The area of each TLS connection (at most `--area-size`).
+const TLS_CONN_AREA: usize = 8 << 20;
 
 /// Becomes the `-Z` user, if any: called once everything that needs privileges is set up.
 fn relinquish(a: &Config) -> io::Result<()> {
@@ -82,14 +89,53 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
         );
     }
     let source = match &a.connect {
+        Some(target) if a.tls_client.is_some() => {
+            relinquish(a)?;
+            eprintln!("zcap: rx: tls (connecting to {target})");
+            let conn_area = (a.area_size as usize).min(TLS_CONN_AREA);
+            let client = Arc::clone(a.tls_client.as_ref().expect("checked"));
+            return super::tls::dial(
+                target,
+                client,
+                super::tls::Serve {
+                    tls: None,
+                    conn_area,
+                    buf_size: size.min(conn_area / 4),
+                    limits,
+                    max_streams: a.max_streams,
+                    events: tx,
+                    stop,
+                    stats,
+                },
+            );
+        }
         Some(target) => Source::Connect(Dialer::new(target)),
         None => {
             let addr = a.listen.as_str();
             let l = TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             super::sys::set_backlog(std::os::fd::AsRawFd::as_raw_fd(&l), super::conn::BACKLOG)?;
-            if let Some(w) = exposure_warning(&l, &a.allow) {
+            if let Some(w) = exposure_warning(&l, &a.allow, a.tls.is_some()) {
                 eprintln!("{w}");
+            }
+            if let Some(tls) = &a.tls {
+                relinquish(a)?;
+                eprintln!("zcap: rx: tls (a thread and area per connection; --rx does not apply)");
+                eprintln!("zcap: listening on {}", l.local_addr()?);
+                let conn_area = (a.area_size as usize).min(TLS_CONN_AREA);
+                return super::tls::serve(
+                    l,
+                    super::tls::Serve {
+                        tls: Some(Arc::clone(tls)),
+                        conn_area,
+                        buf_size: size.min(conn_area / 4),
+                        limits,
+                        max_streams: a.max_streams,
+                        events: tx,
+                        stop,
+                        stats,
+                    },
+                );
             }
             Source::Listen(l)
         }
@@ -153,10 +199,11 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
     }
 }
 
-/// The one line that says what a listener off loopback with no `--allow` exposes.
-fn exposure_warning(l: &TcpListener, allow: &[super::limits::Cidr]) -> Option<String> {
+/// The one line that says what a listener off loopback with neither `--allow` nor TLS
+/// exposes.
+fn exposure_warning(l: &TcpListener, allow: &[super::limits::Cidr], tls: bool) -> Option<String> {
     let addr = l.local_addr().ok()?;
-    (allow.is_empty() && !addr.ip().to_canonical().is_loopback()).then(|| {
+    (allow.is_empty() && !tls && !addr.ip().to_canonical().is_loopback()).then(|| {
         format!(
             "zcap: warning: listening on {addr} without --allow: anyone who can reach this port \
              can write into the archive, and the packets cross the network as plain TCP"

@@ -13,6 +13,25 @@ use std::sync::Arc;
 /// Blocks (waiting on the area's wake fd) when every buffer is lent out: the writer's pace
 /// sets ours. Returns the number of bytes read.
 pub fn run(
+    input: impl Read,
+    name: String,
+    stream: StreamId,
+    area: &Arc<Area>,
+    buf_size: usize,
+    events: &Events,
+    stats: &RxStats,
+    stop: &Stop,
+) -> io::Result<u64> {
+    run_source(
+        input, name, stream, area, buf_size, events, stats, stop, false,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+/// As [`run`]; a `network` input (a TLS connection) is subject to the network timeouts, its
+/// reads may time out (WouldBlock/TimedOut: nothing yet, look at `stop` again), and at a
+/// stop it is drained of what already arrived before it ends.
+pub fn run_source(
     mut input: impl Read,
     name: String,
     stream: StreamId,
@@ -21,6 +40,7 @@ pub fn run(
     events: &Events,
     stats: &RxStats,
     stop: &Stop,
+    network: bool,
 ) -> io::Result<u64> {
     let nbufs = (area.len() / buf_size).max(1);
     let mut free: Vec<usize> = (0..nbufs).rev().collect();
@@ -34,14 +54,19 @@ pub fn run(
         stream,
         name,
         area: Arc::clone(area),
-        network: false,
+        network,
     })?;
     area.set_granule(buf_size);
     let mut total = 0u64;
     let mut error = None;
+    let mut draining = false;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
+        if !draining && stop.load(Ordering::Relaxed) {
+            if !network {
+                break;
+            }
+            // What the peer sent before the stop is ours (the kernel acknowledged it).
+            draining = true;
         }
         area.take_returns(&mut back, &mut aborts);
         free.extend(back.drain(..).map(|t| t.id as usize));
@@ -68,6 +93,19 @@ pub fn run(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 free.push(i);
+                continue;
+            }
+            Err(e)
+                if network
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                free.push(i);
+                if draining {
+                    break;
+                }
                 continue;
             }
             Err(e) => {

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod recv;
 pub mod ring;
 pub mod sys;
+pub mod tls;
 pub mod zcrx;
 
 use crate::area::{Area, Chunk, StreamId};
