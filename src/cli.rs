@@ -467,6 +467,11 @@ pub struct SendArgs {
     /// threads, from the moment the client connects.
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "to")]
     pub serve: Option<String>,
+
+    /// With --to: send over TLS, trusting the recorder certificates this CA (PEM) issued
+    /// for the host named in --to (e.g. a `zcap record --tls-cert` recorder).
+    #[arg(long, value_name = "CA", requires = "to")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -41,10 +41,45 @@ pub struct SinkReport {
     pub dropped: u64,
 }
 
+/// A connection to the recorder: plain TCP, or TLS over it (`--tls-ca`).
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.as_mut(),
+        }
+    }
+
+    /// Ends the stream: TLS's close_notify first, then the TCP write side.
+    fn finish(mut self) {
+        if let Conn::Tls(s) = &mut self {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+        let sock = match &self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        };
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// TLS to the recorder: what to trust, and the name its certificate must carry.
+type TlsTo = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
 struct Sink {
     to: String,
+    tls: Option<TlsTo>,
     name: String,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
     header: Vec<u8>,
     backoff: Duration,
     next_try: Instant,
@@ -72,8 +107,15 @@ impl Sink {
                 s.set_nodelay(true)?;
                 Ok(s)
             });
+        let r = r.and_then(|s| match &self.tls {
+            None => Ok(Conn::Plain(s)),
+            Some((cfg, name)) => rustls::ClientConnection::new(Arc::clone(cfg), name.clone())
+                .map(|c| Conn::Tls(Box::new(rustls::StreamOwned::new(c, s))))
+                .map_err(io::Error::other),
+        });
         match r {
-            Ok(mut s) => match s.write_all(&self.header) {
+            // With TLS the handshake happens in this first write.
+            Ok(mut s) => match s.writer().write_all(&self.header) {
                 Ok(()) => {
                     self.rep.connections += 1;
                     match self.down_since.take() {
@@ -122,7 +164,7 @@ impl Sink {
             self.drop_packets(packets);
             return;
         };
-        match write_slices(conn, slices, bytes) {
+        match write_slices(conn.writer(), slices, bytes) {
             Ok(()) => {
                 self.rep.packets += packets;
                 self.rep.bytes += bytes;
@@ -145,7 +187,7 @@ impl Sink {
 /// Writes all of `slices` (`bytes` in total) to `conn`, in as few writev(2) calls as it
 /// takes; on failure, the error and the bytes left unsent.
 fn write_slices(
-    conn: &mut TcpStream,
+    conn: &mut dyn Write,
     slices: &mut [IoSlice<'_>],
     bytes: u64,
 ) -> Result<(), (io::Error, u64)> {
@@ -317,9 +359,10 @@ fn serve(a: &SendArgs, addr: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn sink(to: String, events: Receiver<Event>) -> SinkReport {
+fn sink(to: String, tls: Option<TlsTo>, events: Receiver<Event>) -> SinkReport {
     let mut s = Sink {
         to,
+        tls,
         name: String::new(),
         conn: None,
         header: Vec::new(),
@@ -358,7 +401,7 @@ fn sink(to: String, events: Receiver<Event>) -> SinkReport {
             }
             Event::End { .. } => {
                 if let Some(c) = s.conn.take() {
-                    let _ = c.shutdown(std::net::Shutdown::Write);
+                    c.finish();
                 }
             }
         }
@@ -378,6 +421,19 @@ pub fn run(a: &SendArgs) -> anyhow::Result<bool> {
         return serve(a, addr);
     }
     let to = a.to.clone().unwrap_or_default();
+    let tls: Option<TlsTo> = match &a.tls_ca {
+        None => None,
+        Some(ca) => {
+            let host = to.rsplit_once(':').map_or(to.as_str(), |(h, _)| h);
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .with_context(|| format!("--to {to}: {host} is not a name TLS can check"))?;
+            Some((crate::rx::tls::client_config(ca).context("--tls-ca")?, name))
+        }
+    };
     let cfg = capture_config(&a.capture);
     let rings = rx::afpacket::open(&cfg)?;
     eprintln!(
@@ -398,11 +454,11 @@ pub fn run(a: &SendArgs) -> anyhow::Result<bool> {
     for i in 0..n {
         let (tx, rx) = sync_channel(QUEUE);
         senders.push(tx);
-        let to = to.clone();
+        let (to, tls) = (to.clone(), tls.clone());
         sinks.push(
             std::thread::Builder::new()
                 .name(format!("zcap-send-{i}"))
-                .spawn(move || sink(to, rx))?,
+                .spawn(move || sink(to, tls, rx))?,
         );
     }
     let events = Events::new(senders);

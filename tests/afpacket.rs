@@ -718,6 +718,10 @@ fn snaplen_truncates_and_keeps_the_wire_length() {
 
 /// `zcap send -i DEV --to ADDR` inside namespace `ns`, and its stderr.
 fn sender(ns: &str, dev: &str, to: &str) -> Rec {
+    sender_with(ns, dev, to, &[])
+}
+
+fn sender_with(ns: &str, dev: &str, to: &str, extra: &[&str]) -> Rec {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_zcap"))
@@ -732,6 +736,7 @@ fn sender(ns: &str, dev: &str, to: &str) -> Rec {
             "--to",
             to,
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -761,13 +766,24 @@ fn sender(ns: &str, dev: &str, to: &str) -> Rec {
 
 /// `zcap record --listen 127.0.0.1:0` inside namespace `ns`, ending after `streams` streams.
 fn listener(ns: &str, dir: &Path, port: u16, streams: u32) -> common::Recorder {
+    listener_with(ns, dir, port, streams, &[])
+}
+
+fn listener_with(
+    ns: &str,
+    dir: &Path,
+    port: u16,
+    streams: u32,
+    extra: &[&str],
+) -> common::Recorder {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_zcap"))
         .args(["record", "--rx", "recv", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--max-streams", &streams.to_string(), "-o"])
-        .arg(dir);
+        .arg(dir)
+        .args(extra);
     common::start_cmd(cmd)
 }
 
@@ -793,6 +809,39 @@ fn send_streams_the_capture_to_a_recorder_byte_exact() {
     assert!(
         got[0].1 == frames,
         "{} of {} frames, as record -i records them:\n{log}",
+        got[0].1.len(),
+        frames.len()
+    );
+}
+
+/// The sensor speaks TLS to a TLS recorder (`send --tls-ca` into `record --tls-cert`).
+#[test]
+fn send_streams_over_tls_to_a_tls_recorder() {
+    if !ready() || !common::need_tool("openssl") {
+        return;
+    }
+    let v = Veth::new();
+    let dir = tempdir();
+    let pki = tempdir();
+    common::pki(pki.path());
+    let p = |f: &str| pki.path().join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let rec = listener_with(&v.near_ns, dir.path(), 0, 1, &tls);
+    let to = rec.addr();
+    let snd = sender_with(&v.near_ns, &v.near, &to, &["--tls-ca", &ca]);
+    let frames = mix(300, 1);
+    send(&v.far_ns, &v.far, &frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let (log, _) = snd.stop();
+    let (status, rlog) = rec.wait(Duration::from_secs(20));
+    assert!(status.success(), "{rlog}");
+    assert!(rlog.contains("zcap: rx: tls"), "{rlog}");
+    let got = stream_frames(dir.path());
+    assert_eq!(got.len(), 1, "{rlog}\n{log}");
+    assert!(
+        got[0].1 == frames,
+        "{} of {} frames:\n{log}",
         got[0].1.len(),
         frames.len()
     );

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_streams, fixture, need_tool, start, tempdir};
+use common::{assert_streams, fixture, need_tool, pki, start, tempdir};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
@@ -109,99 +109,6 @@ fn stock_tls_senders_record_byte_exact_and_plaintext_is_refused() {
     );
     assert!(refusals[0].contains("plaintext sender"), "{}", refusals[0]);
     assert_streams(&arch, &[capture.clone(), capture], &log);
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let o = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate `CN=sensor-1` it
-/// issued, and a self-signed client certificate `CN=rogue`, in `dir`.
-fn pki(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "1",
-        "-subj",
-        "/CN=zcap-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    ca.extend([
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=keyCertSign",
-    ]);
-    openssl(&ca, dir);
-    for (name, cn, ext) in [
-        (
-            "server",
-            "/CN=127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "/CN=sensor-1", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        let mut req = vec!["req", "-new"];
-        req.extend(ec);
-        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
-        req.extend(["-subj", cn, "-keyout", &key, "-out", &csr]);
-        openssl(&req, dir);
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let (pem, extf) = (format!("{name}.pem"), format!("{name}.ext"));
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                &extf,
-                "-out",
-                &pem,
-            ],
-            dir,
-        );
-    }
-    let mut rogue = vec!["req", "-x509"];
-    rogue.extend(ec);
-    rogue.extend([
-        "-days",
-        "1",
-        "-subj",
-        "/CN=rogue",
-        "-keyout",
-        "rogue.key",
-        "-out",
-        "rogue.pem",
-    ]);
-    openssl(&rogue, dir);
 }
 
 fn socat_to(port: u16, opts: &str) -> std::process::Output {
