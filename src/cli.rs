@@ -409,6 +409,11 @@ pub struct VerifyArgs {
     /// is not.
     #[arg(long, value_name = "PUB")]
     pub key: Option<PathBuf>,
+    /// A manifest head kept elsewhere (the hash `verify` prints last): fails if the manifest
+    /// no longer holds that line, i.e. lines were cut off the end since. With --key, that is
+    /// what proves nothing signed was removed.
+    #[arg(long, value_name = "HASH")]
+    pub head: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

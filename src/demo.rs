@@ -119,6 +119,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
         repair: false,
         json: false,
         key: None,
+        head: None,
     })?;
     let d = dir.display();
     let mut out = std::io::stdout().lock();

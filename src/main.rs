@@ -37,6 +37,7 @@ fn verify_options(a: &VerifyArgs) -> verify::Options {
         repair: a.repair,
         json: a.json,
         key: a.key.clone(),
+        head: a.head.clone(),
     }
 }
 

@@ -219,3 +219,58 @@ fn an_unsigned_archive_is_noted_and_fails_verify_key() {
         "{err}"
     );
 }
+
+/// Cutting lines off the end leaves a chain that holds and signatures that verify: only a
+/// head kept elsewhere shows it (`verify --key PUB --head HASH`).
+#[test]
+fn a_kept_head_exposes_lines_cut_off_the_end() {
+    let t = tempdir();
+    let prefix = t.path().join("k");
+    run_ok(zcap().arg("keygen").arg("-o").arg(&prefix));
+    let (key, public) = (t.path().join("k.key"), t.path().join("k.pub"));
+    let arch = t.path().join("arch");
+    record(&arch, "16KiB", Some(&key));
+    let head = lines(&arch).last().unwrap().hash.clone();
+    let (ok, out) = {
+        let o = zcap()
+            .arg("verify")
+            .arg(&arch)
+            .arg("--key")
+            .arg(&public)
+            .args(["--head", &head])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert!(ok && out.contains("nothing before it was cut off"), "{out}");
+    // The stream's end and the last segment, each with its signature, are cut off.
+    let text = std::fs::read_to_string(arch.join(manifest::FILE)).unwrap();
+    let keep: Vec<&str> = text.lines().collect();
+    let cut = keep[..keep.len() - 4].join("\n") + "\n";
+    std::fs::write(arch.join(manifest::FILE), cut).unwrap();
+    for l in &keep[keep.len() - 4..] {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["op"] == "segment" {
+            std::fs::remove_file(arch.join(v["path"].as_str().unwrap())).unwrap();
+        }
+    }
+    let (ok, out) = verify(&arch, Some(&public));
+    assert!(
+        ok,
+        "without the head the truncated manifest still verifies: {out}"
+    );
+    let o = zcap()
+        .arg("verify")
+        .arg(&arch)
+        .arg("--key")
+        .arg(&public)
+        .args(["--head", &head])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("no line has the head you kept"), "{out}");
+}

@@ -27,6 +27,9 @@ pub struct Options {
     /// Check the manifest's signatures against this Ed25519 public key (PEM): every line
     /// must be covered by a valid signature.
     pub key: Option<PathBuf>,
+    /// A manifest head kept elsewhere earlier (as `verify` prints it): the manifest must
+    /// still hold that line, so lines cut off the end since then are found.
+    pub head: Option<String>,
 }
 
 /// One thing wrong with the archive. `what` names the file (or manifest line).
@@ -368,6 +371,7 @@ pub fn check(
     dir: &Path,
     recorder_running: bool,
     key: Option<&ed25519_dalek::VerifyingKey>,
+    head: Option<&str>,
 ) -> anyhow::Result<Report> {
     let c = Catalog::load(dir)?;
     let mut r = Report {
@@ -458,6 +462,9 @@ pub fn check(
         }
     }
     check_signatures(&c, key, &mut r);
+    if let Some(h) = head {
+        check_kept_head(&c, h, &mut r);
+    }
     for s in c.stream_names() {
         if !c.stream_ends.iter().any(|e| e.stream == s) {
             r.notes.push(format!(
@@ -471,6 +478,26 @@ pub fn check(
         }
     }
     Ok(r)
+}
+
+/// The chain proves nothing about lines cut off its end; a head kept elsewhere does: the
+/// manifest must still hold the line with that hash (and, with `--key`, that line is covered
+/// by a signature like every other).
+fn check_kept_head(c: &Catalog, head: &str, r: &mut Report) {
+    match c.chained.iter().find(|l| l.hash == head) {
+        Some(l) => r.notes.push(format!(
+            "the head you kept is line {} of {}: nothing before it was cut off",
+            l.number,
+            c.chained.len()
+        )),
+        None => r.problem(
+            format!(
+                "{}: no line has the head you kept ({head}): lines were cut off the end or rewritten since it was taken",
+                manifest::FILE
+            ),
+            false,
+        ),
+    }
 }
 
 /// With a key, every manifest line must be covered by a valid signature of it; without one,
@@ -638,7 +665,7 @@ pub fn run(a: &Options) -> anyhow::Result<bool> {
         recorder_running = matches!(super::lock(dir), Ok(None));
         None
     };
-    let r = check(dir, recorder_running, key.as_ref())?;
+    let r = check(dir, recorder_running, key.as_ref(), a.head.as_deref())?;
     print_report(&r, dir, &repairs, a.json)?;
     Ok(r.ok())
 }

@@ -347,7 +347,7 @@ fn a_full_disk_is_waited_out_and_leaves_the_segments_a_clean_run_writes() {
         }
         assert_eq!(run.reports[0].error, None);
         assert_eq!(run.area.lent_bytes(), 0);
-        let v = crate::archive::verify::check(run.dir.path(), false, None).unwrap();
+        let v = crate::archive::verify::check(run.dir.path(), false, None, None).unwrap();
         assert!(v.ok(), "fault at {at}: {v:?}");
     }
 }
