@@ -431,6 +431,15 @@ pub struct ReplayArgs {
     /// the host named in --to (e.g. a `zcap record --tls-cert` recorder).
     #[arg(long, value_name = "CA", requires = "to")]
     pub tls_ca: Option<PathBuf>,
+
+    /// With --serve: serve over TLS with this certificate chain (PEM), e.g. to `zcap record
+    /// --connect HOST:PORT --tls-ca CA` or `socat OPENSSL:`.
+    #[arg(long, value_name = "CERT", requires_all = ["tls_key", "serve"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Play at X times the recorded pace: 1 = real time, 0.5 = half speed (above 0, at most
     /// 1000000).
     #[arg(long, value_name = "X", conflicts_with = "topspeed", allow_negative_numbers = true, value_parser = speed_up_to(MAX_SPEED))]

@@ -108,7 +108,13 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<bool> {
         loops: a.loops,
     };
     if let Some(addr) = &a.serve {
-        serve(&src, addr, &opts, a.max_clients)?;
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => {
+                Some(crate::rx::tls::server_config(c, k, None).context("--tls-cert/--tls-key")?)
+            }
+            _ => None,
+        };
+        serve_tls(&src, addr, &opts, a.max_clients, tls)?;
         return Ok(true);
     }
     let to = a.to.as_deref().expect("clap requires --to or --serve");
@@ -505,10 +511,22 @@ pub fn wait_until(due: Instant) {
 
 /// `--serve ADDR`: a PCAP-over-IP server; every client gets the whole capture.
 pub fn serve(src: &Src, addr: &str, opts: &Opts, max_clients: Option<u64>) -> anyhow::Result<()> {
+    serve_tls(src, addr, opts, max_clients, None)
+}
+
+/// As [`serve`]; with `tls`, each client gets the capture over TLS (`--tls-cert/--tls-key`).
+pub fn serve_tls(
+    src: &Src,
+    addr: &str,
+    opts: &Opts,
+    max_clients: Option<u64>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!(
-        "zcap: serving {} as PCAP-over-IP on {}",
+        "zcap: serving {} as PCAP-over-IP{} on {}",
         src.label(),
+        if tls.is_some() { " over TLS" } else { "" },
         l.local_addr()?
     );
     let mut clients = Vec::new();
@@ -520,11 +538,11 @@ pub fn serve(src: &Src, addr: &str, opts: &Opts, max_clients: Option<u64>) -> an
             Err(e) => return Err(e).context("accepting a client"),
         };
         n += 1;
-        let (src, opts) = (src.clone(), *opts);
+        let (src, opts, tls) = (src.clone(), *opts, tls.clone());
         clients.push(
             std::thread::Builder::new()
                 .name(format!("zcap-serve-{peer}"))
-                .spawn(move || match send(&src, sock, &opts) {
+                .spawn(move || match send_maybe_tls(&src, sock, &opts, tls) {
                     Ok(s) => eprintln!(
                         "zcap: client {peer}: sent {} packets ({})",
                         s.packets,
@@ -539,6 +557,36 @@ pub fn serve(src: &Src, addr: &str, opts: &Opts, max_clients: Option<u64>) -> an
         let _ = t.join();
     }
     Ok(())
+}
+
+/// One served client, over TLS when `tls` is given: handshake, the capture, close_notify.
+fn send_maybe_tls(
+    src: &Src,
+    sock: TcpStream,
+    opts: &Opts,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<Sent> {
+    let Some(tls) = tls else {
+        return send(src, sock, opts);
+    };
+    if opts.speed.is_some() {
+        sock.set_nodelay(true)?;
+    }
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut conn = rustls::ServerConnection::new(tls)?;
+    let mut sock = sock;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .context("TLS handshake failed (a plaintext client on a TLS port?)")?;
+    }
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let sent = send_over(src, &mut stream, opts)?;
+    stream.conn.send_close_notify();
+    stream.flush().map_err(peer_gone)?;
+    let _ = stream.sock.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(sent)
 }
 
 #[cfg(test)]

@@ -273,3 +273,53 @@ fn replay_sends_over_tls_into_a_tls_recorder() {
     let demo = std::fs::read(fixture("demo.pcap")).unwrap();
     assert_streams(&arch, &[demo.clone(), demo], &log);
 }
+
+/// zcap at both ends the other way round: `replay --serve --tls-cert` to `record --connect
+/// --tls-ca`.
+#[test]
+fn a_tls_replay_server_feeds_a_connecting_recorder() {
+    if !need_tool("openssl") {
+        return;
+    }
+    let t = tempdir();
+    let d = t.path();
+    pki(d);
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let port = common::free_port();
+    let mut server = common::zcap()
+        .arg("replay")
+        .arg(fixture("demo.pcap"))
+        .args([
+            "--serve",
+            &format!("127.0.0.1:{port}"),
+            "--max-clients",
+            "1",
+        ])
+        .args([
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let arch = d.join("arch");
+    let o = common::zcap()
+        .args([
+            "record",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--tls-ca",
+            &p("ca.pem"),
+        ])
+        .args(["--max-streams", "1", "-o"])
+        .arg(&arch)
+        .output()
+        .unwrap();
+    let st = server.wait().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success() && st.success(), "{log}");
+    assert_streams(&arch, &[std::fs::read(fixture("demo.pcap")).unwrap()], &log);
+}
