@@ -154,13 +154,7 @@ pub fn send_to_tls(
     let Some(tls) = tls else {
         return send(src, sock, opts).with_context(|| format!("replaying {} to {to}", src.label()));
     };
-    let host = to.rsplit_once(':').map_or(to, |(h, _)| h);
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .with_context(|| format!("--to {to}: {host} is not a name TLS can check"))?;
+    let name = crate::rx::tls::server_name(to).context("--to")?;
     if opts.speed.is_some() {
         sock.set_nodelay(true)?;
     }
@@ -168,17 +162,7 @@ pub fn send_to_tls(
     let mut stream = rustls::StreamOwned::new(conn, sock);
     let sent = send_over(src, &mut stream, opts)
         .with_context(|| format!("replaying {} to {to} over TLS", src.label()))?;
-    stream.conn.send_close_notify();
-    stream.flush().map_err(peer_gone)?;
-    let _ = stream.sock.shutdown(std::net::Shutdown::Write);
-    // Read what the server still sends (its close) before closing: a socket closed with
-    // unread bytes resets the connection, and the reset can discard data the server has
-    // not read yet.
-    let _ = stream
-        .sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let mut sink = [0u8; 4096];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    crate::rx::tls::close(&mut stream).map_err(peer_gone)?;
     Ok(sent)
 }
 
@@ -581,11 +565,7 @@ fn send_maybe_tls(
     }
     let mut stream = rustls::StreamOwned::new(conn, sock);
     let sent = send_over(src, &mut stream, opts)?;
-    stream.conn.send_close_notify();
-    stream.flush().map_err(peer_gone)?;
-    let _ = stream.sock.shutdown(std::net::Shutdown::Write);
-    let mut sink = [0u8; 4096];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    crate::rx::tls::close(&mut stream).map_err(peer_gone)?;
     Ok(sent)
 }
 

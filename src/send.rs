@@ -55,17 +55,16 @@ impl Conn {
         }
     }
 
-    /// Ends the stream: TLS's close_notify first, then the TCP write side.
-    fn finish(mut self) {
-        if let Conn::Tls(s) = &mut self {
-            s.conn.send_close_notify();
-            let _ = s.flush();
+    /// Ends the stream: the TCP write side, after TLS's close_notify (see `rx::tls::close`).
+    fn finish(self) {
+        match self {
+            Conn::Plain(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            Conn::Tls(mut s) => {
+                let _ = crate::rx::tls::close(&mut s);
+            }
         }
-        let sock = match &self {
-            Conn::Plain(s) => s,
-            Conn::Tls(s) => &s.sock,
-        };
-        let _ = sock.shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -424,13 +423,7 @@ pub fn run(a: &SendArgs) -> anyhow::Result<bool> {
     let tls: Option<TlsTo> = match &a.tls_ca {
         None => None,
         Some(ca) => {
-            let host = to.rsplit_once(':').map_or(to.as_str(), |(h, _)| h);
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .with_context(|| format!("--to {to}: {host} is not a name TLS can check"))?;
+            let name = crate::rx::tls::server_name(&to).context("--to")?;
             Some((crate::rx::tls::client_config(ca).context("--tls-ca")?, name))
         }
     };

@@ -62,6 +62,28 @@ pub struct Config {
 /// The area of each TLS connection (at most `--area-size`).
 const TLS_CONN_AREA: usize = 8 << 20;
 
+/// The settings of a TLS source: each connection's area is at most [`TLS_CONN_AREA`].
+fn tls_serve<'a>(
+    a: &Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    events: Events,
+    stop: &'a Stop,
+    stats: &'a RxStats,
+) -> super::tls::Serve<'a> {
+    let conn_area = (a.area_size as usize).min(TLS_CONN_AREA);
+    super::tls::Serve {
+        tls,
+        conn_area,
+        buf_size: (a.buf_size as usize).min(conn_area / 4),
+        limits,
+        max_streams: a.max_streams,
+        events,
+        stop,
+        stats,
+    }
+}
+
 /// Becomes the `-Z` user, if any: called once everything that needs privileges is set up.
 fn relinquish(a: &Config) -> io::Result<()> {
     a.drop_to.as_ref().map_or(Ok(()), crate::privdrop::apply)
@@ -77,8 +99,6 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
     }
     let count = buffer_count(a.area_size, a.buf_size);
     let size = a.buf_size as usize;
-    let area = Area::new(count * size, a.hugepages)?;
-    crate::stats::publish_area(&area);
     let nofile = super::sys::raise_nofile().unwrap_or(1024);
     let limits = Limits::derive(nofile, a.max_conns, a.max_conns_per_peer).allowing(&a.allow);
     if a.max_conns.is_some_and(|m| m > limits.max_conns) {
@@ -92,22 +112,8 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
         Some(target) if a.tls_client.is_some() => {
             relinquish(a)?;
             eprintln!("zcap: rx: tls (connecting to {target})");
-            let conn_area = (a.area_size as usize).min(TLS_CONN_AREA);
             let client = Arc::clone(a.tls_client.as_ref().expect("checked"));
-            return super::tls::dial(
-                target,
-                client,
-                super::tls::Serve {
-                    tls: None,
-                    conn_area,
-                    buf_size: size.min(conn_area / 4),
-                    limits,
-                    max_streams: a.max_streams,
-                    events: tx,
-                    stop,
-                    stats,
-                },
-            );
+            return super::tls::dial(target, client, tls_serve(a, None, limits, tx, stop, stats));
         }
         Some(target) => Source::Connect(Dialer::new(target)),
         None => {
@@ -122,24 +128,16 @@ pub fn run(a: &Config, tx: Events, stop: &Stop, stats: &RxStats) -> io::Result<(
                 relinquish(a)?;
                 eprintln!("zcap: rx: tls (a thread and area per connection; --rx does not apply)");
                 eprintln!("zcap: listening on {}", l.local_addr()?);
-                let conn_area = (a.area_size as usize).min(TLS_CONN_AREA);
-                return super::tls::serve(
-                    l,
-                    super::tls::Serve {
-                        tls: Some(Arc::clone(tls)),
-                        conn_area,
-                        buf_size: size.min(conn_area / 4),
-                        limits,
-                        max_streams: a.max_streams,
-                        events: tx,
-                        stop,
-                        stats,
-                    },
-                );
+                let tls = Some(Arc::clone(tls));
+                return super::tls::serve(l, tls_serve(a, tls, limits, tx, stop, stats));
             }
             Source::Listen(l)
         }
     };
+    // The shared area, for the backends that receive into one (TLS gives each connection
+    // its own, above).
+    let area = Area::new(count * size, a.hugepages)?;
+    crate::stats::publish_area(&area);
     let mut core = Core::new(
         area,
         Bufs::new(count, size),

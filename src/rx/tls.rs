@@ -220,10 +220,10 @@ fn connection(sock: TcpStream, tls: Arc<ServerConfig>, id: u64, s: &Serve<'_>) -
 
 /// A peer that closes its TCP connection without a TLS close_notify ends its stream there
 /// (as socat and most PCAP-over-IP senders do): the bytes before are complete records or
-/// the writer says what was not.
-struct Eof(StreamOwned<ServerConnection, TcpStream>);
+/// the writer says what was not. For either side's stream.
+pub struct Eof<S>(pub S);
 
-impl io::Read for Eof {
+impl<S: io::Read> io::Read for Eof<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.0.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
@@ -232,18 +232,41 @@ impl io::Read for Eof {
     }
 }
 
+/// The name a server's certificate must carry, from `HOST:PORT` (`[v6]:PORT` too).
+pub fn server_name(target: &str) -> io::Result<rustls::pki_types::ServerName<'static>> {
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{target}: {host} is not a name TLS can check: {e}"),
+        )
+    })
+}
+
+/// Ends a TLS stream we wrote: close_notify, the TCP write side, then reads what the peer
+/// still sends (its own close) until it closes — a socket closed with unread bytes resets
+/// the connection, and the reset can discard data the peer has not read yet.
+pub fn close<C, D>(stream: &mut StreamOwned<C, TcpStream>) -> io::Result<()>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    use std::io::{Read, Write};
+    stream.conn.send_close_notify();
+    stream.flush()?;
+    let _ = stream.sock.shutdown(std::net::Shutdown::Write);
+    let _ = stream.sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(())
+}
+
 /// `--connect HOST:PORT --tls-ca CA`: one TLS connection at a time to a PCAP-over-IP server,
 /// each a stream, reconnecting with the same back-off as plain `--connect`; the server's
 /// certificate must be issued by CA for HOST. Ends at `stop` or after `max_streams` streams.
 pub fn dial(target: &str, tls: Arc<rustls::ClientConfig>, s: Serve<'_>) -> io::Result<()> {
-    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let server = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--connect {target}: {host} is not a name TLS can check: {e}"),
-        )
-    })?;
+    let server = server_name(target)?;
     let mut dialer = super::conn::Dialer::new(target);
     let (mut id, mut ended) = (1u64, 0u64);
     while !s.stop.load(Ordering::Relaxed) && s.max_streams.is_none_or(|m| ended < m) {
@@ -271,7 +294,7 @@ pub fn dial(target: &str, tls: Arc<rustls::ClientConfig>, s: Serve<'_>) -> io::R
         let area = Arc::new(Area::new(s.conn_area, false)?);
         let stream = StreamOwned::new(conn, sock);
         let n = super::file::run_source(
-            EofClient(stream),
+            Eof(stream),
             name,
             id,
             &area,
@@ -286,16 +309,4 @@ pub fn dial(target: &str, tls: Arc<rustls::ClientConfig>, s: Serve<'_>) -> io::R
         dialer.ended(n);
     }
     Ok(())
-}
-
-/// As [`Eof`], for the client side.
-struct EofClient(StreamOwned<rustls::ClientConnection, TcpStream>);
-
-impl io::Read for EofClient {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.0.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-            r => r,
-        }
-    }
 }
