@@ -194,17 +194,25 @@ struct Rec {
 }
 
 fn record(ns: &str, dev: &str, dir: &Path, extra: &[&str]) -> Rec {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_zcap"))
         .args(["record", "-i", dev, "-o"])
         .arg(dir)
-        .args(extra)
+        .args(extra);
+    // The capture threads send their stream header first; give them a moment to start.
+    spawn_capturing(cmd, "zcap record -i", Duration::from_millis(200))
+}
+
+/// Starts `cmd` (a zcap that captures), collects its stderr, and returns once it says
+/// `zcap: rx: afpacket` and `settle` has passed.
+fn spawn_capturing(mut cmd: Command, what: &str, settle: Duration) -> Rec {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start zcap record -i");
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let err = child.stderr.take().unwrap();
@@ -222,10 +230,9 @@ fn record(ns: &str, dev: &str, dir: &Path, extra: &[&str]) -> Rec {
     if rx.recv_timeout(Duration::from_secs(20)).is_err() {
         let _ = child.kill();
         std::thread::sleep(Duration::from_millis(100));
-        panic!("zcap record -i did not start:\n{}", log.lock().unwrap());
+        panic!("{what} did not start:\n{}", log.lock().unwrap());
     }
-    // The capture threads send their stream header first; give them a moment to start.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(settle);
     Rec { child, log }
 }
 
@@ -722,8 +729,8 @@ fn sender(ns: &str, dev: &str, to: &str) -> Rec {
 }
 
 fn sender_with(ns: &str, dev: &str, to: &str, extra: &[&str]) -> Rec {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_zcap"))
         .args([
             "send",
@@ -736,32 +743,8 @@ fn sender_with(ns: &str, dev: &str, to: &str, extra: &[&str]) -> Rec {
             "--to",
             to,
         ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start zcap send");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    let l = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.starts_with("zcap: rx: afpacket") {
-                let _ = tx.send(());
-            }
-            let mut g = l.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-        let _ = child.kill();
-        panic!("zcap send did not start:\n{}", log.lock().unwrap());
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    Rec { child, log }
+        .args(extra);
+    spawn_capturing(cmd, "zcap send", Duration::from_millis(300))
 }
 
 /// `zcap record --listen 127.0.0.1:0` inside namespace `ns`, ending after `streams` streams.
