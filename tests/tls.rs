@@ -111,6 +111,22 @@ fn stock_tls_senders_record_byte_exact_and_plaintext_is_refused() {
     assert_streams(&arch, &[capture.clone(), capture], &log);
 }
 
+/// `zcap record --connect 127.0.0.1:PORT --tls-ca CA` of one stream into `arch`.
+fn record_connect_tls(port: u16, ca: &str, arch: &Path) -> std::process::Output {
+    common::zcap()
+        .args([
+            "record",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--tls-ca",
+            ca,
+        ])
+        .args(["--max-streams", "1", "-o"])
+        .arg(arch)
+        .output()
+        .unwrap()
+}
+
 fn socat_to(port: u16, opts: &str) -> std::process::Output {
     Command::new("socat")
         .arg("-u")
@@ -206,18 +222,7 @@ fn connect_speaks_tls_to_a_socat_openssl_listen_server() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let arch = d.join("arch");
-    let o = common::zcap()
-        .args([
-            "record",
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--tls-ca",
-            &p("ca.pem"),
-        ])
-        .args(["--max-streams", "1", "-o"])
-        .arg(&arch)
-        .output()
-        .unwrap();
+    let o = record_connect_tls(port, &p("ca.pem"), &arch);
     let _ = server.wait();
     let log = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{log}");
@@ -306,18 +311,7 @@ fn a_tls_replay_server_feeds_a_connecting_recorder() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let arch = d.join("arch");
-    let o = common::zcap()
-        .args([
-            "record",
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--tls-ca",
-            &p("ca.pem"),
-        ])
-        .args(["--max-streams", "1", "-o"])
-        .arg(&arch)
-        .output()
-        .unwrap();
+    let o = record_connect_tls(port, &p("ca.pem"), &arch);
     let st = server.wait().unwrap();
     let log = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success() && st.success(), "{log}");
