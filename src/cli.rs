@@ -364,10 +364,24 @@ fn default_writers() -> u16 {
     (cores() / 8).clamp(1, 4) as u16
 }
 
+/// How to reach an archive on object storage (`s3://BUCKET/PREFIX`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct S3Args {
+    /// S3-compatible endpoint for s3:// archives, e.g. http://127.0.0.1:3900 (default:
+    /// AWS_ENDPOINT_URL, else AWS in AWS_REGION). A custom endpoint (MinIO, Garage, Ceph) is
+    /// addressed path-style. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    /// and AWS_SESSION_TOKEN.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LsArgs {
-    /// Archive directory.
-    pub dir: PathBuf,
+    /// Archive: a directory, or s3://BUCKET/PREFIX.
+    #[arg(value_name = "ARCHIVE")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// One JSON object per segment, one per line.
     #[arg(long)]
     pub json: bool,
@@ -375,8 +389,12 @@ pub struct LsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CatArgs {
-    /// Archive directory.
-    pub dir: PathBuf,
+    /// Archive: a directory, or s3://BUCKET/PREFIX (read by range requests: only the
+    /// frames overlapping --from/--to are fetched).
+    #[arg(value_name = "ARCHIVE")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Only packets at or after this time (RFC 3339 or epoch seconds).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<i64>,
@@ -396,8 +414,12 @@ pub struct CatArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Archive directory.
-    pub dir: PathBuf,
+    /// Archive: a directory, or s3://BUCKET/PREFIX (every segment is downloaded and
+    /// checked).
+    #[arg(value_name = "ARCHIVE")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Recover after a crash: finalize .partial segments, drop a torn manifest line.
     #[arg(long)]
     pub repair: bool,
@@ -418,8 +440,11 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// An archive directory or a pcap/pcapng file.
-    pub src: PathBuf,
+    /// An archive (a directory, or s3://BUCKET/PREFIX) or a pcap/pcapng file.
+    #[arg(value_name = "SOURCE")]
+    pub src: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Send to this PCAP-over-IP receiver.
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "serve")]
     pub to: Option<String>,

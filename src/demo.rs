@@ -107,7 +107,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
     out.flush()?;
     drop(out);
     crate::archive::read::ls(&crate::archive::read::LsOptions {
-        dir: dir.clone(),
+        loc: crate::archive::location::Location::Dir(dir.clone()),
         json: false,
     })?;
     let mut out = std::io::stdout().lock();
@@ -115,7 +115,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<bool> {
     out.flush()?;
     drop(out);
     let ok = crate::archive::verify::run(&crate::archive::verify::Options {
-        dir: dir.clone(),
+        loc: crate::archive::location::Location::Dir(dir.clone()),
         repair: false,
         json: false,
         key: None,

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod doctor;
 pub mod privdrop;
 pub mod record;
+pub mod remote;
 pub mod replay;
 pub mod rx;
 pub mod send;

@@ -8,19 +8,28 @@
 
 use clap::Parser;
 use std::process::ExitCode;
+use zcap::archive::location::Location;
 use zcap::archive::{path::Untrusted, read, verify};
-use zcap::cli::{CatArgs, Cli, Command, LsArgs, VerifyArgs};
+use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, VerifyArgs};
 
-fn ls_options(a: &LsArgs) -> read::LsOptions {
-    read::LsOptions {
-        dir: a.dir.clone(),
-        json: a.json,
-    }
+/// The archive a command names: a directory or an s3:// URL.
+pub fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
+    let settings = zcap::remote::Settings {
+        endpoint: s3.s3_endpoint.clone(),
+    };
+    Location::parse(archive, &settings).map_err(anyhow::Error::msg)
 }
 
-fn cat_options(a: &CatArgs) -> read::CatOptions {
-    read::CatOptions {
-        dir: a.dir.clone(),
+fn ls_options(a: &LsArgs) -> anyhow::Result<read::LsOptions> {
+    Ok(read::LsOptions {
+        loc: location(&a.dir, &a.s3)?,
+        json: a.json,
+    })
+}
+
+fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
+    Ok(read::CatOptions {
+        loc: location(&a.dir, &a.s3)?,
         sel: read::Selection {
             streams: a.stream.clone(),
             from: a.from,
@@ -28,26 +37,26 @@ fn cat_options(a: &CatArgs) -> read::CatOptions {
         },
         write: a.write.clone(),
         stats: a.stats,
-    }
+    })
 }
 
-fn verify_options(a: &VerifyArgs) -> verify::Options {
-    verify::Options {
-        dir: a.dir.clone(),
+fn verify_options(a: &VerifyArgs) -> anyhow::Result<verify::Options> {
+    Ok(verify::Options {
+        loc: location(&a.dir, &a.s3)?,
         repair: a.repair,
         json: a.json,
         key: a.key.clone(),
         head: a.head.clone(),
-    }
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Record(a) => zcap::record::run(a),
-        Command::Ls(a) => read::ls(&ls_options(a)),
-        Command::Cat(a) => read::cat(&cat_options(a)),
-        Command::Verify(a) => verify::run(&verify_options(a)),
+        Command::Ls(a) => ls_options(a).and_then(|o| read::ls(&o)),
+        Command::Cat(a) => cat_options(a).and_then(|o| read::cat(&o)),
+        Command::Verify(a) => verify_options(a).and_then(|o| verify::run(&o)),
         Command::Replay(a) => zcap::replay::run(a),
         Command::Send(a) => zcap::send::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),

@@ -5,6 +5,7 @@
 //! divided by X, on an absolute schedule (no accumulated sleep error): sleep until shortly
 //! before the due time, then spin. Nothing here writes to an archive.
 
+use crate::archive::location::Location;
 use crate::archive::read::{cat_to, Selection};
 use crate::cli::ReplayArgs;
 use crate::stream::{Framer, Unit, UnitKind};
@@ -26,7 +27,7 @@ const BATCH: usize = 256 << 10;
 #[derive(Debug, Clone)]
 pub enum Src {
     /// An archive directory, read through `cat` (merged when several streams are selected).
-    Archive { dir: PathBuf, sel: Selection },
+    Archive { loc: Location, sel: Selection },
     /// A pcap or pcapng file.
     File(PathBuf),
     /// A capture in memory (the demo's bundled fixture).
@@ -36,7 +37,7 @@ pub enum Src {
 impl Src {
     fn label(&self) -> String {
         match self {
-            Src::Archive { dir, .. } => dir.display().to_string(),
+            Src::Archive { loc, .. } => loc.show(),
             Src::File(p) => p.display().to_string(),
             Src::Bytes(_) => "the bundled capture".into(),
         }
@@ -69,12 +70,16 @@ pub struct Sent {
 
 /// Runs `zcap replay`.
 pub fn run(a: &ReplayArgs) -> anyhow::Result<bool> {
-    let src = if a.src.is_dir() {
+    let settings = crate::remote::Settings {
+        endpoint: a.s3.s3_endpoint.clone(),
+    };
+    let src = if crate::remote::S3Url::is_remote(&a.src) || Path::new(&a.src).is_dir() {
+        let loc = Location::parse(&a.src, &settings).map_err(anyhow::Error::msg)?;
         // An archive that names paths outside itself is refused before anyone is connected
         // to (cat_to, which reads it, refuses it too).
-        crate::archive::catalog::Catalog::load(&a.src)?.trusted()?;
+        loc.catalog()?.trusted()?;
         Src::Archive {
-            dir: a.src.clone(),
+            loc,
             sel: Selection {
                 streams: a.stream.clone(),
                 from: a.from,
@@ -85,11 +90,11 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<bool> {
         if !a.stream.is_empty() {
             bail!(
                 "--stream selects streams of an archive; {} is a file",
-                a.src.display()
+                a.src
             );
         }
-        File::open(&a.src).with_context(|| format!("opening {}", a.src.display()))?;
-        Src::File(a.src.clone())
+        File::open(&a.src).with_context(|| format!("opening {}", a.src))?;
+        Src::File(PathBuf::from(&a.src))
     };
     if let Some(s) = a.speed {
         if !(s > 0.0 && s.is_finite()) {
@@ -204,8 +209,8 @@ fn send_over<W: Write>(src: &Src, mut sock: W, opts: &Opts) -> anyhow::Result<Se
 
 fn pass_once<W: Write>(src: &Src, p: &mut Pacer<W>) -> anyhow::Result<()> {
     match src {
-        Src::Archive { dir, sel } => {
-            cat_to(dir, sel, p)?;
+        Src::Archive { loc, sel } => {
+            cat_to(loc, sel, p)?;
         }
         Src::File(path) => {
             let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;

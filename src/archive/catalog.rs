@@ -53,6 +53,20 @@ pub struct Catalog {
     pub chained: Vec<manifest::Line>,
     /// `sign` lines.
     pub signatures: usize,
+    /// Segments whose local copies were evicted after their upload (the local view only;
+    /// the remote view keeps them live), with the archive URL that holds them.
+    pub evicted: Vec<(LiveSegment, String)>,
+}
+
+/// Which copy of an archive a manifest is read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// A directory: `evict` lines take segments out of the live set, and every path is
+    /// checked against the disk (no links).
+    Local,
+    /// An object-store archive: evicted segments are still there; paths are checked by
+    /// the naming rule alone.
+    Remote,
 }
 
 impl Catalog {
@@ -63,6 +77,11 @@ impl Catalog {
     }
 
     pub fn parse(dir: &Path, text: &str) -> Catalog {
+        Self::parse_view(dir, text, View::Local)
+    }
+
+    /// [`Catalog::parse`] for the given copy; `dir` only names it in messages when remote.
+    pub fn parse_view(dir: &Path, text: &str, view: View) -> Catalog {
         let (chain, chained) = match manifest::parse(text) {
             Ok(lines) => (Ok(()), lines),
             Err(e) => (Err(e), Vec::new()),
@@ -79,6 +98,7 @@ impl Catalog {
             bad_paths: Vec::new(),
             chained,
             signatures: 0,
+            evicted: Vec::new(),
         };
         let good_lines = match &c.chain {
             Ok(()) => c.lines,
@@ -107,7 +127,11 @@ impl Catalog {
             };
             match entry {
                 Entry::Segment(s) => {
-                    if let Err(e) = path::checked_path(dir, &s.path) {
+                    let checked = match view {
+                        View::Local => path::checked_path(dir, &s.path).map(|_| ()),
+                        View::Remote => path::check_name(&s.path, false).map(|_| ()),
+                    };
+                    if let Err(e) = checked {
                         c.bad_paths.push(e.at(number));
                         continue;
                     }
@@ -138,6 +162,17 @@ impl Catalog {
                     bytes,
                     error,
                 }),
+                Entry::Evict { path, url, .. } => {
+                    if let Err(e) = path::check_name(&path, false) {
+                        c.bad_paths.push(e.at(number));
+                        continue;
+                    }
+                    if view == View::Local {
+                        if let Some(i) = c.segments.iter().position(|s| s.entry.path == path) {
+                            c.evicted.push((c.segments.remove(i), url));
+                        }
+                    }
+                }
                 Entry::Sign { .. } => c.signatures += 1,
                 Entry::Create { .. } | Entry::Repair { .. } => {}
             }
@@ -188,9 +223,11 @@ impl Catalog {
         v
     }
 
-    /// Whether `path` (relative to the archive) is named by a segment or delete entry.
+    /// Whether `path` (relative to the archive) is named by a segment, delete or evict entry.
     pub fn knows(&self, path: &str) -> bool {
-        self.deleted.contains(path) || self.segments.iter().any(|s| s.entry.path == path)
+        self.deleted.contains(path)
+            || self.segments.iter().any(|s| s.entry.path == path)
+            || self.evicted.iter().any(|(s, _)| s.entry.path == path)
     }
 }
 

@@ -41,6 +41,13 @@ pub enum Entry {
     Repair {
         what: String,
     },
+    /// The local copy of an uploaded segment was removed (`--keep-local`, or `--max-bytes`
+    /// and friends while uploading): the segment lives on in the remote archive at `url`.
+    Evict {
+        path: String,
+        reason: String,
+        url: String,
+    },
     /// The recorder's signature over the chain head `head` (the previous line's hash): see
     /// [`super::sign`]. `key` is the public key's 32 bytes in hex, `sig` the 64-byte Ed25519
     /// signature of the head's hex text, in hex.

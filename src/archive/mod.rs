@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod index;
+pub mod location;
 pub mod manifest;
 pub mod path;
 pub mod read;

@@ -9,7 +9,8 @@
 //! it is read.
 
 use super::catalog::{scan_disk, Catalog};
-use super::index::FRAME_HAS_IDB;
+use super::index::{FrameEntry, FRAME_HAS_IDB};
+use super::location::Location;
 use super::manifest::SegmentEntry;
 use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
 use crate::stream::{pcap, pcapng, Format, UnitKind};
@@ -19,7 +20,7 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 const OUT_BUF: usize = 1 << 20;
@@ -52,6 +53,17 @@ fn warn_chain(c: &Catalog) {
     }
 }
 
+/// A local copy with segments evicted after their upload says where the rest is.
+fn note_evicted(c: &Catalog) {
+    if let Some((_, url)) = c.evicted.first() {
+        eprintln!(
+            "zcap: note: {} segment(s) of {} are kept only in {url} (evicted after upload); read them with `zcap cat {url}`",
+            c.evicted.len(),
+            c.dir.display()
+        );
+    }
+}
+
 /// One row of `zcap ls`.
 struct Row {
     stream: String,
@@ -71,21 +83,28 @@ struct Row {
 /// What `zcap ls` lists.
 #[derive(Debug, Clone)]
 pub struct LsOptions {
-    pub dir: PathBuf,
+    pub loc: Location,
     /// One JSON object per row instead of the table.
     pub json: bool,
 }
 
 /// `zcap ls DIR [--json]`.
 pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
-    let c = Catalog::load(&a.dir)?;
+    let c = a.loc.catalog()?;
     c.trusted()?;
     warn_chain(&c);
-    let disk = scan_disk(&a.dir)?;
-    for e in &disk.refused {
-        eprintln!("zcap: warning: {}: not listed: {e}", a.dir.display());
-    }
-    let disk = disk.segments;
+    // A directory may hold `.partial` segments being written; a remote archive never does.
+    let disk = match a.loc.dir() {
+        Some(dir) => {
+            let disk = scan_disk(dir)?;
+            for e in &disk.refused {
+                eprintln!("zcap: warning: {}: not listed: {e}", dir.display());
+            }
+            disk.segments
+        }
+        None => Vec::new(),
+    };
+    let dir = a.loc.label();
     let mut rows = Vec::new();
     for name in c.stream_names() {
         for e in c.stream_segments(&name) {
@@ -124,8 +143,32 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             });
         }
     }
+    for (l, url) in &c.evicted {
+        let e = &l.entry;
+        rows.push(Row {
+            stream: e.stream.clone(),
+            seq: Some(e.seq),
+            path: e.path.clone(),
+            first: e.first_ns,
+            last: e.last_ns,
+            packets: Some(e.packets),
+            stored: e.bytes,
+            raw: Some(e.raw),
+            drops: e.drops,
+            status: format!("evicted: in {url}"),
+            json: serde_json::json!({
+                "stream": e.stream,
+                "seq": e.seq,
+                "path": e.path,
+                "bytes": e.bytes,
+                "packets": e.packets,
+                "status": "evicted",
+                "url": url,
+            }),
+        });
+    }
     for d in disk.iter().filter(|d| d.partial) {
-        let size = std::fs::metadata(a.dir.join(&d.rel))
+        let size = std::fs::metadata(dir.join(&d.rel))
             .map(|m| m.len())
             .unwrap_or(0);
         rows.push(Row {
@@ -308,7 +351,7 @@ impl Selection {
 /// What `zcap cat` writes, and where.
 #[derive(Debug, Clone)]
 pub struct CatOptions {
-    pub dir: PathBuf,
+    pub loc: Location,
     pub sel: Selection,
     /// Write to this file instead of stdout.
     pub write: Option<PathBuf>,
@@ -329,7 +372,7 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::with_capacity(OUT_BUF, f);
-            let s = cat_to(&a.dir, sel, &mut w)?;
+            let s = cat_to(&a.loc, sel, &mut w)?;
             w.flush()
                 .with_context(|| format!("writing {}", path.display()))?;
             s
@@ -337,7 +380,7 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         None => {
             let stdout = io::stdout();
             let mut w = BufWriter::with_capacity(OUT_BUF, stdout.lock());
-            let s = cat_to(&a.dir, sel, &mut w)?;
+            let s = cat_to(&a.loc, sel, &mut w)?;
             w.flush().context("writing to stdout")?;
             s
         }
@@ -347,16 +390,23 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         eprintln!("header frames decompressed: {}", stats.header_frames);
         eprintln!("segments read: {}", stats.segments);
         eprintln!("bytes decompressed: {}", stats.raw_bytes);
+        if let Some(c) = a.loc.client() {
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!("range requests: {}", c.fetched.requests.load(Relaxed));
+            eprintln!("bytes fetched: {}", c.fetched.bytes.load(Relaxed));
+        }
     }
     Ok(true)
 }
 
 /// Writes the selected packets of the archive at `dir` to `out` and returns how much work it
 /// took. One stream: its own format, byte for byte; several: merged by timestamp.
-pub fn cat_to<W: Write>(dir: &Path, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
-    let c = Catalog::load(dir)?;
+pub fn cat_to<W: Write>(loc: &Location, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
+    let c = loc.catalog()?;
     c.trusted()?;
     warn_chain(&c);
+    note_evicted(&c);
+    let dir = &c.dir;
     let known = c.stream_names();
     let streams: Vec<String> = if sel.streams.is_empty() {
         known
@@ -387,20 +437,33 @@ pub fn cat_to<W: Write>(dir: &Path, sel: &Selection, out: &mut W) -> anyhow::Res
         0 => {
             eprintln!("zcap: {} holds no segments", dir.display());
         }
-        1 => cat_one(dir, &c, &streams[0], sel, &mut dec, out)?,
-        _ => cat_merged(dir, &c, &streams, sel, &mut dec, out)?,
+        1 => cat_one(loc, &c, &streams[0], sel, &mut dec, out)?,
+        _ => cat_merged(loc, &c, &streams, sel, &mut dec, out)?,
     }
     Ok(dec.stats)
 }
 
-fn open_segment(dir: &Path, e: &SegmentEntry, dec: &mut Decoder) -> anyhow::Result<Segment> {
+/// Opens a segment and tells it which frames will be read: those overlapping the window,
+/// and in pcapng those declaring interfaces (a remote segment fetches just these).
+fn open_segment(
+    loc: &Location,
+    e: &SegmentEntry,
+    sel: &Selection,
+    dec: &mut Decoder,
+) -> anyhow::Result<Segment> {
     dec.stats.segments += 1;
-    Ok(Segment::open(&super::checked_path(dir, &e.path)?)?)
+    let mut seg = loc.open(e)?;
+    let pcapng = e.format == "pcapng";
+    let (lo, hi, windowed) = (sel.lo(), sel.hi(), sel.windowed());
+    seg.plan(|f: &FrameEntry| {
+        !windowed || f.overlaps(lo, hi) || (pcapng && f.flags & FRAME_HAS_IDB != 0)
+    });
+    Ok(seg)
 }
 
 /// One stream in its own format.
 fn cat_one<W: Write>(
-    dir: &Path,
+    loc: &Location,
     c: &Catalog,
     stream: &str,
     sel: &Selection,
@@ -417,7 +480,8 @@ fn cat_one<W: Write>(
     if segs.is_empty() {
         // Nothing in the window: still a valid, empty capture.
         if let Some(e) = all.first() {
-            let seg = open_segment(dir, e, dec)?;
+            let mut seg = open_segment(loc, e, sel, dec)?;
+            seg.plan(|_| false);
             seg.read_header(dec, &mut buf)?;
             out.write_all(&buf).context("writing output")?;
         }
@@ -426,7 +490,7 @@ fn cat_one<W: Write>(
     let windowed = sel.windowed();
     let mut prev_seq: Option<u64> = None;
     for e in segs {
-        let seg = open_segment(dir, e, dec)?;
+        let seg = open_segment(loc, e, sel, dec)?;
         let pcapng = e.format == "pcapng";
         let mut parser = seg.parser(dec, &mut buf)?;
         let gap = prev_seq.is_some_and(|p| p + 1 != e.seq);
@@ -491,7 +555,12 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     /// Moves to the next packet inside the window; false at the end of the stream.
-    fn advance(&mut self, dir: &Path, sel: &Selection, dec: &mut Decoder) -> anyhow::Result<bool> {
+    fn advance(
+        &mut self,
+        loc: &Location,
+        sel: &Selection,
+        dec: &mut Decoder,
+    ) -> anyhow::Result<bool> {
         loop {
             if let (Some(p), Some(seg)) = (self.parser.as_mut(), self.seg.as_ref()) {
                 let rec = p.next(&self.buf, &mut self.off).map_err(|e| {
@@ -542,7 +611,7 @@ impl Cursor<'_> {
             if !e.cont {
                 self.section += 1;
             }
-            let seg = open_segment(dir, e, dec)?;
+            let seg = open_segment(loc, e, sel, dec)?;
             let parser = seg.parser(dec, &mut self.buf)?;
             self.off = self.buf.len();
             self.next_frame = 0;
@@ -609,7 +678,7 @@ fn pcap_err(e: pcap_file::PcapError) -> anyhow::Error {
 
 /// Several streams merged by timestamp.
 fn cat_merged<W: Write>(
-    dir: &Path,
+    loc: &Location,
     c: &Catalog,
     streams: &[String],
     sel: &Selection,
@@ -655,7 +724,7 @@ fn cat_merged<W: Write>(
         .collect();
     let mut heap = BinaryHeap::new();
     for cur in cursors.iter_mut() {
-        if cur.advance(dir, sel, dec)? {
+        if cur.advance(loc, sel, dec)? {
             heap.push(Reverse((cur.ts(), cur.index)));
         }
     }
@@ -702,7 +771,7 @@ fn cat_merged<W: Write>(
             rh[12..16].copy_from_slice(&p.origlen.to_le_bytes());
             out.write_all(&rh).context("writing output")?;
             out.write_all(p.data).context("writing output")?;
-            if cur.advance(dir, sel, dec)? {
+            if cur.advance(loc, sel, dec)? {
                 heap.push(Reverse((cur.ts(), i)));
             }
         }
@@ -763,7 +832,7 @@ fn cat_merged<W: Write>(
             options: Vec::new(),
         };
         w.write_pcapng_block(epb).map_err(pcap_err)?;
-        if cur.advance(dir, sel, dec)? {
+        if cur.advance(loc, sel, dec)? {
             heap.push(Reverse((cur.ts(), i)));
         }
     }

@@ -48,7 +48,7 @@ impl Live {
                     let t = humantime::parse_rfc3339(&s.time).unwrap_or(SystemTime::UNIX_EPOCH);
                     live.add(s.path, s.bytes, t);
                 }
-                Entry::Delete { path, .. } => live.remove(&path),
+                Entry::Delete { path, .. } | Entry::Evict { path, .. } => live.remove(&path),
                 _ => {}
             }
         }

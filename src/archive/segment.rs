@@ -5,12 +5,14 @@
 //! it never writes to the archive.
 
 use super::index::{read_trailer, FrameEntry, Trailer};
+use crate::remote::Client;
 use crate::stream::{Format, FrameError, Framer, UnitKind};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use zstd::zstd_safe::{self, DCtx};
 
 /// What went wrong reading a segment, naming the file (and frame) involved.
@@ -22,6 +24,9 @@ pub enum SegmentError {
     Io { path: PathBuf, error: io::Error },
     #[error("{path}: {what}")]
     Damaged { path: PathBuf, what: String },
+    /// A remote object could not be read; the error says why in words.
+    #[error("{error}")]
+    Remote { path: PathBuf, error: String },
 }
 
 impl SegmentError {
@@ -91,12 +96,7 @@ impl Decoder {
             ));
         }
         self.comp.resize(comp_len as usize, 0);
-        seg.file
-            .read_exact_at(&mut self.comp, offset)
-            .map_err(|error| SegmentError::Io {
-                path: seg.path.clone(),
-                error,
-            })?;
+        seg.read_exact_at(&mut self.comp, offset)?;
         match zstd_safe::find_frame_compressed_size(&self.comp) {
             Ok(n) if n == comp_len as usize => {}
             Ok(n) => {
@@ -150,9 +150,28 @@ impl Decoder {
     }
 }
 
+/// Where a segment's bytes are read from.
+enum Blob {
+    File(File),
+    Remote(RemoteBlob),
+}
+
+/// An object of a remote archive, read by range GETs: the byte ranges a reader announced
+/// with [`Segment::plan`] are fetched in coalesced runs, anything else exactly as asked.
+struct RemoteBlob {
+    client: Arc<Client>,
+    rel: String,
+    runs: Vec<Range<u64>>,
+    /// The run fetched last: its start and its bytes.
+    cache: Mutex<(u64, Vec<u8>)>,
+}
+
+/// Longest run of neighbouring frames fetched in one GET.
+const MAX_RUN: u64 = 16 << 20;
+
 /// An open finalized segment and its index.
 pub struct Segment {
-    file: File,
+    blob: Blob,
     path: PathBuf,
     pub trailer: Trailer,
     /// File size.
@@ -161,31 +180,141 @@ pub struct Segment {
     pub data_end: u64,
 }
 
+/// Bytes of the trailer frame of a segment with `frames` data frames: the 8-byte skippable
+/// header, then 32 + 40 per frame + 12 bytes of payload.
+pub fn trailer_len(frames: u64) -> u64 {
+    52 + 40 * frames
+}
+
 impl Segment {
     /// Opens a finalized segment (never through a symbolic link: `O_NOFOLLOW`) and reads its
     /// index trailer.
     pub fn open(path: &Path) -> Result<Segment, SegmentError> {
-        let io_err = |error| SegmentError::Io {
+        let file = super::path::open_nofollow(path).map_err(|error| SegmentError::Io {
             path: path.to_path_buf(),
             error,
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// A segment read from an open file; errors name it `shown`.
+    pub fn from_file(file: File, shown: &Path) -> Result<Segment, SegmentError> {
+        let io_err = |error| SegmentError::Io {
+            path: shown.to_path_buf(),
+            error,
         };
-        let file = super::path::open_nofollow(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let trailer = read_trailer(&file).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-                SegmentError::damaged(path, e.to_string())
+                SegmentError::damaged(shown, e.to_string())
             }
             _ => io_err(e),
         })?;
-        // The trailer frame: 8-byte skippable header, 32 + 40 per frame + 12 bytes of payload.
-        let data_end = len - (52 + 40 * trailer.frames.len() as u64);
+        let data_end = len - trailer_len(trailer.frames.len() as u64);
         Ok(Segment {
-            file,
-            path: path.to_path_buf(),
+            blob: Blob::File(file),
+            path: shown.to_path_buf(),
             trailer,
             len,
             data_end,
         })
+    }
+
+    /// Opens object `rel` of a remote archive as its manifest entry describes it (`bytes`
+    /// long, `frames` data frames): one range GET of exactly the trailer. Nothing else is
+    /// fetched until frames are read.
+    pub fn open_remote(
+        client: &Arc<Client>,
+        rel: &str,
+        bytes: u64,
+        frames: u64,
+    ) -> Result<Segment, SegmentError> {
+        let shown = PathBuf::from(client.show(rel));
+        let tlen = trailer_len(frames);
+        if tlen > bytes {
+            return Err(SegmentError::damaged(
+                &shown,
+                format!(
+                    "the manifest says {bytes} bytes, too short for a trailer of {frames} frames"
+                ),
+            ));
+        }
+        let tail = client
+            .get_range(rel, bytes - tlen, tlen)
+            .map_err(|e| SegmentError::Remote {
+                path: shown.clone(),
+                error: e.to_string(),
+            })?;
+        let trailer =
+            Trailer::decode(&tail).map_err(|e| SegmentError::damaged(&shown, e.to_string()))?;
+        Ok(Segment {
+            blob: Blob::Remote(RemoteBlob {
+                client: Arc::clone(client),
+                rel: rel.to_string(),
+                runs: Vec::new(),
+                cache: Mutex::new((0, Vec::new())),
+            }),
+            path: shown,
+            trailer,
+            len: bytes,
+            data_end: bytes - tlen,
+        })
+    }
+
+    /// Announces which data frames will be read (the header frame always is), so that a
+    /// remote segment fetches them in as few GETs as possible: neighbouring frames are one
+    /// range, up to 16 MiB. A local segment ignores it.
+    pub fn plan(&mut self, wanted: impl Fn(&FrameEntry) -> bool) {
+        let Blob::Remote(r) = &mut self.blob else {
+            return;
+        };
+        let mut runs: Vec<Range<u64>> = vec![0..self.trailer.header_comp_len as u64];
+        for f in self.trailer.frames.iter().filter(|f| wanted(f)) {
+            let (a, b) = (f.offset, f.offset + f.comp_len as u64);
+            match runs.last_mut() {
+                Some(last) if last.end == a && b - last.start <= MAX_RUN => last.end = b,
+                _ => runs.push(a..b),
+            }
+        }
+        r.runs = runs;
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SegmentError> {
+        let r = match &self.blob {
+            Blob::File(f) => {
+                return f
+                    .read_exact_at(buf, offset)
+                    .map_err(|error| SegmentError::Io {
+                        path: self.path.clone(),
+                        error,
+                    })
+            }
+            Blob::Remote(r) => r,
+        };
+        let end = offset + buf.len() as u64;
+        let mut cache = r.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, bytes) = &*cache;
+        if !(offset >= *start && end <= *start + bytes.len() as u64) {
+            let run = r
+                .runs
+                .iter()
+                .find(|run| run.start <= offset && end <= run.end)
+                .cloned()
+                .unwrap_or(offset..end);
+            let got = r
+                .client
+                .get_range(&r.rel, run.start, run.end - run.start)
+                .map_err(|e| SegmentError::Remote {
+                    path: self.path.clone(),
+                    error: e.to_string(),
+                })?;
+            *cache = (run.start, got);
+        }
+        let (start, bytes) = &*cache;
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&bytes[at..at + buf.len()]);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -8,6 +8,7 @@
 
 use super::catalog::{scan_disk, Catalog, LiveSegment};
 use super::index::{FLAG_CONT, FRAME_HAS_IDB};
+use super::location::Location;
 use super::manifest::{self, ChainError};
 use super::segment::{summarize_frame, Decoder, Segment};
 use crate::stream::Format;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// What `zcap verify` does.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub dir: PathBuf,
+    pub loc: Location,
     /// Run [`super::repair`] first (under the archive lock).
     pub repair: bool,
     /// Print the report as one JSON object.
@@ -84,6 +85,12 @@ pub struct Scan {
 /// whole records, and their packet counts, time ranges and IDB flags match.
 pub fn scan_segment(path: &Path, dec: &mut Decoder) -> Result<Scan, String> {
     let seg = Segment::open(path).map_err(|e| e.to_string())?;
+    scan_open(&seg, dec)
+}
+
+/// [`scan_segment`] of a segment already open.
+fn scan_open(seg: &Segment, dec: &mut Decoder) -> Result<Scan, String> {
+    let path = seg.path();
     let mut buf = Vec::new();
     let mut parser = seg.parser(dec, &mut buf).map_err(|e| e.to_string())?;
     let t = &seg.trailer;
@@ -154,7 +161,11 @@ pub fn scan_segment(path: &Path, dec: &mut Decoder) -> Result<Scan, String> {
 
 /// SHA-256 (lowercase hex) and length of a file, never read through a symbolic link.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut f = super::path::open_nofollow(path)?;
+    sha256_of(&mut super::path::open_nofollow(path)?)
+}
+
+/// SHA-256 (lowercase hex) and length of what `f` reads to its end.
+fn sha256_of(f: &mut impl Read) -> io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n_total = 0u64;
@@ -169,28 +180,87 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     Ok((manifest::hex(&h.finalize()), n_total))
 }
 
+/// A remote object downloaded for checking: an unnamed temporary file (`O_TMPFILE`), gone
+/// when closed. `None` when the object does not exist.
+fn download(c: &crate::remote::Client, rel: &str) -> anyhow::Result<Option<std::fs::File>> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = std::env::temp_dir();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&tmp)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "a temporary file in {} to check {}: {e}",
+                tmp.display(),
+                c.show(rel)
+            )
+        })?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
+    if c.get_to(rel, &mut w)?.is_none() {
+        return Ok(None);
+    }
+    w.flush()?;
+    drop(w);
+    f.seek(SeekFrom::Start(0))?;
+    Ok(Some(f))
+}
+
 /// Checks one live segment against its manifest line; returns its scan when it could be read.
-fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) -> Option<Scan> {
+fn check_live(loc: &Location, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) -> Option<Scan> {
     let e = &l.entry;
-    let path = match super::checked_path(dir, &e.path) {
-        Ok(p) => p,
-        Err(err) => {
-            r.problem(err.at(l.line).to_string(), false);
-            return None;
+    let missing = |r: &mut Report, how: &str| {
+        r.problem(
+            format!(
+                "{}: missing{how}: manifest line {} finalized it and no delete entry removed it",
+                e.path, l.line
+            ),
+            false,
+        )
+    };
+    let (mut file, shown) = match loc {
+        Location::Dir(dir) => {
+            let path = match super::checked_path(dir, &e.path) {
+                Ok(p) => p,
+                Err(err) => {
+                    r.problem(err.at(l.line).to_string(), false);
+                    return None;
+                }
+            };
+            match super::path::open_nofollow(&path) {
+                Ok(f) => (f, path),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    missing(r, "");
+                    return None;
+                }
+                Err(err) => {
+                    r.problem(format!("{}: cannot read it: {err}", e.path), false);
+                    return None;
+                }
+            }
+        }
+        Location::Remote(c) => {
+            if let Err(err) = super::path::check_name(&e.path, false) {
+                r.problem(err.at(l.line).to_string(), false);
+                return None;
+            }
+            match download(c, &e.path) {
+                Ok(Some(f)) => (f, PathBuf::from(c.show(&e.path))),
+                Ok(None) => {
+                    missing(r, " from the bucket (deleted behind zcap's back?)");
+                    return None;
+                }
+                Err(err) => {
+                    r.problem(format!("{}: cannot read it: {err:#}", e.path), false);
+                    return None;
+                }
+            }
         }
     };
-    let (sha, len) = match sha256_file(&path) {
+    let (sha, len) = match sha256_of(&mut file) {
         Ok(x) => x,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            r.problem(
-                format!(
-                    "{}: missing: manifest line {} finalized it and no delete entry removed it",
-                    e.path, l.line
-                ),
-                false,
-            );
-            return None;
-        }
         Err(err) => {
             r.problem(format!("{}: cannot read it: {err}", e.path), false);
             return None;
@@ -214,7 +284,10 @@ fn check_live(dir: &Path, l: &LiveSegment, dec: &mut Decoder, r: &mut Report) ->
             false,
         );
     }
-    let scan = match scan_segment(&path, dec) {
+    let scan = match Segment::from_file(file, &shown)
+        .map_err(|e| e.to_string())
+        .and_then(|seg| scan_open(&seg, dec))
+    {
         Err(what) => {
             r.problem(format!("{}: {what}", e.path), false);
             None
@@ -281,9 +354,11 @@ fn seq_of(path: &str) -> Option<u64> {
 fn check_continuity(c: &Catalog, live: &[(&LiveSegment, Scan)], r: &mut Report) {
     use std::collections::{BTreeMap, HashSet};
     let dir_of = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+    // Segments evicted from a local copy after their upload leave holes as deleted ones do.
     let deleted: HashSet<(String, u64)> = c
         .deleted
         .iter()
+        .chain(c.evicted.iter().map(|(s, _)| &s.entry.path))
         .filter_map(|p| Some((dir_of(p), seq_of(p)?)))
         .collect();
     let mut by_dir: BTreeMap<String, Vec<&(&LiveSegment, Scan)>> = BTreeMap::new();
@@ -373,7 +448,25 @@ pub fn check(
     key: Option<&ed25519_dalek::VerifyingKey>,
     head: Option<&str>,
 ) -> anyhow::Result<Report> {
-    let c = Catalog::load(dir)?;
+    check_at(
+        &Location::Dir(dir.to_path_buf()),
+        recorder_running,
+        key,
+        head,
+    )
+}
+
+/// [`check`] of an archive wherever it is. A remote one is downloaded segment by segment
+/// (each to an unnamed temporary file) and checked the same way; objects its manifest does
+/// not name are noted, not damage: an uploader puts segments before the manifest line that
+/// names them, and readers never read what the manifest does not name.
+pub fn check_at(
+    loc: &Location,
+    recorder_running: bool,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+    head: Option<&str>,
+) -> anyhow::Result<Report> {
+    let c = loc.catalog()?;
     let mut r = Report {
         manifest_lines: c.lines,
         chain_ok: c.chain.is_ok(),
@@ -399,11 +492,57 @@ pub fn check(
     let mut dec = Decoder::new();
     let mut scanned = Vec::new();
     for l in &c.segments {
-        if let Some(s) = check_live(dir, l, &mut dec, &mut r) {
+        if let Some(s) = check_live(loc, l, &mut dec, &mut r) {
             scanned.push((l, s));
         }
     }
     check_continuity(&c, &scanned, &mut r);
+    match loc {
+        Location::Dir(dir) => check_disk(dir, &c, recorder_running, fixable, &mut r)?,
+        Location::Remote(client) => {
+            for (d, _) in Location::remote_segments(client)? {
+                if c.deleted.contains(&d.rel) {
+                    r.notes.push(format!(
+                        "{}: deleted by the manifest, still in the bucket (remote retention was interrupted; the next upload removes it)",
+                        client.show(&d.rel)
+                    ));
+                } else if !c.knows(&d.rel) {
+                    r.notes.push(format!(
+                        "{}: not named by the manifest (uploaded ahead of its manifest line, or put there by someone else): not read",
+                        client.show(&d.rel)
+                    ));
+                }
+            }
+        }
+    }
+    check_signatures(&c, key, &mut r);
+    if let Some(h) = head {
+        check_kept_head(&c, h, &mut r);
+    }
+    for s in c.stream_names() {
+        if !c.stream_ends.iter().any(|e| e.stream == s) {
+            r.notes.push(format!(
+                "stream {s} has no end entry: {}",
+                if recorder_running {
+                    "still being recorded"
+                } else {
+                    "its recorder was interrupted (`zcap verify --repair` records that)"
+                }
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// What a directory holds beside its live segments: links, `.partial`s, files the manifest
+/// does not know or deleted.
+fn check_disk(
+    dir: &Path,
+    c: &Catalog,
+    recorder_running: bool,
+    fixable: bool,
+    r: &mut Report,
+) -> anyhow::Result<()> {
     let disk = scan_disk(dir)?;
     for e in &disk.refused {
         // A link the manifest names is reported once, at its line.
@@ -461,23 +600,7 @@ pub fn check(
             }
         }
     }
-    check_signatures(&c, key, &mut r);
-    if let Some(h) = head {
-        check_kept_head(&c, h, &mut r);
-    }
-    for s in c.stream_names() {
-        if !c.stream_ends.iter().any(|e| e.stream == s) {
-            r.notes.push(format!(
-                "stream {s} has no end entry: {}",
-                if recorder_running {
-                    "still being recorded"
-                } else {
-                    "its recorder was interrupted (`zcap verify --repair` records that)"
-                }
-            ));
-        }
-    }
-    Ok(r)
+    Ok(())
 }
 
 /// The chain proves nothing about lines cut off its end; a head kept elsewhere does: the
@@ -636,10 +759,20 @@ fn print_report(r: &Report, dir: &Path, repairs: &[String], json: bool) -> io::R
     out.flush()
 }
 
-/// `zcap verify DIR [--repair] [--json]`. Ok(false) when damage remains.
+/// `zcap verify ARCHIVE [--repair] [--json]`. Ok(false) when damage remains.
 pub fn run(a: &Options) -> anyhow::Result<bool> {
-    let dir = &a.dir;
     let key = a.key.as_deref().map(super::sign::load_public).transpose()?;
+    let Some(dir) = a.loc.dir() else {
+        if a.repair {
+            anyhow::bail!(
+                "--repair works on a local archive: repair the recorder's directory, then `zcap upload` it to {} again",
+                a.loc.show()
+            );
+        }
+        let r = check_at(&a.loc, false, key.as_ref(), a.head.as_deref())?;
+        print_report(&r, &a.loc.label(), &[], a.json)?;
+        return Ok(r.ok());
+    };
     if !dir.join(manifest::FILE).is_file() {
         anyhow::bail!(
             "{}: no {} here: not a zcap archive",

@@ -1,0 +1,1 @@
+//! Uploader (to be written).
