@@ -63,7 +63,12 @@ impl Location {
         match self {
             Location::Dir(d) => Ok(Catalog::load(d)?),
             Location::Remote(c) => {
-                let text = c.get_text(manifest::FILE)?.ok_or_else(|| {
+                let text = c.get_text(manifest::FILE)?;
+                if text.is_none() {
+                    // Missing bucket or missing archive: the bucket says which.
+                    c.probe()?;
+                }
+                let text = text.ok_or_else(|| {
                     anyhow::anyhow!(
                         "{}: no {} there: not a zcap archive, or nothing has been uploaded to it yet",
                         c.url,

@@ -590,7 +590,9 @@ impl Job {
         let mut gone = Vec::new();
         for (path, (size, etag)) in &self.journal.confirmed {
             match listing.get(path) {
-                Some((s, e)) if s == size && e == etag => self.offload.confirm(path),
+                Some((s, e)) if s == size && self.etag(path, e)? == *etag => {
+                    self.offload.confirm(path)
+                }
                 Some(_) => gone.push((path.clone(), "was rewritten behind zcap's back")),
                 None => gone.push((
                     path.clone(),
@@ -610,6 +612,14 @@ impl Job {
         // what this copy would get.
         self.listing = Some(listing);
         Ok(())
+    }
+
+    /// The ETag a listing gave, or a HEAD's when the listing gave none (some stores omit it).
+    fn etag(&self, rel: &str, listed: &str) -> Result<String, RemoteError> {
+        if !listed.is_empty() {
+            return Ok(listed.to_string());
+        }
+        Ok(self.client.head(rel)?.map(|o| o.etag).unwrap_or_default())
     }
 
     /// Uploads one finalized segment and confirms it (see the module's documentation).
@@ -642,6 +652,11 @@ impl Job {
         };
         // Up already (an earlier run whose journal is lost, or `zcap upload` again)?
         if let Some((osize, oetag)) = self.listing.as_mut().and_then(|l| l.remove(&s.path)) {
+            let oetag = if osize == size {
+                self.etag(&s.path, &oetag)?
+            } else {
+                oetag
+            };
             if osize == size && etag_is_md5(&oetag) {
                 let (sha, md5s) = digest(&mut f, part).map_err(local)?;
                 if sha != s.sha256 {
