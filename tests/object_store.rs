@@ -352,6 +352,7 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
         .args(["record", "-r", "-", "--stream-name", "s", "-o"])
         .arg(&dir)
         .args(["-C", "128KiB", "--frame-size", "16KiB", "--keep-local", "0"])
+        .args(["--max-bytes", "512KiB"])
         .args(["--upload", &url("down"), "--s3-endpoint", &s.endpoint()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -425,6 +426,8 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
     assert!(log.contains("cannot reach the object store"), "{log}");
     assert!(log.contains("uploads resume"), "{log}");
     assert!(log.contains("the remote manifest is up to date"), "{log}");
+    // --max-bytes could not be kept while the store was away, and said so.
+    assert!(log.contains("is over --max-bytes but"), "{log}");
     // Everything is in the bucket exactly once, and the local copy kept nothing.
     let remote = out(zcap_s3().args(["cat", &url("down"), "--s3-endpoint", &s.endpoint()])).stdout;
     assert!(
@@ -443,21 +446,35 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
     );
 }
 
-/// A TCP relay to the server that stops forwarding uploads once `limit` bytes went up,
-/// until released: a slow link, for killing a recorder in the middle of an upload.
-struct Throttle {
+/// A TCP relay to the server, standing in for the network: it stops forwarding requests
+/// once `limit` bytes went up, until released (a link gone slow, to kill a recorder in the
+/// middle of an upload), and can flip one byte at upstream offset `flip` (counted over all
+/// connections), once (a link that corrupts).
+struct Relay {
     port: u16,
     up: Arc<AtomicU64>,
     release: Arc<AtomicBool>,
 }
 
-impl Throttle {
-    fn start(to: u16, limit: u64) -> Throttle {
+#[derive(Clone)]
+struct Gate {
+    up: Arc<AtomicU64>,
+    release: Arc<AtomicBool>,
+    limit: u64,
+    flip: Option<u64>,
+}
+
+impl Relay {
+    fn start(to: u16, limit: u64, flip: Option<u64>) -> Relay {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let up = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(AtomicBool::new(false));
-        let (u, r) = (Arc::clone(&up), Arc::clone(&release));
+        let gate = Gate {
+            up: Arc::new(AtomicU64::new(0)),
+            release: Arc::new(AtomicBool::new(false)),
+            limit,
+            flip,
+        };
+        let (up, release) = (Arc::clone(&gate.up), Arc::clone(&gate.release));
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { break };
@@ -465,37 +482,106 @@ impl Throttle {
                     continue;
                 };
                 let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                let (u, r) = (Arc::clone(&u), Arc::clone(&r));
-                std::thread::spawn(move || pipe(c, s, Some((u, r, limit))));
+                let g = gate.clone();
+                std::thread::spawn(move || pipe(c, s, Some(g)));
                 std::thread::spawn(move || pipe(s2, c2, None));
             }
         });
-        Throttle { port, up, release }
+        Relay { port, up, release }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 
-fn pipe(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    gate: Option<(Arc<AtomicU64>, Arc<AtomicBool>, u64)>,
-) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, gate: Option<Gate>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some((up, release, limit)) = &gate {
-            while up.load(Ordering::Relaxed) >= *limit && !release.load(Ordering::Relaxed) {
+        if let Some(g) = &gate {
+            while g.up.load(Ordering::Relaxed) >= g.limit && !g.release.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            up.fetch_add(n as u64, Ordering::Relaxed);
+            let at = g.up.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(f) = g.flip {
+                if (at..at + n as u64).contains(&f) {
+                    buf[(f - at) as usize] ^= 0x01;
+                }
+            }
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn bytes_corrupted_on_the_way_are_caught_and_sent_again() {
+    let Some(bin) = need_s3s_fs() else { return };
+    let s = Server::start(bin);
+    let t = tempdir();
+    // A whole PUT (the store checks its Content-MD5) and a multipart upload (zcap checks
+    // each part's ETag), each corrupted once in transit.
+    let small = t.path().join("small");
+    run_ok(
+        zcap()
+            .args(["record", "-r"])
+            .arg(fixture("demo.pcap"))
+            .arg("-o")
+            .arg(&small)
+            .args(["-C", "64KiB", "--frame-size", "8KiB"]),
+    );
+    let pcap = t.path().join("big.pcap");
+    gen(
+        &["--bytes", "13M", "--payload", "random", "--seed", "2"],
+        &pcap,
+    );
+    let big = t.path().join("big");
+    run_ok(
+        zcap()
+            .args(["record", "-r"])
+            .arg(&pcap)
+            .arg("-o")
+            .arg(&big)
+            .args(["-C", "12MiB"]),
+    );
+    for (dir, prefix, flip, said) in [
+        (
+            &small,
+            "flip-put",
+            32 << 10,
+            "received other bytes than were sent",
+        ),
+        (&big, "flip-part", 1 << 20, "checksum mismatch"),
+    ] {
+        let relay = Relay::start(s.port, u64::MAX, Some(flip));
+        let o = out(zcap_s3().arg("upload").arg(dir).arg(url(prefix)).args([
+            "--s3-endpoint",
+            &relay.endpoint(),
+            "--upload-part-size",
+            "5MiB",
+        ]));
+        let log = text(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        assert!(
+            log.contains(said),
+            "{prefix}: the corruption went unnoticed:\n{log}"
+        );
+        assert!(log.contains("uploads resume"), "{log}");
+        assert!(relay.up.load(Ordering::Relaxed) > flip);
+        let v = out(zcap_s3().args(["verify", &url(prefix), "--s3-endpoint", &s.endpoint()]));
+        assert!(v.status.success(), "{prefix}: {}", text(&v.stdout));
+        assert_eq!(
+            s.open_uploads(),
+            0,
+            "the corrupted multipart upload was aborted"
+        );
+    }
 }
 
 #[test]
@@ -514,7 +600,7 @@ fn kill_9_in_the_middle_of_a_multipart_upload_leaves_the_bucket_consistent() {
     );
     let dir = t.path().join("a");
     // A first segment goes up whole; the second stalls after its first part.
-    let throttle = Throttle::start(s.port, 9 << 20);
+    let throttle = Relay::start(s.port, 9 << 20, None);
     let mut rec = zcap_s3()
         .args(["record", "-r"])
         .arg(&pcap)
@@ -721,7 +807,8 @@ fn store_errors_are_said_in_words() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let e = ls(&[&url("words"), "--s3-endpoint", &dead], &[]);
     assert!(e.contains("cannot reach the object store"), "{e}");
-    let e = ls(&[&url("nothing-here"), "--s3-endpoint", &ep], &[]);
+    // The endpoint from the environment, as every S3 tool takes it.
+    let e = ls(&[&url("nothing-here")], &[("AWS_ENDPOINT_URL", &ep)]);
     assert!(
         e.contains("not a zcap archive, or nothing has been uploaded"),
         "{e}"

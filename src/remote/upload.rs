@@ -155,6 +155,10 @@ impl Uploader {
 
     /// Uploads what is left (for at most the configured drain time) and stops.
     pub fn finish(self) -> Summary {
+        let queued = self.stats.queued.load(Ordering::Relaxed);
+        if queued > 0 {
+            eprintln!("zcap: upload: finishing: {queued} segment(s) still to upload");
+        }
         self.ctl.finishing.store(true, Ordering::Relaxed);
         self.ctl.wake();
         self.thread.join().unwrap_or_else(|_| Summary {
