@@ -490,14 +490,18 @@ impl Client {
     /// PUT of a whole object, with its MD5 for the store to check on receipt. Returns the
     /// ETag the store gave it.
     pub fn put(&self, rel: &str, body: &[u8]) -> Result<String> {
+        self.put_md5(rel, body, &md5(body))
+    }
+
+    /// [`Client::put`] of a body whose MD5 the caller has computed already.
+    pub fn put_md5(&self, rel: &str, body: &[u8], md5: &[u8; 16]) -> Result<String> {
         let key = self.url.key(rel);
         let what = format!("PUT {}", self.show(rel));
         let url = self
             .bucket
             .put_object(self.creds.as_ref(), &key)
             .sign(SIGNED_FOR);
-        let md5 = md5_base64(body);
-        let resp = self.send(&what, url, "PUT", &[("content-md5", md5)], Some(body))?;
+        let resp = self.send(&what, url, "PUT", &[("content-md5", b64(md5))], Some(body))?;
         Ok(Self::etag_of(&resp))
     }
 
@@ -580,16 +584,22 @@ impl Client {
         Ok(parsed.upload_id().to_string())
     }
 
-    /// Uploads part `n` (from 1) of a multipart upload; returns its ETag.
-    pub fn upload_part(&self, rel: &str, id: &str, n: u16, body: &[u8]) -> Result<String> {
+    /// Uploads part `n` (from 1) of a multipart upload, whose MD5 is `md5`; returns its ETag.
+    pub fn upload_part(
+        &self,
+        rel: &str,
+        id: &str,
+        n: u16,
+        body: &[u8],
+        md5: &[u8; 16],
+    ) -> Result<String> {
         let key = self.url.key(rel);
         let what = format!("UploadPart {} part {n}", self.show(rel));
         let url = self
             .bucket
             .upload_part(self.creds.as_ref(), &key, n, id)
             .sign(SIGNED_FOR);
-        let md5 = md5_base64(body);
-        let resp = self.send(&what, url, "PUT", &[("content-md5", md5)], Some(body))?;
+        let resp = self.send(&what, url, "PUT", &[("content-md5", b64(md5))], Some(body))?;
         Ok(Self::etag_of(&resp))
     }
 
@@ -658,11 +668,16 @@ impl Client {
     }
 }
 
-/// Base64 of the MD5 of `body`, for `Content-MD5`.
-fn md5_base64(body: &[u8]) -> String {
-    use base64::Engine;
+/// The MD5 of `body`.
+pub fn md5(body: &[u8]) -> [u8; 16] {
     use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
+    md5::Md5::digest(body).into()
+}
+
+/// Base64 of a digest, for `Content-MD5`.
+fn b64(digest: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 /// The ETag S3 gives an object uploaded whole (`md5`) or in parts (`md5(md5s)-N`), from

@@ -33,6 +33,8 @@ pub const JOURNAL: &str = ".uploads";
 /// Back-off between attempts while the store fails: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Parts of one multipart upload sent at once (each holds a part-sized buffer).
+const PARTS_IN_FLIGHT: usize = 4;
 /// How often the manifest is looked at for new lines when nothing wakes the uploader.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -58,6 +60,8 @@ pub struct UploadStats {
     pub queued: AtomicU64,
     /// Failed attempts (each retried).
     pub failures: AtomicU64,
+    /// Finalization time (Unix seconds) of the oldest segment not uploaded yet; 0: none.
+    pub oldest_pending: AtomicU64,
     pub remote_deleted: AtomicU64,
 }
 
@@ -468,19 +472,40 @@ impl Job {
         let mut blocked = false;
         let mut queued = 0u64;
         let mut result = Ok(());
+        let up = |j: &Journal, lost: &HashSet<String>, p: &str| {
+            j.confirmed.contains_key(p) || deleted.contains(p) || lost.contains(p)
+        };
+        // What is left to do, counted down as segments go up (progress, metrics).
+        let todo = lines
+            .iter()
+            .filter(|l| matches!(&l.entry, Entry::Segment(s) if !up(&self.journal, &self.lost, &s.path)))
+            .count() as u64;
+        self.stats.queued.store(todo, Ordering::Relaxed);
+        // Upload lag: when the oldest segment not up yet was finalized.
+        let oldest = lines.iter().find_map(|l| match &l.entry {
+            Entry::Segment(s) if !up(&self.journal, &self.lost, &s.path) => {
+                humantime::parse_rfc3339(&s.time).ok()
+            }
+            _ => None,
+        });
+        self.stats.oldest_pending.store(
+            oldest
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+            Ordering::Relaxed,
+        );
         for l in &lines {
             if let Entry::Segment(s) = &l.entry {
-                let up = self.journal.confirmed.contains_key(&s.path)
-                    || deleted.contains(s.path.as_str())
-                    || self.lost.contains(&s.path);
-                if !up {
+                if !up(&self.journal, &self.lost, &s.path) {
                     if blocked || result.is_err() {
                         queued += 1;
                         blocked = true;
                         continue;
                     }
                     match self.upload_segment(s, evicted.contains(s.path.as_str())) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        }
                         Err(Failure::Local(why)) => {
                             eprintln!(
                                 "zcap: upload: ERROR: {} cannot be uploaded: {why}; the remote archive will lack it as the local one does (`zcap verify {}` says more)",
@@ -682,8 +707,9 @@ impl Job {
             if manifest::hex(&sha.finalize()) != s.sha256 {
                 return Err(changed());
             }
-            md5s.push(md5(&buf));
-            self.client.put(&s.path, &buf)?
+            let m = super::md5(&buf);
+            md5s.push(m);
+            self.client.put_md5(&s.path, &buf, &m)?
         } else {
             let id = self.client.create_multipart(&s.path)?;
             self.journal
@@ -772,7 +798,9 @@ impl Job {
         Ok(())
     }
 
-    /// Uploads the parts of a multipart upload; returns their ETags in order.
+    /// Uploads the parts of a multipart upload, [`PARTS_IN_FLIGHT`] at a time: this thread
+    /// reads the file in order (and hashes it), workers take each part's MD5, send it and
+    /// check the store's ETag. Returns the parts' ETags in order.
     #[allow(clippy::too_many_arguments)]
     fn parts(
         &self,
@@ -784,40 +812,98 @@ impl Job {
         md5s: &mut Vec<[u8; 16]>,
         buf: &mut Vec<u8>,
     ) -> Result<Vec<String>, Failure> {
+        use std::sync::mpsc::{channel, sync_channel};
         let part = self.cfg.part_size;
-        let mut etags = Vec::new();
-        let mut left = size;
-        let mut n: u16 = 1;
-        while left > 0 {
-            let len = left.min(part);
-            buf.resize(len as usize, 0);
-            f.read_exact(buf).map_err(local)?;
-            sha.update(&buf[..]);
-            let m = md5(buf);
-            let etag = self.client.upload_part(&s.path, id, n, buf)?;
-            if etag_is_md5(&etag) && etag != manifest::hex(&m) {
-                return Err(Failure::Store(RemoteError {
-                    kind: Kind::Checksum,
-                    msg: format!(
-                        "{} part {n}: checksum mismatch: the store's ETag {etag} is not the MD5 of what was sent",
-                        self.client.show(&s.path)
-                    ),
-                }));
+        let count = size.div_ceil(part);
+        if count > u16::MAX as u64 {
+            return Err(local("more than 65535 parts: raise --upload-part-size"));
+        }
+        let client = &self.client;
+        let done: Mutex<Vec<Option<([u8; 16], String)>>> = Mutex::new(vec![None; count as usize]);
+        let failed: Mutex<Option<Failure>> = Mutex::new(None);
+        let stop = AtomicBool::new(false);
+        // Buffers go round: PARTS_IN_FLIGHT + 1 of them bound the memory.
+        let (free_tx, free_rx) = channel::<Vec<u8>>();
+        free_tx.send(std::mem::take(buf)).expect("receiver alive");
+        for _ in 0..PARTS_IN_FLIGHT {
+            free_tx.send(Vec::new()).expect("receiver alive");
+        }
+        let (work_tx, work_rx) = sync_channel::<(u16, Vec<u8>)>(0);
+        let work_rx = Mutex::new(work_rx);
+        let fail = |e: Failure| {
+            stop.store(true, Ordering::Relaxed);
+            failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..PARTS_IN_FLIGHT.min(count as usize) {
+                let (work_rx, free_tx, done, fail, stop) =
+                    (&work_rx, free_tx.clone(), &done, &fail, &stop);
+                scope.spawn(move || loop {
+                    let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((n, body)) = next else { break };
+                    if !stop.load(Ordering::Relaxed) {
+                        let m = super::md5(&body);
+                        match client.upload_part(&s.path, id, n, &body, &m) {
+                            Ok(etag) if etag_is_md5(&etag) && etag != manifest::hex(&m) => {
+                                fail(Failure::Store(RemoteError {
+                                    kind: Kind::Checksum,
+                                    msg: format!(
+                                        "{} part {n}: checksum mismatch: the store's ETag {etag} is not the MD5 of what was sent",
+                                        client.show(&s.path)
+                                    ),
+                                }))
+                            }
+                            Ok(etag) => {
+                                done.lock().unwrap_or_else(|p| p.into_inner())[n as usize - 1] =
+                                    Some((m, etag))
+                            }
+                            Err(e) => fail(e.into()),
+                        }
+                    }
+                    let _ = free_tx.send(body);
+                });
             }
+            let mut left = size;
+            for n in 1..=count as u16 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut b = free_rx.recv().expect("a worker keeps a sender");
+                let len = left.min(part);
+                b.resize(len as usize, 0);
+                if let Err(e) = f.read_exact(&mut b) {
+                    fail(local(e));
+                    break;
+                }
+                sha.update(&b);
+                left -= len;
+                if work_tx.send((n, b)).is_err() {
+                    break;
+                }
+            }
+            drop(work_tx);
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        let mut etags = Vec::with_capacity(count as usize);
+        for (m, etag) in done
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .flatten()
+        {
             md5s.push(m);
             etags.push(etag);
-            left -= len;
-            n = n
-                .checked_add(1)
-                .ok_or_else(|| local("more than 65535 parts: raise --upload-part-size"))?;
+        }
+        if etags.len() as u64 != count {
+            return Err(local("a part was not uploaded"));
         }
         Ok(etags)
     }
-}
-
-fn md5(b: &[u8]) -> [u8; 16] {
-    use md5::Digest as _;
-    md5::Md5::digest(b).into()
 }
 
 /// SHA-256 of a whole file and the MD5s of its parts of `part` bytes.
