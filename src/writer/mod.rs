@@ -51,6 +51,11 @@ pub struct Config {
     pub segment_size: u64,
     /// Rotate when a segment has been open this long.
     pub segment_time: Option<Duration>,
+    /// With `segment_time`: rotate at wall-clock multiples of it instead (`-G 10m --align`
+    /// cuts on :00, :10, …), for every stream at once.
+    pub segment_align: bool,
+    /// Cut every open segment when this counter changes (SIGHUP).
+    pub rotate: Option<Arc<AtomicU64>>,
     /// Cut a data frame at the first record boundary past this many raw bytes.
     pub frame_size: u64,
     pub compress: Compress,
@@ -87,6 +92,8 @@ impl Config {
             dir: dir.into(),
             segment_size: 256 << 20,
             segment_time: None,
+            segment_align: false,
+            rotate: None,
             frame_size: 1 << 20,
             compress: Compress::Zstd(1),
             idle_flush: Duration::from_secs(1),
@@ -140,6 +147,46 @@ pub struct WriterStats {
     pub unwritten_bytes: AtomicU64,
     /// Steps given up at shutdown with the disk still full.
     pub gave_up: AtomicU64,
+    /// Segments cut on demand (SIGHUP) or at a wall-clock boundary (`--align`).
+    pub rotations: AtomicU64,
+    /// How long finalizing a segment took (trailer, fsync, rename, manifest line).
+    pub finalize: Latency,
+    /// The streams being written, by name, with their own counters.
+    pub open: Mutex<std::collections::BTreeMap<String, Arc<StreamCounters>>>,
+}
+
+/// One open stream's counters (bytes and packets as persisted).
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub packets: AtomicU64,
+    pub raw_bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub frames: AtomicU64,
+    pub segments: AtomicU64,
+}
+
+/// A latency histogram of fixed buckets, lock-free, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Observations at or below each bound of [`Latency::BOUNDS`]; the last counts all.
+    pub buckets: [AtomicU64; 10],
+    pub sum_ns: AtomicU64,
+}
+
+impl Latency {
+    /// Upper bounds in seconds; the tenth bucket is +Inf.
+    pub const BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = Self::BOUNDS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(Self::BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 /// How one stream ended, for the final summary and for tests.
@@ -320,11 +367,28 @@ struct StreamState {
     /// Frames handed to the persist step, and frames persisted.
     submitted: u64,
     persisted: u64,
+    /// With `--align`: the wall-clock end (ns) of the period the open segment belongs to.
+    period_end: Option<i64>,
+    counters: Arc<StreamCounters>,
+}
+
+/// Now, as nanoseconds since the epoch.
+fn wall_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The first multiple of `period` after `now`.
+fn next_multiple(now: i64, period: i64) -> i64 {
+    (now.div_euclid(period) + 1) * period
 }
 
 /// A step for the persist side, kept in stream order.
 enum Op {
     Frame(Box<FrameOp>),
+    /// Finalize the open segment now (SIGHUP, a wall-clock boundary with `--align`).
+    Rotate,
     /// A new pcapng section began: finalize the segment (keeping a section that had no data
     /// as a header-only segment).
     Section {
@@ -387,6 +451,7 @@ impl StreamState {
             return Ok(());
         }
         self.last_data = Instant::now();
+        self.check_align(cx)?;
         let start = self.framer.position();
         crate::area::prefetch(&chunk.bytes()[off..off + len]);
         let charge = self.charge_of(chunk.offset() + off, len);
@@ -527,6 +592,37 @@ impl StreamState {
     /// Bytes of the unit in progress (received, not yet a complete unit).
     fn incomplete(&self) -> u64 {
         self.framer.position() - self.frame.end
+    }
+
+    /// With `-G --align`: once the wall clock passes the current period's end, the open
+    /// segment is cut there (before the bytes that arrive after it).
+    fn check_align(&mut self, cx: &mut Ctx) -> io::Result<()> {
+        let Some(t) = cx.cfg.segment_time.filter(|_| cx.cfg.segment_align) else {
+            return Ok(());
+        };
+        let period = (t.as_nanos() as i64).max(1);
+        let now = wall_ns();
+        let end = *self
+            .period_end
+            .get_or_insert_with(|| next_multiple(now, period));
+        if now < end {
+            return Ok(());
+        }
+        self.period_end = Some(next_multiple(now, period));
+        self.rotate_now(cx)
+    }
+
+    /// Cuts the open frame and finalizes the open segment after it (SIGHUP, `--align`).
+    fn rotate_now(&mut self, cx: &mut Ctx) -> io::Result<()> {
+        if self.failed.is_some() || self.unwritten.is_some() {
+            return Ok(());
+        }
+        self.cut(cx)?;
+        if self.seg.is_some() || self.ops.iter().any(|o| matches!(o, Op::Frame(_))) {
+            cx.stats.rotations.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ops.push_back(Op::Rotate);
+        self.pump(Until::All, cx)
     }
 
     /// Ends the stream for breaking a limit: keeps what is complete, counts the rest, and
@@ -851,9 +947,10 @@ impl StreamState {
                     self.cont = false;
                     self.ops.pop_front();
                 }
-                Op::RotateIfOld => {
+                Op::RotateIfOld | Op::Rotate => {
                     let old = self.seg.as_ref().is_some_and(|s| {
-                        cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t)
+                        matches!(op, Op::Rotate)
+                            || cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t)
                     });
                     if old {
                         self.finish_segment(cx)?;
@@ -908,11 +1005,20 @@ impl StreamState {
             .stored_bytes
             .fetch_add(seg.len - before, Ordering::Relaxed);
         cx.stats.frames.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .packets
+            .fetch_add(f.entry.packets as u64, Ordering::Relaxed);
+        self.counters.raw_bytes.fetch_add(f.raw, Ordering::Relaxed);
+        self.counters
+            .stored_bytes
+            .fetch_add(seg.len - before, Ordering::Relaxed);
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
         let full = seg.len >= cx.cfg.segment_size
-            || cx
-                .cfg
-                .segment_time
-                .is_some_and(|t| seg.opened.elapsed() >= t);
+            || (!cx.cfg.segment_align
+                && cx
+                    .cfg
+                    .segment_time
+                    .is_some_and(|t| seg.opened.elapsed() >= t));
         if full {
             self.finish_segment(cx)?;
             self.cont = true;
@@ -972,6 +1078,7 @@ impl StreamState {
             seg.trailer.flags & crate::archive::index::FLAG_CONT != 0,
         );
         let need = 64 + 40 * frames;
+        let begun = Instant::now();
         let (path, bytes, sha256) = space::persist(cx, Step::Segment, need, |_| seg.finalize())?;
         self.seg = None;
         let rel = path
@@ -1022,6 +1129,8 @@ impl StreamState {
         self.segments += 1;
         self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
+        cx.stats.finalize.observe(begun.elapsed());
+        self.counters.segments.fetch_add(1, Ordering::Relaxed);
         lock_shared(cx.shared).retention.add(rel, bytes, now);
         let refused = lock_shared(cx.shared).retention.refused();
         let deleted = space::persist(cx, Step::Manifest, 0, |cx| {
@@ -1217,6 +1326,11 @@ impl StreamState {
             r => r?,
         }
         cx.stats.streams_active.fetch_sub(1, Ordering::Relaxed);
+        cx.stats
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
         Ok(StreamReport {
             name: self.name,
             packets: self.framer.packets(),
@@ -1284,6 +1398,8 @@ pub struct Writer {
     /// of each in the order they were cut, to wait for the oldest.
     inflight: usize,
     order: VecDeque<(StreamId, u64)>,
+    /// The rotation counter as last seen ([`Config::rotate`]).
+    rotate_seen: u64,
     _lock: Arc<File>,
 }
 
@@ -1372,6 +1488,7 @@ impl Writer {
             lane,
             inflight: 0,
             order: VecDeque::new(),
+            rotate_seen: 0,
             _lock: Arc::new(lock),
         })
     }
@@ -1399,6 +1516,7 @@ impl Writer {
                 lane: start_lane(&self.cfg, i, self.pool.as_ref()).map_err(|e| self.ioe(e))?,
                 inflight: 0,
                 order: VecDeque::new(),
+                rotate_seen: self.rotate_seen,
                 _lock: Arc::clone(&self._lock),
             });
         }
@@ -1608,6 +1726,12 @@ impl Writer {
             }
         })?;
         self.stats.streams_active.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(StreamCounters::default());
+        self.stats
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), Arc::clone(&counters));
         self.streams.insert(
             id,
             StreamState {
@@ -1645,6 +1769,8 @@ impl Writer {
                 seg_linktypes: Arc::from([]),
                 seg_drops_from: 0,
                 unwritten: None,
+                period_end: None,
+                counters,
             },
         );
         Ok(())
@@ -1663,14 +1789,31 @@ impl Writer {
                 st.opened = now;
             }
         }
+        let gen = self.cfg.rotate.as_ref().map(|g| g.load(Ordering::Relaxed));
+        let rotate_all = gen.is_some_and(|g| g != self.rotate_seen);
+        if let Some(g) = gen {
+            self.rotate_seen = g;
+        }
         let mut cx = ctx!(self);
         for st in self.streams.values_mut() {
+            let r = if rotate_all {
+                st.rotate_now(&mut cx)
+            } else {
+                st.check_align(&mut cx)
+            };
+            if let Err(e) = r.or_else(|e| st.absorb(e, &mut cx)) {
+                return Err(WriterError::Io {
+                    dir: cx.cfg.dir.clone(),
+                    source: e,
+                });
+            }
             let idle = !st.frame.is_empty()
                 && now.saturating_duration_since(st.last_data) >= cx.cfg.idle_flush;
-            let old = st
-                .seg
-                .as_ref()
-                .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
+            let old = !cx.cfg.segment_align
+                && st
+                    .seg
+                    .as_ref()
+                    .is_some_and(|s| cx.cfg.segment_time.is_some_and(|t| s.opened.elapsed() >= t));
             let r = if (idle || old) && st.unwritten.is_none() {
                 if old {
                     st.ops.push_back(Op::RotateIfOld);
