@@ -33,6 +33,9 @@ pub const JOURNAL: &str = ".uploads";
 /// Back-off between attempts while the store fails: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A part uploaded: its MD5 and the ETag the store gave it.
+type PartDone = ([u8; 16], String);
+
 /// Parts of one multipart upload sent at once (each holds a part-sized buffer).
 const PARTS_IN_FLIGHT: usize = 4;
 /// How often the manifest is looked at for new lines when nothing wakes the uploader.
@@ -819,7 +822,7 @@ impl Job {
             return Err(local("more than 65535 parts: raise --upload-part-size"));
         }
         let client = &self.client;
-        let done: Mutex<Vec<Option<([u8; 16], String)>>> = Mutex::new(vec![None; count as usize]);
+        let done: Mutex<Vec<Option<PartDone>>> = Mutex::new(vec![None; count as usize]);
         let failed: Mutex<Option<Failure>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
         // Buffers go round: PARTS_IN_FLIGHT + 1 of them bound the memory.
