@@ -1160,15 +1160,23 @@ def stock_script(segs: list[str], a: int, b: int, out: str, tmp: str) -> str:
     return "; ".join(lines)
 
 
-def run_query(args, zcap: str) -> dict:
-    arch, meta = build_query_archive(args, zcap)
+def query_window(args, meta: dict) -> tuple[int, int, list[dict]]:
+    """The window the query benchmarks cut out: --query-window seconds from the middle of the
+    archive's span (whole seconds), and the segments (manifest entries) whose
+    [first_ns, last_ns] overlaps it."""
     span_s = (meta["last_ns"] - meta["first_ns"]) / 1e9
     a = int(meta["first_ns"] / 1e9 + span_s / 2)
     b = a + args.query_window
     a_ns, b_ns = a * 10**9, b * 10**9
+    return a, b, [s for s in meta["segments"] if s["first_ns"] <= b_ns and s["last_ns"] >= a_ns]
+
+
+def run_query(args, zcap: str) -> dict:
+    arch, meta = build_query_archive(args, zcap)
+    span_s = (meta["last_ns"] - meta["first_ns"]) / 1e9
+    a, b, overlap = query_window(args, meta)
     all_segs = [os.path.join(arch, s["path"]) for s in meta["segments"]]
-    hit = [os.path.join(arch, s["path"]) for s in meta["segments"]
-           if s["first_ns"] <= b_ns and s["last_ns"] >= a_ns]
+    hit = [os.path.join(arch, s["path"]) for s in overlap]
     qout = os.path.join(args.workdir, "query", "out")
     methods = [
         ("zcap-cat", f"zcap cat ARCH --from {a} --to {b}", None),
