@@ -17,7 +17,13 @@ Started by tools/bench/run. Standard library only. What it does, in order:
    for reference) into the same /dev/null receiver;
 5. query (--query): builds an archive of generated traffic spanning hours and times
    zcap cat --from/--to of one minute against zstd -dc | editcap -A/-B, cold cache;
-6. prints one markdown report (also written as results.md) and writes results.json.
+6. object storage (--s3): starts s3s-fs on 127.0.0.1 (root in the workdir; cargo install s3s-fs
+   and pip install awscli if missing and allowed), uploads the query archive with zcap upload
+   and with aws s3 cp --recursive (round robin, cold cache; wall, CPU, MB/s, the store's CPU),
+   then cuts the query window out of the uploaded copy with zcap cat s3://… --stats (bytes
+   fetched, range requests; output compared byte for byte with a local zcap cat) against
+   aws s3 cp of the segments that overlap the window;
+7. prints one markdown report (also written as results.md) and writes results.json.
 
 Every child runs in its own process group and is killed when the harness exits; every wait
 has a deadline; all traffic goes to 127.0.0.1.
@@ -27,7 +33,8 @@ exit (file jobs: from spawn to exit), CPU seconds (user+sys from wait4 rusage, w
 the receiver's threads and any children it waited for, e.g. both sides of a pipeline), peak
 RSS (ru_maxrss: the largest single process), bytes on disk of the output (du), and for the
 query benchmark bytes read from the block device (ru_inblock * 512) after evicting the
-archive from the page cache.
+archive from the page cache; for the object-storage benchmark the s3s-fs process's CPU seconds
+during each run (from /proc/PID/stat) and zcap cat's `bytes fetched` / `range requests`.
 """
 
 from __future__ import annotations
