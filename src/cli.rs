@@ -73,6 +73,70 @@ pub enum Command {
     Demo(DemoArgs),
     /// Make an Ed25519 key pair for signed manifests (record --sign-key, verify --key).
     Keygen(KeygenArgs),
+    /// Upload an archive directory to object storage (s3://BUCKET/PREFIX), or finish an
+    /// upload that `record --upload` left: segments first, checksums checked, then the
+    /// manifest.
+    Upload(UploadArgs),
+}
+
+/// How much of an uploaded archive to keep on the local disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepLocal {
+    Bytes(u64),
+    Age(Duration),
+}
+
+/// `--keep-local`: a size (`50GiB`) or a duration (`2d`).
+pub fn parse_keep_local(s: &str) -> Result<KeepLocal, String> {
+    if let Ok(n) = crate::units::parse_size(s) {
+        return Ok(KeepLocal::Bytes(n));
+    }
+    crate::units::parse_duration(s)
+        .map(KeepLocal::Age)
+        .map_err(|_| format!("`{s}` is neither a size (e.g. 50GiB) nor a duration (e.g. 2d)"))
+}
+
+/// Uploading to object storage: `record --upload` and `zcap upload`.
+#[derive(Debug, Clone, Args)]
+pub struct UploadOpts {
+    /// Once a segment's upload is confirmed, keep its local copy only while the local
+    /// archive is under SIZE (e.g. 50GiB) or the segment is younger than DURATION (e.g. 2d);
+    /// 0 evicts each as soon as it is uploaded. Default: keep everything (a local copy).
+    /// Evictions are recorded in the manifest; `ls` shows where such segments are.
+    #[arg(long, value_name = "SIZE|DURATION", value_parser = parse_keep_local)]
+    pub keep_local: Option<KeepLocal>,
+
+    /// Delete remote segments finalized longer ago than this (never the newest), recorded
+    /// in the manifest like local deletions (1s to 36500d).
+    #[arg(long, value_name = "DURATION", value_parser = duration_in(SECOND, 36_500 * DAY))]
+    pub remote_max_age: Option<Duration>,
+
+    /// Segments larger than this go up as multipart uploads in parts of this size (5MiB,
+    /// S3's smallest part, to 5GiB).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = size_in(5 << 20, 5 << 30))]
+    pub upload_part_size: u64,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UploadArgs {
+    /// The local archive directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Where to: s3://BUCKET/PREFIX.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub opts: UploadOpts,
+    /// Sign the manifest lines this writes (evictions, remote deletions) with this key, as
+    /// the recorder signed the rest (`record --sign-key`).
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<PathBuf>,
+    /// Give up when the store has failed for this long (1s to 1d).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = duration_in(SECOND, DAY))]
+    pub give_up_after: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -198,6 +262,16 @@ pub struct RecordArgs {
     /// Delete segments finalized longer ago than this (1s to 36500d).
     #[arg(long, value_name = "DURATION", value_parser = duration_in(SECOND, 36_500 * DAY))]
     pub max_age: Option<Duration>,
+
+    /// Upload each finalized segment, then the manifest, to object storage
+    /// (s3://BUCKET/PREFIX, any S3-compatible store) on a thread of its own; a store that
+    /// is down is retried while the local archive buffers everything. With --max-bytes
+    /// and --max-age, retention then only removes local copies whose upload is confirmed.
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+
+    #[command(flatten)]
+    pub upload_opts: UploadOpts,
 
     /// Keep at least this much free on the archive's file system (e.g. 5% or 2GiB): below it,
     /// delete the oldest segments (with --max-bytes/--max-age) or pause and backpressure.

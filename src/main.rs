@@ -10,7 +10,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use zcap::archive::location::Location;
 use zcap::archive::{path::Untrusted, read, verify};
-use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, VerifyArgs};
+use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, UploadArgs, VerifyArgs};
 
 /// The archive a command names: a directory or an s3:// URL.
 pub fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
@@ -50,6 +50,22 @@ fn verify_options(a: &VerifyArgs) -> anyhow::Result<verify::Options> {
     })
 }
 
+fn upload_options(a: &UploadArgs) -> anyhow::Result<zcap::remote::upload::Options> {
+    let (cfg, keep_bytes, keep_age) =
+        zcap::record::upload_config(&a.url, &a.opts, a.give_up_after)?;
+    Ok(zcap::remote::upload::Options {
+        dir: a.dir.clone(),
+        cfg,
+        keep_bytes,
+        keep_age,
+        sign: a
+            .sign_key
+            .as_deref()
+            .map(zcap::archive::sign::Signer::load)
+            .transpose()?,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -61,6 +77,7 @@ fn main() -> ExitCode {
         Command::Send(a) => zcap::send::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),
         Command::Demo(a) => zcap::demo::run(a),
+        Command::Upload(a) => upload_options(a).and_then(|o| zcap::remote::upload::run(&o)),
         Command::Keygen(a) => zcap::archive::sign::keygen(&a.out)
             .map(|(key, public)| {
                 eprintln!(

@@ -3,7 +3,10 @@
 //! the summary. Owns no data path of its own.
 
 use crate::area::Area;
-use crate::cli::{CaptureArgs, RecordArgs, RxKind, DEFAULT_LISTEN, MIN_BUFFERS};
+use crate::cli::{
+    CaptureArgs, KeepLocal, RecordArgs, RxKind, UploadOpts, DEFAULT_LISTEN, MIN_BUFFERS,
+};
+use crate::remote::upload;
 use crate::rx::{self, Events, RxStats};
 use crate::units::{human_bytes, size_text};
 use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
@@ -12,7 +15,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Events in flight between backends and the writer. The area bounds memory; this only
 /// bounds the queue of chunk descriptors.
@@ -34,6 +37,33 @@ pub fn writer_config(a: &RecordArgs) -> Config {
         ..Config::new(&a.output)
     }
 }
+
+/// The uploader's settings and what to keep locally (`--keep-local`), from the command line.
+pub fn upload_config(
+    url: &str,
+    o: &UploadOpts,
+    drain: Duration,
+) -> anyhow::Result<(upload::Config, Option<u64>, Option<Duration>)> {
+    let url = crate::remote::S3Url::parse(url).map_err(anyhow::Error::msg)?;
+    let cfg = upload::Config {
+        url,
+        settings: crate::remote::Settings {
+            endpoint: o.s3.s3_endpoint.clone(),
+        },
+        part_size: o.upload_part_size,
+        remote_max_age: o.remote_max_age,
+        drain,
+    };
+    let (bytes, age) = match o.keep_local {
+        Some(KeepLocal::Bytes(b)) => (Some(b), None),
+        Some(KeepLocal::Age(a)) => (None, Some(a)),
+        None => (None, None),
+    };
+    Ok((cfg, bytes, age))
+}
+
+/// How long a recorder stopping keeps retrying a failing store for what is left to upload.
+const UPLOAD_DRAIN: Duration = Duration::from_secs(30);
 
 /// The network engine's settings from the command line.
 pub fn engine_config(a: &RecordArgs) -> rx::engine::Config {
@@ -144,7 +174,38 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         .map(crate::archive::sign::Signer::load)
         .transpose()
         .context("--sign-key")?;
+    let upload = match &a.upload {
+        Some(url) => {
+            let (ucfg, keep_bytes, keep_age) = upload_config(url, &a.upload_opts, UPLOAD_DRAIN)?;
+            let offload = Arc::new(crate::archive::retention::Offload::new(
+                ucfg.url.to_string(),
+                keep_bytes,
+                keep_age,
+            ));
+            cfg.offload = Some(Arc::clone(&offload));
+            Some((ucfg, offload))
+        }
+        None => {
+            let o = &a.upload_opts;
+            if o.keep_local.is_some() || o.remote_max_age.is_some() {
+                anyhow::bail!("--keep-local and --remote-max-age apply to uploads: add --upload s3://BUCKET/PREFIX");
+            }
+            None
+        }
+    };
     let w = Writer::open(cfg, Arc::clone(&stats))?;
+    let uploader = match upload {
+        Some((ucfg, offload)) => {
+            eprintln!("zcap: uploading to {} as segments are finalized", ucfg.url);
+            Some(upload::Uploader::start(
+                &a.output,
+                ucfg,
+                offload,
+                w.books(),
+            )?)
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -256,8 +317,21 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         );
     }
     live.finish();
+    let uploaded = uploader.map(|u| u.finish());
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
+    if let (Some(s), Some(url)) = (&uploaded, &a.upload) {
+        eprintln!(
+            "zcap: upload: {} segment(s), {} uploaded to {url}{}",
+            s.uploaded,
+            human_bytes(s.bytes),
+            if s.left == 0 && s.lost == 0 {
+                "; the remote manifest is up to date".to_string()
+            } else {
+                format!("; {} segment(s) not uploaded (see above)", s.left + s.lost)
+            }
+        );
+    }
     if !captured.is_empty() {
         let unarchived = stats.discarded_bytes.load(Ordering::Relaxed);
         let lost = (unarchived > 0)

@@ -293,7 +293,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
     writeln!(
         out,
-        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}",
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}{}",
         live.len(),
         c.stream_names().len(),
         human_bytes(stored),
@@ -311,6 +311,13 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
         },
         match live.iter().filter_map(|l| l.entry.drops).reduce(|a, b| a + b) {
             Some(d) => format!(", {d} dropped by the kernel while capturing"),
+            None => String::new(),
+        },
+        match c.evicted.first() {
+            Some((_, url)) => format!(
+                ", {} more evicted after upload (in {url})",
+                c.evicted.len()
+            ),
             None => String::new(),
         },
     )?;

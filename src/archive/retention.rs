@@ -7,12 +7,69 @@
 //! entry's size. Anything else is left in place, logged (`zcap: retention: not deleting
 //! PATH: why`), counted in [`Live::refused`] and dropped from the books, and retention
 //! moves on to the next segment.
+//!
+//! An archive that is being uploaded ([`Offload`]) is a local copy of the remote one: then
+//! retention *evicts* instead — it removes only local copies whose upload is confirmed and
+//! records an `evict` line (the segment lives on remotely), it keeps `--keep-local` on top of
+//! the limits, and it never removes a segment that is not uploaded yet, saying so loudly
+//! when that keeps the archive over `--max-bytes` or `--max-age`.
 
 use super::manifest::{self, Entry};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+/// Which segments of an archive being uploaded are safely in the remote archive: the
+/// uploader confirms them (uploaded, checksum checked), retention may then evict them.
+#[derive(Debug)]
+pub struct Offload {
+    /// The remote archive, for the `evict` lines.
+    pub url: String,
+    /// How much to keep locally of what is uploaded (`--keep-local`): bytes, age.
+    pub keep_bytes: Option<u64>,
+    pub keep_age: Option<Duration>,
+    confirmed: Mutex<HashSet<String>>,
+}
+
+impl Offload {
+    pub fn new(url: String, keep_bytes: Option<u64>, keep_age: Option<Duration>) -> Offload {
+        Offload {
+            url,
+            keep_bytes,
+            keep_age,
+            confirmed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn confirm(&self, path: &str) {
+        self.set().insert(path.to_string());
+    }
+
+    pub fn forget(&self, path: &str) {
+        self.set().remove(path);
+    }
+
+    pub fn is_confirmed(&self, path: &str) -> bool {
+        self.set().contains(path)
+    }
+}
+
+/// What the uploader asks of whoever holds the archive's manifest writer and retention
+/// books (the recorder's writer, or `zcap upload` itself).
+pub trait Books: Send + Sync {
+    /// Applies local retention now (a confirmed upload may let a local copy go).
+    fn enforce(&self) -> io::Result<()>;
+    /// Remote retention removed `path`: records a `delete` line (reason `remote-max-age`)
+    /// and removes the local copy if there still is one. The object itself is deleted
+    /// only after a manifest holding that line is uploaded.
+    fn remote_delete(&self, path: &str) -> io::Result<()>;
+}
 
 /// The finalized, not yet deleted segments, oldest first.
 #[derive(Debug, Default)]
@@ -20,6 +77,10 @@ pub struct Live {
     segs: VecDeque<(String, u64, SystemTime)>,
     total: u64,
     refused: u64,
+    /// Set while the archive is uploaded: retention evicts confirmed copies only.
+    pub offload: Option<std::sync::Arc<Offload>>,
+    /// Segments already named in a "not uploaded yet" warning.
+    warned: HashSet<String>,
 }
 
 fn refuse(path: &str, why: impl std::fmt::Display) {
@@ -94,7 +155,8 @@ impl Live {
     }
 
     /// Deletes oldest segments until the limits hold (keeping the newest), logging each in
-    /// the manifest. Returns how many were deleted.
+    /// the manifest. Returns how many were deleted. While uploading, evicts instead (see the
+    /// module's documentation): the newest may go too, it is safe remotely.
     pub fn enforce(
         &mut self,
         dir: &Path,
@@ -103,17 +165,42 @@ impl Live {
         max_age: Option<Duration>,
     ) -> io::Result<u64> {
         let now = SystemTime::now();
+        let old = |t: SystemTime, a: Duration| now.duration_since(t).unwrap_or_default() > a;
         let mut deleted = 0;
-        while self.segs.len() > 1 {
-            let time = self.segs.front().expect("non-empty").2;
-            let reason = if max_bytes.is_some_and(|m| self.total > m) {
-                "max-bytes"
-            } else if max_age.is_some_and(|a| now.duration_since(time).unwrap_or_default() > a) {
-                "max-age"
+        let offload = self.offload.clone();
+        let keep_last = if offload.is_some() { 0 } else { 1 };
+        while self.segs.len() > keep_last {
+            let (path, _, time) = self.segs.front().expect("non-empty").clone();
+            let hard = if max_bytes.is_some_and(|m| self.total > m) {
+                Some("max-bytes")
+            } else if max_age.is_some_and(|a| old(time, a)) {
+                Some("max-age")
             } else {
+                None
+            };
+            let Some(o) = offload.as_deref() else {
+                let Some(reason) = hard else { break };
+                if self.delete_oldest(dir, manifest, reason)?.is_some() {
+                    deleted += 1;
+                }
+                continue;
+            };
+            let keep = o.keep_bytes.is_some_and(|k| self.total > k)
+                || o.keep_age.is_some_and(|a| old(time, a));
+            let Some(reason) = hard.or(keep.then_some("keep-local")) else {
                 break;
             };
-            if self.delete_oldest(dir, manifest, reason)?.is_some() {
+            if !o.is_confirmed(&path) {
+                if hard.is_some() && self.warned.insert(path.clone()) {
+                    eprintln!(
+                        "zcap: retention: WARNING: {} is over --{reason} but {path} is not uploaded to {} yet: keeping it (and everything newer) until its upload is confirmed",
+                        dir.display(),
+                        o.url
+                    );
+                }
+                break;
+            }
+            if self.evict_oldest(dir, manifest, reason, &o.url)?.is_some() {
                 deleted += 1;
             }
         }
@@ -132,6 +219,24 @@ impl Live {
         mut enough: impl FnMut(u64) -> bool,
     ) -> io::Result<()> {
         while self.segs.len() > 1 && !enough(freed.1) {
+            if let Some(o) = self.offload.clone() {
+                let path = self.segs.front().expect("non-empty").0.clone();
+                if !o.is_confirmed(&path) {
+                    if self.warned.insert(path.clone()) {
+                        eprintln!(
+                            "zcap: retention: WARNING: {} is full but {path} is not uploaded to {} yet: not deleting it",
+                            dir.display(),
+                            o.url
+                        );
+                    }
+                    break;
+                }
+                if let Some(bytes) = self.evict_oldest(dir, manifest, reason, &o.url)? {
+                    freed.0 += 1;
+                    freed.1 += bytes;
+                }
+                continue;
+            }
             if let Some(bytes) = self.delete_oldest(dir, manifest, reason)? {
                 freed.0 += 1;
                 freed.1 += bytes;
@@ -160,18 +265,68 @@ impl Live {
         manifest: &mut manifest::Writer,
         reason: &str,
     ) -> io::Result<Option<u64>> {
-        let (path, bytes, _) = self.segs.front().cloned().expect("a segment to delete");
-        if let Err(why) = Self::check_deletable(dir, &path, bytes) {
-            refuse(&path, why);
-            self.refused += 1;
-            self.segs.pop_front();
-            self.total -= bytes;
-            return Ok(None);
-        }
+        let path = self.segs.front().expect("a segment to delete").0.clone();
         let entry = Entry::Delete {
             path: path.clone(),
             reason: reason.into(),
         };
+        self.remove_recorded(dir, manifest, 0, entry)
+    }
+
+    /// Evicts the oldest segment's local copy (its upload is confirmed): an `evict` line,
+    /// then the file, as [`Live::delete_oldest`] does.
+    fn evict_oldest(
+        &mut self,
+        dir: &Path,
+        manifest: &mut manifest::Writer,
+        reason: &str,
+        url: &str,
+    ) -> io::Result<Option<u64>> {
+        let path = self.segs.front().expect("a segment to evict").0.clone();
+        let entry = Entry::Evict {
+            path: path.clone(),
+            reason: reason.into(),
+            url: url.into(),
+        };
+        self.remove_recorded(dir, manifest, 0, entry)
+    }
+
+    /// Records that remote retention deleted `path` and removes its local copy, if any is
+    /// still on the books. The `delete` line is written either way.
+    pub fn delete_remote(
+        &mut self,
+        dir: &Path,
+        manifest: &mut manifest::Writer,
+        path: &str,
+    ) -> io::Result<()> {
+        let entry = Entry::Delete {
+            path: path.to_string(),
+            reason: "remote-max-age".into(),
+        };
+        match self.segs.iter().position(|s| s.0 == path) {
+            Some(i) => self.remove_recorded(dir, manifest, i, entry).map(|_| ()),
+            None => manifest.append(&entry),
+        }
+    }
+
+    /// Records `entry` (a deletion or eviction of segment `i` on the books), then removes
+    /// the file. Returns the segment's size, or `None` when the file does not match its
+    /// entry: then it is left in place, logged and counted, and leaves the books.
+    fn remove_recorded(
+        &mut self,
+        dir: &Path,
+        manifest: &mut manifest::Writer,
+        i: usize,
+        entry: Entry,
+    ) -> io::Result<Option<u64>> {
+        let (path, bytes, _) = self.segs[i].clone();
+        if let Err(why) = Self::check_deletable(dir, &path, bytes) {
+            refuse(&path, why);
+            self.refused += 1;
+            self.segs.remove(i);
+            self.total -= bytes;
+            return Ok(None);
+        }
         let remove = || match std::fs::remove_file(dir.join(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -188,7 +343,7 @@ impl Live {
             }
             Err(e) => return Err(e),
         }
-        self.segs.pop_front();
+        self.segs.remove(i);
         self.total -= bytes;
         Ok(Some(bytes))
     }

@@ -268,7 +268,8 @@ impl Segment {
         let Blob::Remote(r) = &mut self.blob else {
             return;
         };
-        let mut runs: Vec<Range<u64>> = vec![0..self.trailer.header_comp_len as u64];
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        runs.push(0..self.trailer.header_comp_len as u64);
         for f in self.trailer.frames.iter().filter(|f| wanted(f)) {
             let (a, b) = (f.offset, f.offset + f.comp_len as u64);
             match runs.last_mut() {

@@ -132,7 +132,7 @@ impl std::error::Error for RemoteError {}
 impl RemoteError {
     /// Worth trying again later: the store may come back.
     pub fn transient(&self) -> bool {
-        matches!(self.kind, Kind::Unreachable | Kind::Server)
+        matches!(self.kind, Kind::Unreachable | Kind::Server | Kind::Checksum)
     }
 }
 

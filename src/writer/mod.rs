@@ -76,6 +76,9 @@ pub struct Config {
     pub min_free: Option<MinFree>,
     /// Sign every manifest line (`--sign-key`).
     pub sign: Option<crate::archive::sign::Signer>,
+    /// The archive is being uploaded (`--upload`): retention evicts confirmed local copies
+    /// only ([`retention::Offload`]).
+    pub offload: Option<Arc<retention::Offload>>,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             compress_threads: 0,
             min_free: None,
             sign: None,
+            offload: None,
         }
     }
 }
@@ -1227,6 +1231,37 @@ impl StreamState {
     }
 }
 
+/// [`Writer::books`]: the uploader's way to the writer's manifest and retention.
+struct WriterBooks {
+    shared: Arc<Mutex<Shared>>,
+    dir: PathBuf,
+    max_bytes: Option<u64>,
+    max_age: Option<Duration>,
+    stats: Arc<WriterStats>,
+}
+
+impl retention::Books for WriterBooks {
+    fn enforce(&self) -> io::Result<()> {
+        let mut shared = lock_shared(&self.shared);
+        let Shared {
+            manifest,
+            retention,
+        } = &mut *shared;
+        let n = retention.enforce(&self.dir, manifest, self.max_bytes, self.max_age)?;
+        self.stats.deleted_segments.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn remote_delete(&self, path: &str) -> io::Result<()> {
+        let mut shared = lock_shared(&self.shared);
+        let Shared {
+            manifest,
+            retention,
+        } = &mut *shared;
+        retention.delete_remote(&self.dir, manifest, path)
+    }
+}
+
 /// The writer's state. Drive it with [`Writer::handle`] and [`Writer::tick`], or run the
 /// whole loop with [`run`].
 pub struct Writer {
@@ -1305,7 +1340,8 @@ impl Writer {
         let manifest =
             manifest::Writer::open_signed(&cfg.dir, archive::create_entry, cfg.sign.clone())
                 .map_err(ioe)?;
-        let retention = retention::Live::load(&cfg.dir).map_err(ioe)?;
+        let mut retention = retention::Live::load(&cfg.dir).map_err(ioe)?;
+        retention.offload = cfg.offload.clone();
         stats
             .retention_refused
             .fetch_add(retention.refused(), Ordering::Relaxed);
@@ -1379,6 +1415,17 @@ impl Writer {
 
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
+    }
+
+    /// The archive's manifest and retention books, for the uploader ([`retention::Books`]).
+    pub fn books(&self) -> Arc<dyn retention::Books> {
+        Arc::new(WriterBooks {
+            shared: Arc::clone(&self.shared),
+            dir: self.cfg.dir.clone(),
+            max_bytes: self.cfg.max_bytes,
+            max_age: self.cfg.max_age,
+            stats: Arc::clone(&self.stats),
+        })
     }
 
     fn ioe(&self, source: io::Error) -> WriterError {
