@@ -1287,6 +1287,8 @@ def query_table(q: dict) -> list[str]:
 S3S_FS_VERSION = "0.14.1"
 S3_BUCKET = "bench"
 S3_REGION = "us-east-1"
+# zcap upload's journal of confirmed uploads, which it keeps beside the manifest.
+UPLOAD_JOURNAL = ".uploads"
 
 
 def find_s3s_fs() -> str | None:
@@ -1477,6 +1479,8 @@ def s3_upload_once(args, store: S3Store, pid: str, argv: list[str], arch: str, w
     nbytes = sum(want.values())
     errpath = os.path.join(store.dir, f"upload-{pid}.stderr")
     store.delete(prefix)
+    # Every zcap run starts as the first did: no journal of an earlier run's uploads.
+    rm(os.path.join(arch, UPLOAD_JOURNAL))
     cold = [os.path.join(r, f) for r, _d, fs in os.walk(arch) for f in fs]
     load = os.getloadavg()[0]
     try:
@@ -1524,9 +1528,9 @@ def run_s3(args, zcap: str) -> dict:
         methods = [
             ("zcap", "zcap upload ARCH s3://bench/zcap-N",
              lambda n: [zcap, "upload", arch, f"s3://{S3_BUCKET}/zcap-{n}", "--s3-endpoint", ep]),
-            ("aws", "aws s3 cp --recursive ARCH s3://bench/aws-N --exclude .lock",
+            ("aws", f"aws s3 cp --recursive ARCH s3://bench/aws-N --exclude .lock --exclude {UPLOAD_JOURNAL}",
              lambda n: [aws, "s3", "cp", "--recursive", arch, f"s3://{S3_BUCKET}/aws-{n}", "--endpoint-url", ep,
-                        "--exclude", ".lock", "--no-progress", "--only-show-errors"]),
+                        "--exclude", ".lock", "--exclude", UPLOAD_JOURNAL, "--no-progress", "--only-show-errors"]),
         ]
         upload = {m[0]: [] for m in methods}
         live = []
@@ -1572,6 +1576,7 @@ def run_s3(args, zcap: str) -> dict:
     finally:
         store.close()
         rm(store.dir)
+        rm(os.path.join(arch, UPLOAD_JOURNAL))
     return result
 
 
