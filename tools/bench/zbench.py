@@ -17,7 +17,13 @@ Started by tools/bench/run. Standard library only. What it does, in order:
    for reference) into the same /dev/null receiver;
 5. query (--query): builds an archive of generated traffic spanning hours and times
    zcap cat --from/--to of one minute against zstd -dc | editcap -A/-B, cold cache;
-6. prints one markdown report (also written as results.md) and writes results.json.
+6. object storage (--s3): starts s3s-fs on 127.0.0.1 (root in the workdir; cargo install s3s-fs
+   and pip install awscli if missing and allowed), uploads the query archive with zcap upload
+   and with aws s3 cp --recursive (round robin, cold cache; wall, CPU, MB/s, the store's CPU),
+   then cuts the query window out of the uploaded copy with zcap cat s3://… --stats (bytes
+   fetched, range requests; output compared byte for byte with a local zcap cat) against
+   aws s3 cp of the segments that overlap the window;
+7. prints one markdown report (also written as results.md) and writes results.json.
 
 Every child runs in its own process group and is killed when the harness exits; every wait
 has a deadline; all traffic goes to 127.0.0.1.
@@ -27,7 +33,8 @@ exit (file jobs: from spawn to exit), CPU seconds (user+sys from wait4 rusage, w
 the receiver's threads and any children it waited for, e.g. both sides of a pipeline), peak
 RSS (ru_maxrss: the largest single process), bytes on disk of the output (du), and for the
 query benchmark bytes read from the block device (ru_inblock * 512) after evicting the
-archive from the page cache.
+archive from the page cache; for the object-storage benchmark the s3s-fs process's CPU seconds
+during each run (from /proc/PID/stat) and zcap cat's `bytes fetched` / `range requests`.
 """
 
 from __future__ import annotations
@@ -1160,15 +1167,23 @@ def stock_script(segs: list[str], a: int, b: int, out: str, tmp: str) -> str:
     return "; ".join(lines)
 
 
-def run_query(args, zcap: str) -> dict:
-    arch, meta = build_query_archive(args, zcap)
+def query_window(args, meta: dict) -> tuple[int, int, list[dict]]:
+    """The window the query benchmarks cut out: --query-window seconds from the middle of the
+    archive's span (whole seconds), and the segments (manifest entries) whose
+    [first_ns, last_ns] overlaps it."""
     span_s = (meta["last_ns"] - meta["first_ns"]) / 1e9
     a = int(meta["first_ns"] / 1e9 + span_s / 2)
     b = a + args.query_window
     a_ns, b_ns = a * 10**9, b * 10**9
+    return a, b, [s for s in meta["segments"] if s["first_ns"] <= b_ns and s["last_ns"] >= a_ns]
+
+
+def run_query(args, zcap: str) -> dict:
+    arch, meta = build_query_archive(args, zcap)
+    span_s = (meta["last_ns"] - meta["first_ns"]) / 1e9
+    a, b, overlap = query_window(args, meta)
     all_segs = [os.path.join(arch, s["path"]) for s in meta["segments"]]
-    hit = [os.path.join(arch, s["path"]) for s in meta["segments"]
-           if s["first_ns"] <= b_ns and s["last_ns"] >= a_ns]
+    hit = [os.path.join(arch, s["path"]) for s in overlap]
     qout = os.path.join(args.workdir, "query", "out")
     methods = [
         ("zcap-cat", f"zcap cat ARCH --from {a} --to {b}", None),
@@ -1180,6 +1195,11 @@ def run_query(args, zcap: str) -> dict:
     outputs = {}
     for mid, _label, segs in methods:
         runs = []
+        absent = [t for t in ("zstd", "editcap") + (("mergecap",) if len(segs) > 1 else ()) if not have(t)] \
+            if segs is not None else []
+        if absent:
+            results[mid] = [missing_result(f"{', '.join(absent)} not installed", "unavailable")]
+            continue
         for i in range(args.runs):
             rm(qout)
             os.makedirs(qout)
@@ -1257,6 +1277,516 @@ def query_table(q: dict) -> list[str]:
                      f"{spread(s, 'read_bytes', MB)} | {f3(med(s, 'maxrss_kib') / 1024)} | "
                      f"{f3(med(s, 'out_bytes') / MB)} | {pk} | {same} |")
     return lines
+
+
+# --------------------------------------------------------------------------------------
+# Object-storage benchmark (--s3): an s3s-fs store on 127.0.0.1 with its root in the
+# workdir; zcap upload against aws s3 cp --recursive (the stock client), then zcap cat
+# s3://… of the query window against downloading the segments that overlap it.
+
+S3S_FS_VERSION = "0.14.1"
+S3_BUCKET = "bench"
+S3_REGION = "us-east-1"
+# zcap upload's journal of confirmed uploads, which it keeps beside the manifest.
+UPLOAD_JOURNAL = ".uploads"
+
+
+def find_s3s_fs() -> str | None:
+    p = shutil.which("s3s-fs")
+    if p:
+        return p
+    home = os.path.expanduser("~/.cargo/bin/s3s-fs")  # where cargo install puts it
+    return home if os.access(home, os.X_OK) else None
+
+
+def find_aws() -> str | None:
+    """The aws command, with a pyenv shim resolved to the script it runs: the shim is a bash
+    script that runs pyenv, whose start-up would be timed with the client's."""
+    p = shutil.which("aws")
+    if p is None:
+        import sysconfig
+        for d in (sysconfig.get_path("scripts"), os.path.expanduser("~/.local/bin")):
+            cand = os.path.join(d or "", "aws")
+            if d and os.access(cand, os.X_OK):
+                p = cand
+                break
+    if p and "/.pyenv/shims/" in p and have("pyenv"):
+        try:
+            r = subprocess.run(["pyenv", "which", "aws"], capture_output=True, timeout=30)
+            real = r.stdout.decode().strip()
+            if r.returncode == 0 and os.access(real, os.X_OK):
+                return real
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return p
+
+
+def s3_tools(args) -> tuple[str | None, str | None, dict]:
+    """(s3s-fs, aws, why each missing one is missing), installing them unless --no-install:
+    s3s-fs with cargo install (the version the tests use), awscli with pip."""
+    why = {}
+    s3s = find_s3s_fs()
+    if s3s is None:
+        cargo = cargo_bin()
+        if args.no_install:
+            why["s3s-fs"] = "s3s-fs not installed (--no-install)"
+        elif cargo is None:
+            why["s3s-fs"] = "s3s-fs not installed, and no cargo to install it with"
+        else:
+            log(f"installing s3s-fs {S3S_FS_VERSION} with cargo install")
+            r = subprocess.run([cargo, "install", "s3s-fs", "--version", S3S_FS_VERSION, "--features", "binary",
+                                "--locked"], stdout=sys.stderr)
+            s3s = find_s3s_fs()
+            if s3s is None:
+                why["s3s-fs"] = f"cargo install s3s-fs failed (exit status {r.returncode})"
+    aws = find_aws()
+    if aws is None:
+        if args.no_install:
+            why["aws"] = "awscli not installed (--no-install)"
+        else:
+            log("installing awscli with pip")
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "awscli"], stdout=sys.stderr)
+            aws = find_aws()
+            if aws is None:
+                why["aws"] = f"pip install awscli failed (exit status {r.returncode})"
+    return s3s, aws, why
+
+
+class S3Store:
+    """s3s-fs on a free port of 127.0.0.1, serving WORKDIR/s3/root (bucket `bench` is the
+    directory root/bench; an object is stored as the file root/bench/KEY, with two small
+    JSON sidecars in root named after the base64 of bucket and key). A throwaway key pair,
+    checked by the store (SigV4). close() kills it and deletes the root."""
+
+    def __init__(self, args, binary: str):
+        self.dir = os.path.join(args.workdir, "s3")
+        rm(self.dir)
+        self.root = os.path.join(self.dir, "root")
+        os.makedirs(os.path.join(self.root, S3_BUCKET))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.access, self.secret = "zbench", os.urandom(16).hex()
+        self.log_path = os.path.join(self.dir, "s3s-fs.log")
+        # The clients see only these settings: no profile, config file or endpoint of the
+        # user's, no instance-metadata lookups.
+        cfg = os.path.join(self.dir, "aws-config")
+        with open(cfg, "w") as f:
+            f.write(f"[default]\nregion = {S3_REGION}\n")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.env.update(AWS_ACCESS_KEY_ID=self.access, AWS_SECRET_ACCESS_KEY=self.secret, AWS_REGION=S3_REGION,
+                        AWS_DEFAULT_REGION=S3_REGION, AWS_CONFIG_FILE=cfg, AWS_SHARED_CREDENTIALS_FILE=cfg,
+                        AWS_EC2_METADATA_DISABLED="true")
+        with open(self.log_path, "wb") as err:
+            self.proc = spawn([binary, "--host", "127.0.0.1", "--port", str(self.port), "--access-key", self.access,
+                               "--secret-key", self.secret, self.root], stdout=err, stderr=err)
+        try:
+            wait_listening(self.port, self.proc, 30)
+        except (Timeout, RuntimeError) as e:
+            self.close()
+            raise RuntimeError(f"s3s-fs did not start: {e}: {tail(self.log_path)}")
+
+    def cpu(self) -> float:
+        """The store's CPU seconds so far (utime + stime of all its threads)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def path(self, prefix: str) -> str:
+        return os.path.join(self.root, S3_BUCKET, prefix)
+
+    def objects(self, prefix: str) -> dict:
+        """rel -> size of every object under prefix, from the store's files."""
+        base = self.path(prefix)
+        out = {}
+        for r, _d, fs in os.walk(base):
+            for name in fs:
+                full = os.path.join(r, name)
+                out[os.path.relpath(full, base)] = os.path.getsize(full)
+        return out
+
+    def files(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        return [os.path.join(r, f) for r, _d, fs in os.walk(base) for f in fs]
+
+    def delete(self, prefix: str) -> None:
+        """Deletes every object under prefix, behind the store's back: its files and sidecars."""
+        rm(self.path(prefix))
+        import base64
+
+        def b64(s: str) -> str:
+            return base64.urlsafe_b64encode(s.encode()).decode().rstrip("=")
+
+        def unb64(s: str) -> str:
+            try:
+                return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return ""
+
+        head = f".bucket-{b64(S3_BUCKET)}.object-"
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(head):
+                key = unb64(name[len(head):].split(".", 1)[0])
+                if key.startswith(prefix + "/"):
+                    rm(os.path.join(self.root, name))
+
+    def close(self) -> None:
+        kill_group(self.proc)
+        CHILDREN.pop(self.proc.pid, None)
+        rm(self.root)
+
+
+def archive_files(arch: str, meta: dict) -> dict:
+    """rel -> size of what an upload must put in the store: the manifest and every segment."""
+    want = {"manifest.jsonl": os.path.getsize(os.path.join(arch, "manifest.jsonl"))}
+    for s in meta["segments"]:
+        want[s["path"]] = os.path.getsize(os.path.join(arch, s["path"]))
+    return want
+
+
+def s3_timed(argv: list[str], env: dict, errpath: str, timeout: float, store: S3Store, cold: list[str]):
+    """Runs argv once, after sync and evicting `cold` from the page cache; returns
+    (wall s, rc, rusage, peak RSS KiB, store CPU s)."""
+    rss_path = errpath + ".rss"
+    evict(cold)
+    cpu0 = store.cpu()
+    with open(errpath, "wb") as err:
+        t0 = time.monotonic()
+        p = spawn(measured(argv, rss_path), stdout=err, stderr=err, env=env)
+        t1, rc, ru = wait_rusage(p, timeout)
+    return t1 - t0, rc, ru, read_rss(rss_path, ru)[0], store.cpu() - cpu0
+
+
+def s3_failure(errpath: str, rc: int, zcap: bool) -> dict:
+    text = tail(errpath, 2000)
+    if zcap:
+        miss = zcap_missing(text)
+        if miss is None and re.search(r"unrecognized subcommand", text):
+            miss = "zcap upload is not built yet (this zcap has no upload subcommand)"
+        if miss:
+            return missing_result(miss)
+    return {"status": "failed", "reason": f"exit status {rc}: {text[-300:]}"}
+
+
+def s3_upload_once(args, store: S3Store, pid: str, argv: list[str], arch: str, want: dict, prefix: str,
+                   run_no: int) -> dict:
+    nbytes = sum(want.values())
+    errpath = os.path.join(store.dir, f"upload-{pid}.stderr")
+    store.delete(prefix)
+    # Every zcap run starts as the first did: no journal of an earlier run's uploads.
+    rm(os.path.join(arch, UPLOAD_JOURNAL))
+    cold = [os.path.join(r, f) for r, _d, fs in os.walk(arch) for f in fs]
+    load = os.getloadavg()[0]
+    try:
+        wall, rc, ru, rss, store_cpu = s3_timed(argv, store.env, errpath, 300 + nbytes / MB, store, cold)
+    except Timeout as e:
+        return {"status": "failed", "reason": str(e)}
+    if rc != 0:
+        return s3_failure(errpath, rc, pid == "zcap")
+    got = store.objects(prefix)
+    absent = [k for k in want if k not in got]
+    differ = [k for k in want if k in got and got[k] != want[k]]
+    problem = None
+    if absent or differ:
+        problem = (f"{len(absent)} object(s) missing (e.g. {absent[:1]}), " if absent else "") + \
+                  (f"{len(differ)} of another size (e.g. {differ[:1]})" if differ else "")
+    elif open(os.path.join(store.path(prefix), "manifest.jsonl"), "rb").read() != \
+            open(os.path.join(arch, "manifest.jsonl"), "rb").read():
+        problem = "the stored manifest differs from the archive's"
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"status": "ok" if problem is None else "wrong", "reason": problem, "run": run_no, "prefix": prefix,
+            "wall_s": wall, "bytes": nbytes, "mb_s": nbytes / MB / wall, "user_s": ru.ru_utime,
+            "sys_s": ru.ru_stime, "cpu_s": cpu, "cpu_s_per_gb": cpu / (nbytes / 1e9), "maxrss_kib": rss,
+            "store_cpu_s": store_cpu, "objects": len(got), "extra_objects": sorted(set(got) - set(want))[:10],
+            "loadavg_1m_before": load}
+
+
+def run_s3(args, zcap: str) -> dict:
+    s3s, aws, why = s3_tools(args)
+    result = {"skipped": None, "unavailable": why}
+    if s3s is None:
+        log(f"object-storage benchmark skipped: {why['s3s-fs']}")
+        result["skipped"] = why["s3s-fs"]
+        return result
+    arch, meta = build_query_archive(args, zcap)
+    want = archive_files(arch, meta)
+    nbytes = sum(want.values())
+    store = S3Store(args, s3s)
+    try:
+        result["store"] = {"server": f"s3s-fs {s3s_version(s3s)}", "endpoint": store.endpoint,
+                           "root": store.root, "bucket": S3_BUCKET}
+        result["archive"] = {"path": arch, "objects": len(want), "bytes": nbytes, "segments": len(meta["segments"]),
+                             "raw_bytes": meta["raw"], "packets": meta["packets"],
+                             "span_s": (meta["last_ns"] - meta["first_ns"]) / 1e9}
+        ep = store.endpoint
+        methods = [
+            ("zcap", "zcap upload ARCH s3://bench/zcap-N",
+             lambda n: [zcap, "upload", arch, f"s3://{S3_BUCKET}/zcap-{n}", "--s3-endpoint", ep]),
+            ("aws", f"aws s3 cp --recursive ARCH s3://bench/aws-N --exclude .lock --exclude {UPLOAD_JOURNAL}",
+             lambda n: [aws, "s3", "cp", "--recursive", arch, f"s3://{S3_BUCKET}/aws-{n}", "--endpoint-url", ep,
+                        "--exclude", ".lock", "--exclude", UPLOAD_JOURNAL, "--no-progress", "--only-show-errors"]),
+        ]
+        upload = {m[0]: [] for m in methods}
+        live = []
+        for mid, _label, argv in methods:
+            if mid == "aws" and aws is None:
+                upload[mid] = [missing_result(why["aws"], "unavailable")]
+                continue
+            ok = True
+            for i in range(args.warmup):
+                r = s3_upload_once(args, store, mid, argv("warmup"), arch, want, f"{mid}-warmup", 0)
+                store.delete(f"{mid}-warmup")
+                note_run(f"[s3] upload {mid} warm-up", i, args.warmup, r)
+                if r["status"] in ("missing", "failed"):
+                    upload[mid] = [r]
+                    ok = False
+                    break
+            if ok:
+                live.append((mid, argv))
+        # Round robin, as the other benchmarks: run 1 of each client, then run 2, ... Every
+        # prefix is deleted after its run but in the last round, whose last good upload is
+        # kept for the remote query.
+        kept = None
+        for i in range(args.runs):
+            last_round = i == args.runs - 1
+            for mid, argv in list(live):
+                prefix = f"{mid}-{i + 1}"
+                r = s3_upload_once(args, store, mid, argv(i + 1), arch, want, prefix, i + 1)
+                upload[mid].append(r)
+                note_run(f"[s3] upload {mid}", i, args.runs, r)
+                if r["status"] == "ok" and last_round:
+                    if kept:
+                        store.delete(kept)
+                    kept = prefix
+                else:
+                    store.delete(prefix)
+                if r["status"] in ("missing", "failed"):
+                    live.remove((mid, argv))
+        result["upload"] = {"methods": [{"id": m[0], "label": m[1]} for m in methods], "runs": upload}
+        if kept is None:
+            result["query"] = {"skipped": "no upload succeeded in the last round"}
+            return result
+        result["query"] = s3_query(args, store, zcap, aws, why, arch, meta, kept)
+    finally:
+        store.close()
+        rm(store.dir)
+        rm(os.path.join(arch, UPLOAD_JOURNAL))
+    return result
+
+
+def s3s_version(binary: str) -> str:
+    try:
+        r = subprocess.run([binary, "--version"], capture_output=True, timeout=10)
+        m = re.search(r"(\d+\.\d+\.\d+)", r.stdout.decode(errors="replace"))
+        return m.group(1) if m else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def files_equal(x: str, y: str) -> bool:
+    """Byte for byte (what cmp does)."""
+    if os.path.getsize(x) != os.path.getsize(y):
+        return False
+    with open(x, "rb") as fx, open(y, "rb") as fy:
+        while True:
+            bx, by = fx.read(1 << 20), fy.read(1 << 20)
+            if bx != by:
+                return False
+            if not bx:
+                return True
+
+
+def s3_query(args, store: S3Store, zcap: str, aws: str | None, why: dict, arch: str, meta: dict,
+             prefix: str) -> dict:
+    """zcap cat s3://… of the query window against aws s3 cp of the segments overlapping it,
+    round robin, the store's copy evicted from the page cache before every run."""
+    a, b, overlap = query_window(args, meta)
+    overlap_bytes = sum(s["bytes"] for s in overlap)
+    manifest_bytes = os.path.getsize(os.path.join(arch, "manifest.jsonl"))
+    url = f"s3://{S3_BUCKET}/{prefix}"
+    ref = os.path.join(store.dir, "local-window.pcap")
+    r = subprocess.run([zcap, "cat", arch, "--from", str(a), "--to", str(b), "-w", ref],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300 + meta["raw"] / MB / 20)
+    if r.returncode != 0:
+        return {"skipped": f"local zcap cat failed: {r.stderr.decode(errors='replace')[-300:]}"}
+    ref_packets = pcap_scan(ref)[0]
+    out = os.path.join(store.dir, "window.pcap")
+    dl = os.path.join(store.dir, "download")
+    includes = []
+    for s in overlap:
+        includes += ["--include", s["path"]]
+    methods = [
+        ("zcap-cat", f"zcap cat {url} --from {a} --to {b} --stats -w OUT",
+         [zcap, "cat", url, "--s3-endpoint", store.endpoint, "--from", str(a), "--to", str(b), "--stats", "-w", out]),
+        ("aws-hit", f"aws s3 cp --recursive {url} DIR --exclude '*' --include SEG… (the {len(overlap)} overlapping "
+                    f"segment(s), download only)",
+         [aws, "s3", "cp", "--recursive", url, dl, "--endpoint-url", store.endpoint, "--exclude", "*", *includes,
+          "--no-progress", "--only-show-errors"] if aws else None),
+    ]
+    runs = {m[0]: [] for m in methods}
+    live = []
+    for mid, _label, argv in methods:
+        if argv is None:
+            runs[mid] = [missing_result(why.get("aws", "aws not installed"), "unavailable")]
+        else:
+            live.append((mid, argv))
+    timeout = 300 + meta["stored"] / MB
+    for i in range(args.runs):
+        for mid, argv in list(live):
+            rm(out)
+            rm(dl)
+            errpath = os.path.join(store.dir, f"query-{mid}.stderr")
+            try:
+                wall, rc, ru, rss, store_cpu = s3_timed(argv, store.env, errpath, timeout, store, store.files(prefix))
+            except Timeout as e:
+                res = {"status": "failed", "reason": str(e)}
+            else:
+                if rc != 0:
+                    res = s3_failure(errpath, rc, False)
+                else:
+                    res = {"status": "ok", "run": i + 1, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                           "maxrss_kib": rss, "store_cpu_s": store_cpu}
+                    if mid == "zcap-cat":
+                        text = tail(errpath, 4000)
+                        fetched = re.search(r"bytes fetched: (\d+)", text)
+                        reqs = re.search(r"range requests: (\d+)", text)
+                        try:
+                            count = pcap_scan(out)[0]
+                        except (ValueError, OSError, struct.error) as e:
+                            count = None
+                            res.update(status="wrong", reason=f"output: {e}")
+                        same = files_equal(out, ref)
+                        res.update(fetched_bytes=int(fetched.group(1)) if fetched else None,
+                                   requests=int(reqs.group(1)) if reqs else None,
+                                   out_bytes=os.path.getsize(out), packets=count, same_as_local=same)
+                        if not same and res["status"] == "ok":
+                            res.update(status="wrong", reason="the output differs from local zcap cat's (cmp)")
+                    else:
+                        got = {}
+                        for s in overlap:
+                            p = os.path.join(dl, s["path"])
+                            got[s["path"]] = os.path.getsize(p) if os.path.exists(p) else None
+                        bad = [k for k in got if got[k] != os.path.getsize(os.path.join(arch, k))]
+                        extra = sum(len(fs) for _r, _d, fs in os.walk(dl)) - len(overlap)
+                        res.update(fetched_bytes=sum(v or 0 for v in got.values()), objects=len(overlap))
+                        if bad or extra:
+                            res.update(status="wrong", reason=f"downloaded {len(bad)} segment(s) wrong or "
+                                                              f"missing, {extra} extra file(s)")
+            runs[mid].append(res)
+            note_run(f"[s3] query {mid}", i, args.runs, res)
+            if res["status"] in ("missing", "failed"):
+                live.remove((mid, argv))
+    rm(out)
+    rm(dl)
+    rm(ref)
+    return {"prefix": prefix, "window": [a, b], "segments_hit": len(overlap),
+            "segments_hit_paths": [s["path"] for s in overlap], "overlap_bytes": overlap_bytes,
+            "manifest_bytes": manifest_bytes, "local_packets": ref_packets,
+            "methods": [{"id": m[0], "label": m[1]} for m in methods], "runs": runs}
+
+
+S3_FIELDS = ["store_cpu_s", "fetched_bytes", "requests"]
+
+
+def s3_summary(runs: list[dict]) -> dict:
+    s = summarize(runs)
+    ok = [r for r in runs if r.get("status") in ("ok", "wrong")]
+    for k in S3_FIELDS:
+        vals = [r[k] for r in ok if r.get(k) is not None]
+        if vals:
+            s[k] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+    return s
+
+
+def s3_failed(s3: dict) -> int:
+    """Failed or wrong rows of the object-storage benchmark (missing and unavailable are not)."""
+    n = 0
+    for part in ("upload", "query"):
+        block = s3.get(part) or {}
+        for runs in (block.get("runs") or {}).values():
+            if summarize(runs)["status"] in ("failed", "wrong"):
+                n += 1
+    return n
+
+
+def render_s3(args, s3: dict) -> list[str]:
+    out = ["## Object storage: the query archive on s3s-fs", ""]
+    if s3.get("skipped"):
+        return out + [f"Skipped: {s3['skipped']}.", ""]
+    a, st = s3["archive"], s3["store"]
+    out.append(f"{st['server']} on 127.0.0.1 (objects are files in a directory of the workdir, on this disk; "
+               f"SigV4 checked), the query archive: {human(a['bytes'])} in {a['objects']} objects (the manifest and "
+               f"{a['segments']} zstd:1 segments; {human(a['raw_bytes'])} raw, {a['packets']:,} packets over "
+               f"{a['span_s'] / 3600:.1f} h). Cold cache: what is read is evicted from the page cache before every "
+               f"run (the archive for uploads, the store's objects for the query). The clients run round robin. "
+               f"MB/s = archive bytes ÷ wall, spawn to exit; store CPU s = the s3s-fs process's CPU during the run.")
+    out.append("")
+    up = s3["upload"]
+    out += ["| upload | MB/s | wall s | CPU s | CPU s/GB | peak RSS MiB | store CPU s | objects |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    summ = {}
+    for m in up["methods"]:
+        s = summ[m["id"]] = s3_summary(up["runs"].get(m["id"], []))
+        bad = status_cell(s)
+        if bad and not s.get("mb_s"):
+            out.append(f"| {md_cell(m['label'])} | {bad} |  |  |  |  |  |  |")
+            continue
+        runs = [r for r in up["runs"][m["id"]] if r.get("status") in ("ok", "wrong")]
+        label = md_cell(m["label"] + (f" ⚠ {bad}" if bad else ""))
+        out.append(f"| {label} | {spread(s, 'mb_s')} | {spread(s, 'wall_s')} | {spread(s, 'cpu_s')} | "
+                   f"{f3(med(s, 'cpu_s_per_gb'))} | {spread(s, 'maxrss_kib', 1024)} | {spread(s, 'store_cpu_s')} | "
+                   f"{runs[0]['objects'] if runs else '–'} |")
+    out.append("")
+    z, w = med(summ.get("zcap", {}), "mb_s"), med(summ.get("aws", {}), "mb_s")
+    if z and w and summ["zcap"]["status"] == "ok" and summ["aws"]["status"] == "ok":
+        out.append(f"zcap upload ÷ aws s3 cp, median MB/s of the same run set: {z / w:.2f}× (above 1: zcap is faster).")
+        out.append("")
+    q = s3.get("query") or {}
+    if q.get("skipped"):
+        return out + [f"Remote query skipped: {q['skipped']}.", ""]
+    lo, hi = q["window"]
+    utc = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    out.append(f"Remote query: `--from {lo} --to {hi}` ({utc(lo)} – {utc(hi)}, {hi - lo} s from the middle of the "
+               f"span) out of s3://{S3_BUCKET}/{q['prefix']}. {q['segments_hit']} segment(s) overlap the window "
+               f"(manifest first_ns/last_ns): {f3(q['overlap_bytes'] / MB)} MB, what a client without the index "
+               f"downloads; zcap's fetched bytes include the manifest ({f3(q['manifest_bytes'] / MB)} MB).")
+    out.append("")
+    out += ["| method | wall s | CPU s | fetched MB | range requests | fetched ÷ overlapping segments | store CPU s | "
+            "output MB | packets | output = local zcap cat (cmp) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for m in q["methods"]:
+        s = s3_summary(q["runs"].get(m["id"], []))
+        bad = status_cell(s)
+        if bad and not s.get("wall_s"):
+            out.append(f"| {md_cell(m['label'])} | {bad} |" + "  |" * 8)
+            continue
+        runs = [r for r in q["runs"][m["id"]] if r.get("status") in ("ok", "wrong")]
+        fetched = med(s, "fetched_bytes")
+        share = f"{fetched / q['overlap_bytes'] * 100:.1f}%" if fetched is not None and q["overlap_bytes"] else "–"
+        if m["id"] == "zcap-cat":
+            same = "yes" if runs and all(r.get("same_as_local") for r in runs) else "no"
+            pk = count(runs[0].get("packets")) if runs else "–"
+            outmb = f3(med(s, "out_bytes") / MB) if med(s, "out_bytes") is not None else "–"
+        else:
+            same, pk, outmb = "– (segments only)", "–", "–"
+        r = s.get("requests")
+        reqs = "–" if not r else count(r["median"]) if r["min"] == r["max"] else \
+            f"{count(r['median'])} ({count(r['min'])}–{count(r['max'])})"
+        label = md_cell(m["label"] + (f" ⚠ {bad}" if bad else ""))
+        out.append(f"| {label} | {spread(s, 'wall_s')} | {spread(s, 'cpu_s')} | "
+                   f"{spread(s, 'fetched_bytes', MB)} | {reqs} | {share} | {spread(s, 'store_cpu_s')} | {outmb} | "
+                   f"{pk} | {same} |")
+    out.append("")
+    out.append("The aws row only downloads: cutting the window out of the downloaded segments is the query table's "
+               "`zstd -dc | editcap` row on top.")
+    out.append("")
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -1724,6 +2254,10 @@ def parse_args(argv):
     p.add_argument("--no-ingest", action="store_true", help="skip the ingest benchmark")
     p.add_argument("--no-replay", action="store_true", help="skip the replay benchmark")
     p.add_argument("--query", action="store_true", help="run the query benchmark (builds a --query-size archive)")
+    p.add_argument("--s3", action="store_true",
+                   help="run the object-storage benchmark on the query archive: zcap upload against aws s3 cp to a "
+                        "local s3s-fs, then zcap cat s3://… of the query window against downloading the overlapping "
+                        "segments")
     p.add_argument("--capture", action="store_true",
                    help="run the live-capture benchmark: tcpreplay floods a veth pair, zcap record -i, tcpdump and "
                         "dumpcap capture it (root)")
@@ -1777,7 +2311,9 @@ def main(argv) -> int:
         log(f"--runs {args.runs}: fewer than 3 runs, medians are not meaningful")
     if not args.no_install:
         install_peers(args)
-    for t in REQUIRED:
+    # The ingest and replay benchmarks cannot run without these; the others skip the rows
+    # whose tool is missing.
+    for t in REQUIRED if not (args.no_ingest and args.no_replay) else ():
         if not have(t):
             die(f"{t} is required (apt-get install {TOOLS[t]})")
     zcap = build_zcap(args)
@@ -1787,7 +2323,7 @@ def main(argv) -> int:
     os.makedirs(resdir, exist_ok=True)
     info = machine_info(args, zcap)
     report = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "ingest": {}, "replay": None,
-              "query": None, "capture": None, "commands": {}}
+              "query": None, "s3": None, "capture": None, "commands": {}}
     failures = 0
     started = time.monotonic()
     corpora = {}
@@ -1829,6 +2365,9 @@ def main(argv) -> int:
                     failures += 1
             if not all(report["query"]["same_records_as_zcap_cat"].values()):
                 failures += 1
+        if args.s3:
+            report["s3"] = run_s3(args, zcap)
+            failures += s3_failed(report["s3"])
         if args.capture:
             report["capture"] = run_capture(args, zcap)
             for m in report["capture"]["cases"]:
@@ -1837,6 +2376,7 @@ def main(argv) -> int:
     finally:
         kill_all()
         rm(os.path.join(args.workdir, "out"))
+        rm(os.path.join(args.workdir, "s3"))
         if not args.keep:
             rm(os.path.join(args.workdir, "corpus"))
             rm(os.path.join(args.workdir, "query"))
@@ -1978,6 +2518,8 @@ def render(args, report) -> str:
         out.append("")
         out += query_table(q)
         out.append("")
+    if report.get("s3"):
+        out += render_s3(args, report["s3"])
     if report.get("capture"):
         out += render_capture(args, report["capture"])
     if not report["ingest"]:
