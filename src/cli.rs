@@ -246,6 +246,12 @@ pub struct RecordArgs {
     #[arg(short = 'G', long, value_name = "DURATION", value_parser = duration_in(SECOND, 365 * DAY))]
     pub segment_time: Option<Duration>,
 
+    /// With -G: rotate at wall-clock multiples of it instead, for every stream at once
+    /// (-G 10m --align cuts on :00, :10, :20, … UTC). SIGHUP cuts every open segment now,
+    /// -G or not (`systemctl reload zcap`).
+    #[arg(long, requires = "segment_time")]
+    pub align: bool,
+
     /// Raw bytes per compressed frame, the unit of time seeks (4KiB to 256MiB).
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size_in(4 << 10, 256 << 20))]
     pub frame_size: u64,
@@ -277,6 +283,13 @@ pub struct RecordArgs {
     /// delete the oldest segments (with --max-bytes/--max-age) or pause and backpressure.
     #[arg(long, value_name = "PERCENT|SIZE")]
     pub min_free: Option<MinFree>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (bytes, packets, frames per
+    /// stream and in total, streams open, area in use, backpressure, kernel drops, upload
+    /// queue and lag, segment finalize latency, errors by kind). SIGUSR1 prints the stats
+    /// line once to stderr.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 
     /// Print one JSON stats line per interval on stdout, for pipelines.
     #[arg(long)]

@@ -25,6 +25,7 @@ pub fn writer_config(a: &RecordArgs) -> Config {
     Config {
         segment_size: a.segment_size,
         segment_time: a.segment_time,
+        segment_align: a.align,
         frame_size: a.frame_size,
         compress: a.compress,
         max_bytes: a.max_bytes,
@@ -193,6 +194,8 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
             None
         }
     };
+    let rotate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    cfg.rotate = Some(Arc::clone(&rotate));
     let w = Writer::open(cfg, Arc::clone(&stats))?;
     let uploader = match upload {
         Some((ucfg, offload)) => {
@@ -234,6 +237,22 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     let tx = Events::new(senders);
     let started = Instant::now();
     let rx_stats = Arc::new(RxStats::default());
+    let _metrics = match &a.metrics {
+        Some(addr) => {
+            let m = crate::metrics::serve(
+                addr,
+                crate::metrics::Sources {
+                    rx: Arc::clone(&rx_stats),
+                    writer: Arc::clone(&stats),
+                    upload: uploader.as_ref().map(|u| Arc::clone(&u.stats)),
+                },
+            )?;
+            eprintln!("zcap: metrics on http://{}/metrics", m.addr);
+            Some(m)
+        }
+        None => None,
+    };
+    let signals = on_signals(rotate, Arc::clone(&rx_stats), Arc::clone(&stats), started)?;
     let live = crate::stats::Live::start(
         a.stats_json,
         a.stats_interval,
@@ -317,6 +336,7 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         );
     }
     live.finish();
+    signals.close();
     let uploaded = uploader.map(|u| u.finish());
     source.context("receiving")?;
     summarize(a, &reports, &stats, started.elapsed().as_secs_f64());
@@ -353,6 +373,36 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     // A bad file is a failed job; a bad sender is an event a network recorder logs and
     // survives (each such stream's error is in the log and the manifest).
     Ok(a.read.is_none() || reports.iter().all(|r| r.error.is_none()))
+}
+
+/// SIGHUP and SIGUSR1, on a thread of their own: SIGHUP bumps the writers' rotation counter
+/// (every open segment is cut at their next tick), SIGUSR1 prints the stats line once to
+/// stderr (rates since the start), as dd and tcpdump do.
+fn on_signals(
+    rotate: Arc<std::sync::atomic::AtomicU64>,
+    rx: Arc<RxStats>,
+    w: Arc<WriterStats>,
+    started: Instant,
+) -> anyhow::Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1])
+        .context("installing SIGHUP/SIGUSR1 handlers")?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("zcap-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    rotate.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("zcap: SIGHUP: finalizing every open segment");
+                } else {
+                    let now = crate::stats::Snapshot::take(&rx, &w, started);
+                    let zero = crate::stats::Snapshot::default();
+                    eprintln!("{}", now.line(&zero));
+                }
+            }
+        })?;
+    Ok(handle)
 }
 
 /// The area must hold [`MIN_BUFFERS`] buffers; clap has checked each flag's own range.

@@ -21,7 +21,7 @@ pub fn publish_area(area: &Arc<Area>) {
     *AREA.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(area));
 }
 
-fn area_use() -> Option<(usize, usize)> {
+pub fn area_use() -> Option<(usize, usize)> {
     let g = AREA.lock().unwrap_or_else(|p| p.into_inner());
     let a = g.as_ref()?.upgrade()?;
     Some((a.lent_bytes(), a.len()))
