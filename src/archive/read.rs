@@ -80,6 +80,47 @@ struct Row {
     json: serde_json::Value,
 }
 
+/// The `ls` row of a segment: `status` for the table, `json_status` (and the archive that
+/// holds an evicted segment) for `--json`.
+fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<&str>) -> Row {
+    let mut json = serde_json::json!({
+        "stream": e.stream,
+        "seq": e.seq,
+        "path": e.path,
+        "format": e.format,
+        "linktypes": e.linktypes,
+        "nanos": e.nanos,
+        "first": e.first_ns.map(|n| rfc3339(Some(n))),
+        "last": e.last_ns.map(|n| rfc3339(Some(n))),
+        "first_ns": e.first_ns,
+        "last_ns": e.last_ns,
+        "packets": e.packets,
+        "frames": e.frames,
+        "bytes": e.bytes,
+        "raw": e.raw,
+        "ratio": ratio(e.raw, e.bytes),
+        "sha256": e.sha256,
+        "drops": e.drops,
+        "status": json_status,
+    });
+    if let Some(u) = url {
+        json["url"] = u.into();
+    }
+    Row {
+        stream: e.stream.clone(),
+        seq: Some(e.seq),
+        path: e.path.clone(),
+        first: e.first_ns,
+        last: e.last_ns,
+        packets: Some(e.packets),
+        stored: e.bytes,
+        raw: Some(e.raw),
+        drops: e.drops,
+        status,
+        json,
+    }
+}
+
 /// What `zcap ls` lists.
 #[derive(Debug, Clone)]
 pub struct LsOptions {
@@ -109,63 +150,16 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     for name in c.stream_names() {
         for e in c.stream_segments(&name) {
             let status = if e.repaired { "repaired" } else { "ok" };
-            rows.push(Row {
-                stream: e.stream.clone(),
-                seq: Some(e.seq),
-                path: e.path.clone(),
-                first: e.first_ns,
-                last: e.last_ns,
-                packets: Some(e.packets),
-                stored: e.bytes,
-                raw: Some(e.raw),
-                drops: e.drops,
-                status: status.into(),
-                json: serde_json::json!({
-                    "stream": e.stream,
-                    "seq": e.seq,
-                    "path": e.path,
-                    "format": e.format,
-                    "linktypes": e.linktypes,
-                    "nanos": e.nanos,
-                    "first": e.first_ns.map(|n| rfc3339(Some(n))),
-                    "last": e.last_ns.map(|n| rfc3339(Some(n))),
-                    "first_ns": e.first_ns,
-                    "last_ns": e.last_ns,
-                    "packets": e.packets,
-                    "frames": e.frames,
-                    "bytes": e.bytes,
-                    "raw": e.raw,
-                    "ratio": ratio(e.raw, e.bytes),
-                    "sha256": e.sha256,
-                    "drops": e.drops,
-                    "status": status,
-                }),
-            });
+            rows.push(segment_row(e, status.into(), status, None));
         }
     }
     for (l, url) in &c.evicted {
-        let e = &l.entry;
-        rows.push(Row {
-            stream: e.stream.clone(),
-            seq: Some(e.seq),
-            path: e.path.clone(),
-            first: e.first_ns,
-            last: e.last_ns,
-            packets: Some(e.packets),
-            stored: e.bytes,
-            raw: Some(e.raw),
-            drops: e.drops,
-            status: format!("evicted: in {url}"),
-            json: serde_json::json!({
-                "stream": e.stream,
-                "seq": e.seq,
-                "path": e.path,
-                "bytes": e.bytes,
-                "packets": e.packets,
-                "status": "evicted",
-                "url": url,
-            }),
-        });
+        rows.push(segment_row(
+            &l.entry,
+            format!("evicted: in {url}"),
+            "evicted",
+            Some(url),
+        ));
     }
     for d in disk.iter().filter(|d| d.partial) {
         let size = std::fs::metadata(dir.join(&d.rel))
