@@ -444,6 +444,10 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
         "--keep-local 0 left {} file(s)",
         left.len()
     );
+    // The local listing says where the segments went.
+    let ls = text(&out(zcap().arg("ls").arg(&dir)).stdout);
+    assert!(ls.contains(&format!("evicted: in {}", url("down"))), "{ls}");
+    assert!(ls.contains("more evicted after upload"), "{ls}");
 }
 
 /// A TCP relay to the server, standing in for the network: it stops forwarding requests
