@@ -136,6 +136,18 @@ pub(crate) fn print_listings(a: &CaptureArgs) -> anyhow::Result<bool> {
 /// Runs `zcap record`. Returns false when the `--read` input was bad (exit status 1).
 pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     check_buffers(a.area_size, a.buf_size)?;
+    // First of all: a SIGINT/SIGTERM during the setup below stops the recorder cleanly
+    // (nothing is received, what exists is finalized) rather than killing it half way.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let hup_usr1 = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
+    ])
+    .context("installing SIGHUP/SIGUSR1 handlers")?;
     if a.capture.dump_filter {
         return print_listings(&a.capture);
     }
@@ -209,11 +221,6 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing signal handlers")?;
-    }
     w.stop_on(Arc::clone(&stop));
     let mut senders = Vec::new();
     let mut writers = Vec::new();
@@ -252,7 +259,13 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let signals = on_signals(rotate, Arc::clone(&rx_stats), Arc::clone(&stats), started)?;
+    let signals = on_signals(
+        hup_usr1,
+        rotate,
+        Arc::clone(&rx_stats),
+        Arc::clone(&stats),
+        started,
+    )?;
     let live = crate::stats::Live::start(
         a.stats_json,
         a.stats_interval,
@@ -375,18 +388,19 @@ pub fn run(a: &RecordArgs) -> anyhow::Result<bool> {
     Ok(a.read.is_none() || reports.iter().all(|r| r.error.is_none()))
 }
 
-/// SIGHUP and SIGUSR1, on a thread of their own: SIGHUP bumps the writers' rotation counter
+/// SIGHUP and SIGUSR1 (their handlers are installed first thing, so neither kills a recorder
+/// still setting up; a SIGHUP then rotates nothing, there is nothing open), on a thread of
+/// their own: SIGHUP bumps the writers' rotation counter
 /// (every open segment is cut at their next tick), SIGUSR1 prints the stats line once to
 /// stderr (rates since the start), as dd and tcpdump do.
 fn on_signals(
+    mut signals: signal_hook::iterator::Signals,
     rotate: Arc<std::sync::atomic::AtomicU64>,
     rx: Arc<RxStats>,
     w: Arc<WriterStats>,
     started: Instant,
 ) -> anyhow::Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1])
-        .context("installing SIGHUP/SIGUSR1 handlers")?;
+    use signal_hook::consts::SIGHUP;
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("zcap-signals".into())
