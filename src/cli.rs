@@ -77,6 +77,27 @@ pub enum Command {
     /// upload that `record --upload` left: segments first, checksums checked, then the
     /// manifest.
     Upload(UploadArgs),
+    /// Print a shell completion script for zcap to stdout (bash, zsh, fish, elvish,
+    /// powershell), made from these very flags.
+    Completions(CompletionsArgs),
+    /// Write man pages for zcap and every subcommand (zcap.1, zcap-record.1, ...) to --out
+    /// DIR; without --out, print zcap.1 to stdout.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for, e.g. `zcap completions bash > /etc/bash_completion.d/zcap`.
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write every page into this directory (created if missing), e.g.
+    /// /usr/local/share/man/man1; existing pages are replaced.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// How much of an uploaded archive to keep on the local disk.
@@ -306,7 +327,8 @@ pub struct RecordArgs {
 
     /// Writer threads: each frames and persists (writes, hashes, indexes, rotates) its share
     /// of the streams, in order per stream. One keeps up with the compress threads of a
-    /// small host; add one per 8 or so cores for many fast senders.
+    /// small host; add one per 8 or so cores for many fast senders. Default: one per 8
+    /// cores, 1 to 4.
     #[arg(long, value_name = "N", default_value_t = default_writers(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub writers: u16,
 
@@ -938,6 +960,27 @@ mod tests {
             .render_long_help()
             .to_string();
         assert!(!help.contains("--iface"), "the alias stays hidden");
+    }
+
+    #[test]
+    fn completions_and_man_parse() {
+        let c = Cli::try_parse_from(["zcap", "completions", "bash"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Completions(CompletionsArgs {
+                shell: clap_complete::Shell::Bash
+            })
+        ));
+        for shell in ["zsh", "fish", "elvish", "powershell"] {
+            assert!(Cli::try_parse_from(["zcap", "completions", shell]).is_ok());
+        }
+        assert!(Cli::try_parse_from(["zcap", "completions"]).is_err());
+        assert!(Cli::try_parse_from(["zcap", "completions", "tcsh"]).is_err());
+        let c = Cli::try_parse_from(["zcap", "man"]).unwrap();
+        assert!(matches!(c.command, Command::Man(ManArgs { out: None })));
+        let c = Cli::try_parse_from(["zcap", "man", "--out", "m"]).unwrap();
+        let Command::Man(m) = c.command else { panic!() };
+        assert_eq!(m.out, Some(PathBuf::from("m")));
     }
 
     #[test]

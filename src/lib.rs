@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod doctor;
 pub mod metrics;
+pub mod packaging;
 pub mod privdrop;
 pub mod record;
 pub mod remote;

@@ -89,6 +89,8 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(anyhow::Error::from),
+        Command::Completions(a) => zcap::packaging::completions(a.shell),
+        Command::Man(a) => zcap::packaging::man(a.out.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
