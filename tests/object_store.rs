@@ -818,3 +818,25 @@ fn store_errors_are_said_in_words() {
         "{e}"
     );
 }
+
+#[test]
+fn a_lost_journal_is_rebuilt_from_the_bucket_without_uploading_twice() {
+    let Some(bin) = need_s3s_fs() else { return };
+    let s = Server::start(bin);
+    let t = tempdir();
+    // Everything evicted after upload, then the journal is lost with nothing else.
+    let dir = uploaded(&s, t.path(), "journal", &["--keep-local", "0"]);
+    assert!(segment_files(&dir).iter().all(|p| !p.exists()));
+    std::fs::remove_file(dir.join(".uploads")).unwrap();
+    let o = out(zcap_s3()
+        .arg("upload")
+        .arg(&dir)
+        .arg(url("journal"))
+        .args(["--s3-endpoint", &s.endpoint()]));
+    let log = text(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("upload: 0 segment(s)"), "{log}");
+    assert!(!log.contains("cannot be uploaded"), "{log}");
+    let v = out(zcap_s3().args(["verify", &url("journal"), "--s3-endpoint", &s.endpoint()]));
+    assert!(v.status.success(), "{}", text(&v.stdout));
+}

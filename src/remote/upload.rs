@@ -658,9 +658,19 @@ impl Job {
     fn upload_segment(&mut self, s: &SegmentEntry, evicted: bool) -> Result<(), Failure> {
         use std::io::{Seek, SeekFrom};
         if evicted {
-            return Err(local(
-                "its local copy was evicted, but no upload of it is on record",
-            ));
+            // Evicted only after a confirmed upload: with the journal lost, the bucket's
+            // object of the right size is taken as that upload (`verify s3://…` checks its
+            // SHA-256); without one there is nothing left to upload.
+            let listed = self.listing.as_mut().and_then(|l| l.remove(&s.path));
+            return match listed {
+                Some((size, etag)) if size == s.bytes => {
+                    let etag = self.etag(&s.path, &etag)?;
+                    self.confirmed(&s.path, size, &etag)
+                }
+                _ => Err(local(
+                    "its local copy was evicted after an upload, and the bucket does not hold it",
+                )),
+            };
         }
         let path = crate::archive::checked_path(&self.dir, &s.path).map_err(local)?;
         let mut f = match crate::archive::path::open_nofollow(&path) {
