@@ -12,7 +12,10 @@
 //! addresses (non-IP, or IP whose header was not captured) makes one row per (VLAN, ethertype);
 //! malformed packets make rows of their own (`malformed` set, protocol and ports 0, the
 //! addresses kept when they were captured), so an index built on the rows must treat those
-//! rows' frames as possibly matching any port or protocol.
+//! rows' frames as possibly matching any port or protocol. Packets with addresses but no
+//! ports (ICMP, whose type and code are not part of the key; non-first fragments; a transport
+//! header that was not captured) have ports 0, so a non-first fragment is counted in a row
+//! beside its datagram's flow, not in it.
 
 pub mod parse;
 

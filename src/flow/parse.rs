@@ -825,11 +825,12 @@ pub(crate) mod tests {
             .prop_filter_map(
                 "raw link types carry only their IP version",
                 |(lt, tags, n, l4, p)| {
-                    let ok = match (&n, lt) {
-                        (Net::Arp, 0 | 12 | 14 | 101 | 108 | 228 | 229) => false,
-                        (Net::V4 { .. }, 229) | (Net::V6 { .. }, 228) => false,
-                        _ => true,
-                    };
+                    let ok = !matches!(
+                        (&n, lt),
+                        (Net::Arp, 0 | 12 | 14 | 101 | 108 | 228 | 229)
+                            | (Net::V4 { .. }, 229)
+                            | (Net::V6 { .. }, 228)
+                    );
                     let tags = if lt == 1 { tags } else { Vec::new() };
                     ok.then(|| (lt, build(lt, &tags, &n, l4, p)))
                 },
