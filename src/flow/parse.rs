@@ -253,12 +253,18 @@ fn ipv6(h: &mut Headers, data: &[u8], off: usize) {
             // the first 8
             0 | 43 | 60 => match arr::<2>(data, cur) {
                 Some([next, l]) => (next, (usize::from(l) + 1) * 8),
-                None => break h.truncated = true,
+                None => {
+                    h.truncated = true;
+                    break;
+                }
             },
             // authentication header: length in 4-byte units, not counting the first 2
             51 => match arr::<2>(data, cur) {
                 Some([next, l]) => (next, (usize::from(l) + 2) * 4),
-                None => break h.truncated = true,
+                None => {
+                    h.truncated = true;
+                    break;
+                }
             },
             44 => match arr::<4>(data, cur) {
                 Some([next, _, a, b]) => {
@@ -271,14 +277,21 @@ fn ipv6(h: &mut Headers, data: &[u8], off: usize) {
                     }
                     (next, 8)
                 }
-                None => break h.truncated = true,
+                None => {
+                    h.truncated = true;
+                    break;
+                }
             },
-            _ => break transport(h, data, cur, nh, true),
+            _ => {
+                transport(h, data, cur, nh, true);
+                break;
+            }
         };
         n += 1;
         if n > MAX_EXT || cur + len > end {
             h.proto = 0;
-            break h.malformed = true;
+            h.malformed = true;
+            break;
         }
         cur += len;
         nh = next;
