@@ -6,10 +6,10 @@ deterministic: the same arguments and --seed give the same bytes (with the same 
 this script; Python's Mersenne Twister and its randbytes/getrandbits are stable across
 versions since 3.9).
 
-Packets are built from a small table of precomputed link + IPv4 + TCP/UDP header templates
-(about a hundred flows in both directions) plus payload bytes that are either fresh random
-bytes or slices of a pre-made text-like pool, and written in large batches, so a GiB takes
-seconds, not minutes.
+Packets are built from a small table of precomputed link + IPv4 (or IPv6, --l3) + TCP/UDP
+header templates (about a hundred flows in both directions) plus payload bytes that are either
+fresh random bytes or slices of a pre-made text-like pool, and written in large batches, so a
+GiB takes seconds, not minutes.
 
 Corrupt streams (--corrupt) print one line to stderr that tests parse:
 
@@ -52,6 +52,7 @@ LT_LINUX_SLL = 113
 LT_IPV4 = 228
 
 CORRUPT_KINDS = ("bad-magic", "truncated-record", "huge-caplen", "bad-block-length", "garbage-tail")
+MALFORMED_KINDS = ("ihl-short", "ihl-long", "options-cut", "ext-loop", "ext-overrun", "runt", "deep-vlan")
 
 # IP lengths per size class. For Ethernet that is a 60-100 / 576 / 1514 byte frame.
 SMALL_IP = (46, 86)
@@ -94,6 +95,16 @@ def parse_linktypes(text: str) -> list[int]:
     return out
 
 
+def parse_vlans(text: str) -> list[int]:
+    try:
+        out = [int(x, 0) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a VLAN list: {text!r} (e.g. 100 or 200,100)")
+    if not 1 <= len(out) <= 2 or not all(0 <= v < 4096 for v in out):
+        raise argparse.ArgumentTypeError(f"one or two VLAN ids 0..4095: {text!r}")
+    return out
+
+
 def parse_epoch(text: str) -> int:
     """Epoch seconds (float allowed) -> integer nanoseconds, exactly."""
     try:
@@ -121,7 +132,7 @@ def ip_checksum(header: bytes) -> int:
 
 class Flow:
     __slots__ = ("mac_src", "mac_dst", "ip_src", "ip_dst", "proto", "sport", "dport",
-                 "seq", "ack", "ip_id", "compressible")
+                 "seq", "ack", "ip_id", "compressible", "v6", "ext")
 
     def reversed(self) -> "Flow":
         r = Flow()
@@ -132,6 +143,7 @@ class Flow:
         r.seq, r.ack = self.ack, self.seq
         r.ip_id = (self.ip_id * 7 + 12345) & 0xFFFF
         r.compressible = self.compressible
+        r.v6, r.ext = self.v6, self.ext
         return r
 
 
@@ -163,13 +175,54 @@ def make_flows(rng: random.Random, payload: str) -> list[Flow]:
             f.compressible = False
         else:
             f.compressible = n % 2 == 0
+        f.v6 = f.ext = False
         flows.append(f)
         flows.append(f.reversed())
     return flows
 
 
+def set_l3(flows: list[Flow], l3: str, ipv6_ext: bool) -> None:
+    """--l3: which connections are IPv6 (all, or every second one); no random draws, so the
+    IPv4 flows are the same as without the option. --ipv6-ext: every third IPv6 connection
+    carries a hop-by-hop and a destination options header."""
+    for n, f in enumerate(flows):
+        conn = n // 2
+        f.v6 = l3 == "ipv6" or (l3 == "mixed" and conn % 2 == 1)
+        f.ext = f.v6 and ipv6_ext and conn % 3 == 0
+
+
+def v6_addr(ip4: bytes) -> bytes:
+    """The IPv4 address in a unique local prefix: fd00::a.b.c.d."""
+    return b"\xfd" + b"\0" * 11 + ip4
+
+
+# hop-by-hop (a PadN option) and destination options (a PadN option), 8 bytes each
+V6_EXT_LEN = 16
+
+
+def min_ip_len(flow: Flow) -> int:
+    """The smallest IP packet that holds the flow's headers."""
+    if not flow.v6:
+        return 0
+    return 40 + (V6_EXT_LEN if flow.ext else 0) + (20 if flow.proto == 6 else 8)
+
+
 def l3_header(flow: Flow, ip_len: int) -> bytes:
-    """IPv4 + TCP/UDP header for an IP packet of ip_len bytes (payload follows)."""
+    """IPv4 or IPv6 + TCP/UDP header for an IP packet of ip_len bytes (payload follows)."""
+    if flow.v6:
+        ext = b""
+        nh = flow.proto
+        if flow.ext:
+            ext = struct.pack("!BBBB4x", 60, 0, 1, 4) + struct.pack("!BBBB4x", flow.proto, 0, 1, 4)
+            nh = 0
+        if flow.proto == 6:
+            l4 = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, flow.seq, flow.ack,
+                             0x50, 0x18 if ip_len > 80 else 0x10, 502, 0, 0)
+        else:
+            l4 = struct.pack("!HHHH", flow.sport, flow.dport, ip_len - 40 - len(ext), 0)
+        ip = struct.pack("!IHBB16s16s", 0x60000000 | (flow.ip_id & 0xFFFFF), ip_len - 40, nh, 64,
+                         v6_addr(flow.ip_src), v6_addr(flow.ip_dst))
+        return ip + ext + l4
     if flow.proto == 6:
         l4 = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, flow.seq, flow.ack,
                          0x50, 0x18 if ip_len > 60 else 0x10, 502, 0, 0)
@@ -182,20 +235,27 @@ def l3_header(flow: Flow, ip_len: int) -> bytes:
     return ip + l4
 
 
-def link_header(linktype: int, flow: Flow) -> bytes | None:
-    """Link-layer header before IPv4, b'' for raw IP, None when the link type gets arbitrary bytes."""
+def vlan_tags(vlans: list[int]) -> bytes:
+    """802.1Q tags (one ID), or 802.1ad outer + 802.1Q inner (two)."""
+    tpids = (0x8100,) if len(vlans) == 1 else (0x88A8, 0x8100)
+    return b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in zip(tpids, vlans))
+
+
+def link_header(linktype: int, flow: Flow, vlans: list[int] | None = None) -> bytes | None:
+    """Link-layer header before the IP header, b'' for raw IP, None when the link type gets arbitrary bytes."""
+    etype = b"\x86\xdd" if flow.v6 else b"\x08\x00"
     if linktype == LT_ETHERNET:
-        return flow.mac_dst + flow.mac_src + b"\x08\x00"
+        return flow.mac_dst + flow.mac_src + (vlan_tags(vlans) if vlans else b"") + etype
     if linktype in (LT_RAW, LT_IPV4):
         return b""
     if linktype == LT_LINUX_SLL:
         # packet type (0 = to us, 4 = outgoing), ARPHRD_ETHER, address length, address, protocol
         ptype = 4 if flow.sport > flow.dport else 0
-        return struct.pack("!HHH8sH", ptype, 1, 6, flow.mac_src + b"\0\0", 0x0800)
+        return struct.pack("!HHH8s", ptype, 1, 6, flow.mac_src + b"\0\0") + etype
     if linktype == LT_IEEE802_11:
         # data frame, ToDS=0 FromDS=0: addr1 = DA, addr2 = SA, addr3 = BSSID; then LLC/SNAP
         return (b"\x08\x00\x00\x00" + flow.mac_dst + flow.mac_src + flow.mac_dst
-                + b"\x00\x00" + b"\xaa\xaa\x03\x00\x00\x00\x08\x00")
+                + b"\x00\x00" + b"\xaa\xaa\x03\x00\x00\x00" + etype)
     return None
 
 
@@ -220,12 +280,52 @@ def text_pool(rng: random.Random, size: int) -> bytes:
     return "".join(parts).encode()[:size]
 
 
+def malformed_frame(kind: str, i: int, flow: Flow) -> tuple[bytes, int]:
+    """An Ethernet frame whose headers are malformed in the way KIND names (deep-vlan is
+    valid but unusual), and its wire length. Built from the flow's addresses and ports with
+    no random draws."""
+    if kind == "runt":
+        n = i % 14
+        return (flow.mac_dst + flow.mac_src + b"\x08\x00")[:n], n
+    l4 = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, 1, 2, 0x50, 0x10, 502, 0, 0)
+    if kind in ("ext-loop", "ext-overrun"):
+        if kind == "ext-loop":
+            # hop-by-hop headers each naming another hop-by-hop header: a chain longer than
+            # any reader should follow (12 headers, then TCP)
+            ext, nh = b"\0\0\1\4\0\0\0\0" * 12, 0
+        else:
+            # destination options claiming 2048 bytes in a short packet
+            ext, nh = b"\x06\xff\1\4\0\0\0\0", 60
+        rest = ext + l4
+        ip = struct.pack("!IHBB16s16s", 0x60000000, len(rest), nh, 64,
+                         v6_addr(flow.ip_src), v6_addr(flow.ip_dst))
+        frame = flow.mac_dst + flow.mac_src + b"\x86\xdd" + ip + rest
+        return frame, len(frame)
+    ihl, opts, tags = 5, b"", b""
+    if kind == "ihl-short":
+        ihl = i % 5
+    elif kind == "ihl-long":
+        ihl = 15  # 60 bytes of header in a 40-byte packet
+    elif kind == "options-cut":
+        ihl, opts = 15, b"\1" * 40
+    elif kind == "deep-vlan":
+        tags = b"".join(struct.pack("!HH", 0x8100, 100 + k) for k in range(10))
+    total = 20 + len(opts) + len(l4)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, flow.ip_id, 0x4000, 64, 6, 0,
+                     flow.ip_src, flow.ip_dst)
+    frame = flow.mac_dst + flow.mac_src + tags + b"\x08\x00" + ip + opts + l4
+    if kind == "options-cut":
+        # captured to a length that ends inside the options
+        return frame[: 14 + 20 + 4 + i % 32], len(frame)
+    return frame, len(frame)
+
+
 class Template:
     __slots__ = ("hdr", "n", "compressible", "caplen", "origlen")
 
 
 def build_templates(rng: random.Random, flows: list[Flow], linktypes: list[int], mix: str,
-                    snaplen: int) -> list[list[Template]]:
+                    snaplen: int, vlans: list[int] | None = None) -> list[list[Template]]:
     """tmpl[k][j]: the j-th (flow, size) choice rendered for interface k's link type."""
     choices = []
     for _ in range(CHOICE_TABLE):
@@ -251,12 +351,13 @@ def build_templates(rng: random.Random, flows: list[Flow], linktypes: list[int],
             t = cache.get((f, ip_len))
             if t is None:
                 flow = flows[f]
-                lh = link_header(lt, flow)
+                lh = link_header(lt, flow, vlans)
                 if lh is None:
                     hdr, frame_len = b"", ip_len + 14
                 else:
-                    hdr = lh + l3_header(flow, ip_len)
-                    frame_len = len(lh) + ip_len
+                    n = max(ip_len, min_ip_len(flow))
+                    hdr = lh + l3_header(flow, n)
+                    frame_len = len(lh) + n
                 t = Template()
                 t.origlen = frame_len
                 t.caplen = min(frame_len, snaplen)
@@ -316,7 +417,8 @@ class Generator:
         self.linktypes = a.linktypes
         self.pcapng = a.format == "pcapng"
         self.flows = make_flows(rng, a.payload)
-        self.tmpl = build_templates(rng, self.flows, self.linktypes, a.mix, a.snaplen)
+        set_l3(self.flows, a.l3, a.ipv6_ext)
+        self.tmpl = build_templates(rng, self.flows, self.linktypes, a.mix, a.snaplen, a.vlan)
         self.text = text_pool(rng, TEXT_POOL) if a.payload != "random" else b""
         self.text_offs = [rng.randrange(len(self.text) - MAX_IP - 64) for _ in range(10007)] if self.text else [0]
         self.rand = b""
@@ -425,10 +527,23 @@ class Generator:
         written = out.written
         pending = out.pending
         flush_at = FLUSH_BYTES
+        mal = self.a.malformed
+        every = self.a.malformed_every
         while i < end and written < limit:
             t = row[i % CHOICE_TABLE]
             n = t.n
             sec, sub = divmod((start_ns + int(i * interval) + jitter[i % JITTER_TABLE]) // res, div)
+            if mal and i % every == every - 1:
+                m = i // every
+                kind = MALFORMED_KINDS[m % len(MALFORMED_KINDS)] if mal == "mixed" else mal
+                frame, wire = malformed_frame(kind, m, self.flows[m % len(self.flows)])
+                parts.append(pack(sec, sub, len(frame), wire))
+                parts.append(frame)
+                size = 16 + len(frame)
+                written += size
+                pending += size
+                i += 1
+                continue
             parts.append(pack(sec, sub, t.caplen, t.origlen))
             parts.append(t.hdr)
             if n:
@@ -649,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gen-pcap.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Generate deterministic synthetic pcap/pcapng captures (Ethernet/IPv4/TCP+UDP).",
+        description="Generate deterministic synthetic pcap/pcapng captures (Ethernet/IPv4 or IPv6/TCP+UDP).",
         epilog="""\
 size classes (--mix), as Ethernet frames; other link types carry the same IPv4 packets:
   realistic  50% 60-100 bytes, 10% 576, 40% 1514      full  all 1514      small  60-100
@@ -669,6 +784,8 @@ examples:
   gen-pcap.py --format pcapng --linktypes 1,101 --late-idb --unknown-block --count 500 -o x.pcapng
   gen-pcap.py --count 100 --corrupt truncated-record -o bad.pcap
   gen-pcap.py --format pcapng --count 100 --second-section-endian big -o mixed-endian.pcapng
+  gen-pcap.py --count 3000 --l3 mixed --ipv6-ext --vlan 200,100 -o v6-qinq.pcap
+  gen-pcap.py --count 24 --mix small --malformed mixed --malformed-every 2 -o malformed.pcap
 """)
     g = p.add_argument_group("format")
     g.add_argument("--format", choices=("pcap", "pcapng"), default="pcap", help="file format (default pcap)")
@@ -693,6 +810,18 @@ examples:
     g.add_argument("--payload", choices=("compressible", "random", "mixed"), default="mixed",
                    help="payload bytes: text-like, random, or half the flows each (default mixed)")
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    g.add_argument("--l3", choices=("ipv4", "ipv6", "mixed"), default="ipv4",
+                   help="network layer: IPv4, IPv6 (fd00::a.b.c.d from the same addresses), or every second "
+                        "connection IPv6 (default ipv4)")
+    g.add_argument("--ipv6-ext", action="store_true",
+                   help="every third IPv6 connection carries hop-by-hop and destination options headers")
+    g.add_argument("--vlan", type=parse_vlans, metavar="ID[,ID]",
+                   help="Ethernet only: an 802.1Q tag, or an 802.1ad outer and an 802.1Q inner tag, on every frame")
+    g.add_argument("--malformed", choices=MALFORMED_KINDS + ("mixed",), metavar="KIND",
+                   help="pcap over Ethernet only: replace every --malformed-every-th packet with one whose headers are "
+                        "malformed: " + ", ".join(MALFORMED_KINDS) + " (valid, 10 tags), or mixed (each in turn)")
+    g.add_argument("--malformed-every", type=int, default=4, metavar="N",
+                   help="packets per malformed one (default 4)")
     g = p.add_argument_group("pcapng")
     g.add_argument("--pcapng-interfaces", type=int, metavar="K",
                    help="number of interfaces (IDBs); packets go round-robin over them (default: as many as --linktypes)")
@@ -750,6 +879,14 @@ def check(a: argparse.Namespace) -> None:
         die("--unknown-every must be >= 1")
     if a.corrupt_after is not None and a.corrupt_after < 0:
         die("--corrupt-after must be >= 0")
+    if a.l3 != "ipv4" and LT_IPV4 in a.linktypes:
+        die(f"--l3 {a.l3} cannot be carried by link type {LT_IPV4} (IPv4 only)")
+    if a.vlan and a.linktypes != [LT_ETHERNET]:
+        die("--vlan needs Ethernet (link type 1) on every interface")
+    if a.malformed and (a.format != "pcap" or a.linktypes != [LT_ETHERNET]):
+        die("--malformed needs --format pcap and link type 1 (Ethernet)")
+    if a.malformed_every < 1:
+        die("--malformed-every must be >= 1")
 
 
 def main(argv: list[str] | None = None) -> int:
