@@ -10,6 +10,7 @@ pub mod area;
 pub mod cli;
 pub mod demo;
 pub mod doctor;
+pub mod flow;
 pub mod metrics;
 pub mod privdrop;
 pub mod record;
