@@ -82,8 +82,10 @@ impl Tri {
 /// filter code reads:
 /// - `vlans`: the VLAN IDs of the 802.1Q/802.1ad tags (TPID 0x8100, 0x88a8 or 0x9100, the
 ///   ones libpcap's `vlan` recognizes), outermost first; empty when untagged;
-/// - `ethertype`: the EtherType after the tags (for raw IP link types, 0x0800 or 0x86dd by
-///   the IP version; for Linux cooked captures, the protocol field);
+/// - `ethertype`: the two bytes after the tags as they are on the wire (an 802.3 frame's
+///   length, not the type inside its LLC/SNAP header: libpcap's `ip` does not match those);
+///   for raw IP link types 0x0800 or 0x86dd by the IP version, for Linux cooked captures the
+///   protocol field;
 /// - `proto`: the IP protocol (IPv4's protocol field; IPv6's upper-layer header, after any
 ///   extension headers); ignored for non-IP;
 /// - `a`, `b`: the endpoints' addresses (None when unknown, e.g. a truncated header: the

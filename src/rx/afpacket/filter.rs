@@ -330,14 +330,16 @@ pub struct OfflineFilters {
 }
 
 impl OfflineFilters {
-    /// Checks that `expr` compiles for Ethernet (the common case, so a typo fails before
-    /// anything is read); other link types are compiled when first met.
+    /// Nothing is compiled yet: each link type is on first use, so that a filter which only
+    /// applies to some link types (`wlan addr1 …`) serves an archive of those. A caller that
+    /// knows its link types up front calls [`get`](Self::get) for each, to fail before
+    /// reading anything. Fails only when libpcap cannot be loaded.
     pub fn new(expr: &str, snaplen: u32) -> Result<OfflineFilters, String> {
-        let first = OfflineFilter::new(expr, 1, snaplen)?;
+        Lib::open("a packet filter").map_err(|e| e.to_string())?;
         Ok(OfflineFilters {
             expr: expr.to_string(),
             snaplen,
-            progs: vec![first],
+            progs: Vec::new(),
         })
     }
 
@@ -478,7 +480,10 @@ mod tests {
         assert!(set.matches(101, n - 14, n - 14, 0, &f[14..]).unwrap());
         assert!(!set.matches(101, n, n, 0, &f).unwrap());
         assert_eq!(set.get(101).unwrap().linktype(), 101);
-        assert!(OfflineFilters::new("vlan", 0).unwrap().get(101).is_err());
+        let mut vlan = OfflineFilters::new("vlan", 0).unwrap();
+        assert!(vlan.get(101).is_err());
+        assert!(!vlan.matches(1, n, n, 0, &f).unwrap());
+        assert_eq!(vlan.expr(), "vlan");
     }
 
     #[test]
