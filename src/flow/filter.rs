@@ -1838,6 +1838,14 @@ mod tests {
                 "mpls",
                 "ether broadcast",
                 "(ip[2:2] - 20) > 30",
+                "pppoes",
+                "geneve",
+                "ip6 protochain 6",
+                "(vlan 100)",
+                "vlan (5)",
+                "ether proto 0x8100",
+                "host example.invalid",
+                "port http",
             ]);
             prop_oneof![
                 3 => (hostq, any_addr()).prop_map(|(q, a)| format!("{q} {a}")),
@@ -1846,6 +1854,8 @@ mod tests {
                 1 => (any_addr(), any_addr()).prop_map(|(a, b)| format!("host {a} or {b}")),
                 1 => (prop::sample::select(PORTS.to_vec()), prop::sample::select(PORTS.to_vec()))
                     .prop_map(|(a, b)| format!("port {a} and not {b}")),
+                1 => (any_addr(), any_addr(), any_addr())
+                    .prop_map(|(a, b, c)| format!("src host {a} and ({b} || not {c})")),
             ]
         }
 
@@ -1854,13 +1864,14 @@ mod tests {
                 prop_oneof![
                     (
                         inner.clone(),
-                        prop::sample::select(vec!["and", "or", "&&", "||"]),
+                        prop::sample::select(vec![" and ", " or ", " && ", "||", "&&"]),
                         inner.clone()
                     )
-                        .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
+                        .prop_map(|(a, op, b)| format!("{a}{op}{b}")),
                     inner.clone().prop_map(|a| format!("({a})")),
                     inner.clone().prop_map(|a| format!("not {a}")),
-                    inner.prop_map(|a| format!("!({a})")),
+                    inner.clone().prop_map(|a| format!("!({a})")),
+                    inner.prop_map(|a| format!("!{a}")),
                 ]
             })
         }
@@ -1877,7 +1888,9 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2048))]
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2048)
+            ))]
             #[test]
             fn never_prunes_what_libpcap_matches(f in flow(), expr in filter()) {
                 if !have_libpcap() {
