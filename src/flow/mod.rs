@@ -1,5 +1,8 @@
-//! Flows of one segment: the header reader ([`parse`]) and the table that sums packets into
-//! bidirectional flows ([`FlowTable`]).
+//! Flows of one segment: the header reader ([`parse`]), the table that sums packets into
+//! bidirectional flows ([`FlowTable`]), and the tcpdump-expression pruner that says which
+//! flows a filter may match ([`filter`]; the exact per-packet check is libpcap's, in
+//! `rx::afpacket::filter`). Groundwork for the flow index (issue 16): nothing in the writer or
+//! the readers uses it yet.
 //!
 //! The writer hands every packet's captured bytes to [`parse::parse`] and the result to
 //! [`FlowTable::add`] with the packet's timestamp, wire length and the index of the data
@@ -17,6 +20,7 @@
 //! header that was not captured) have ports 0, so a non-first fragment is counted in a row
 //! beside its datagram's flow, not in it.
 
+pub mod filter;
 pub mod parse;
 
 use std::collections::HashMap;

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use filter::{OfflineFilter, OfflineFilters};
 pub use sys::Stats;
 
 /// The pseudo-interface of every interface (tcpdump's `-i any`), captured as Linux cooked.
