@@ -144,6 +144,7 @@ impl Uploader {
             failing: None,
             lost: HashSet::new(),
             listing: None,
+            idle: None,
         };
         let thread = std::thread::Builder::new()
             .name("zcap-upload".into())
@@ -368,6 +369,8 @@ struct Job {
     lost: HashSet<String>,
     /// The bucket's objects as listed at the first pass, until each is looked at.
     listing: Option<HashMap<String, (u64, String)>>,
+    /// The manifest's length when a pass last found everything up to date, and when.
+    idle: Option<(u64, Instant)>,
 }
 
 impl Job {
@@ -445,6 +448,17 @@ impl Job {
             self.reconcile()?;
             self.listed = true;
         }
+        // Up to date, and the manifest has not grown since: nothing to read again (remote
+        // retention, which is about time, still looks once a second).
+        let len = std::fs::metadata(self.dir.join(manifest::FILE)).map(|m| m.len());
+        if let (Some((done_len, at)), Ok(len)) = (self.idle, &len) {
+            let retention_due =
+                self.cfg.remote_max_age.is_some() && at.elapsed() >= Duration::from_secs(1);
+            if done_len == *len && !retention_due {
+                return Ok(true);
+            }
+        }
+        self.idle = None;
         let text = match manifest::read_text(&self.dir) {
             Ok(t) => t,
             Err(e) => {
@@ -560,7 +574,11 @@ impl Job {
         let grown = std::fs::metadata(self.dir.join(manifest::FILE))
             .map(|m| m.len() as usize != text.len())
             .unwrap_or(false);
-        Ok(!grown && !blocked && prefix == lines.last().map_or(0, |l| l.end))
+        let done = !grown && !blocked && prefix == lines.last().map_or(0, |l| l.end);
+        if done {
+            self.idle = Some((text.len() as u64, Instant::now()));
+        }
+        Ok(done)
     }
 
     fn journal_err(&self, e: io::Error) -> RemoteError {
@@ -787,9 +805,9 @@ impl Job {
             }
         } else {
             // ETags that are not MD5s (SSE-KMS): read the object back and hash it.
-            let mut h = HashWriter(Sha256::new());
+            let mut h = Sha256::new(); // sha2's hashers are `io::Write`
             self.client.get_to(&s.path, &mut h)?;
-            let got = manifest::hex(&h.0.finalize());
+            let got = manifest::hex(&h.finalize());
             if got != s.sha256 {
                 return Err(mismatch(format!(
                     "read back, it has SHA-256 {got}, the manifest records {}",
@@ -944,19 +962,6 @@ fn digest(f: &mut std::fs::File, part: u64) -> io::Result<(String, Vec<[u8; 16]>
         md5s.push(md5::Digest::finalize(m).into());
     }
     Ok((manifest::hex(&sha.finalize()), md5s))
-}
-
-/// A `Write` that hashes what it is given.
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The books of an archive no recorder is writing, for `zcap upload`: its own manifest
