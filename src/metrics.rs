@@ -197,39 +197,39 @@ impl Collector for Zcap {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::clone(v)))
             .collect();
-        for (name, help, pick) in [
+        type Field = fn(&crate::writer::StreamCounters) -> &AtomicU64;
+        let per_stream: [(&str, &str, Field); 5] = [
             (
                 "zcap_stream_packets",
                 "Packets written, per open stream.",
-                0,
+                |c| &c.packets,
             ),
             (
                 "zcap_stream_raw_bytes",
                 "Stream bytes written, per open stream.",
-                1,
+                |c| &c.raw_bytes,
             ),
             (
                 "zcap_stream_stored_bytes",
                 "Compressed bytes written, per open stream.",
-                2,
+                |c| &c.stored_bytes,
             ),
-            ("zcap_stream_frames", "Frames written, per open stream.", 3),
+            (
+                "zcap_stream_frames",
+                "Frames written, per open stream.",
+                |c| &c.frames,
+            ),
             (
                 "zcap_stream_segments",
                 "Segments finalized, per open stream.",
-                4,
+                |c| &c.segments,
             ),
-        ] {
+        ];
+        for (name, help, field) in per_stream {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (stream, c) in &open {
-                let v = match pick {
-                    0 => ld(&c.packets),
-                    1 => ld(&c.raw_bytes),
-                    2 => ld(&c.stored_bytes),
-                    3 => ld(&c.frames),
-                    _ => ld(&c.segments),
-                };
-                ConstCounter::new(v).encode(m.encode_family(&[("stream", stream.as_str())])?)?;
+                ConstCounter::new(ld(field(c)))
+                    .encode(m.encode_family(&[("stream", stream.as_str())])?)?;
             }
         }
         if let Some(u) = &self.0.upload {

@@ -165,6 +165,18 @@ pub struct StreamCounters {
     pub segments: AtomicU64,
 }
 
+impl StreamCounters {
+    /// What a persisted frame adds to: packets, raw bytes, stored bytes, frames.
+    fn frame_fields(&self) -> [&AtomicU64; 4] {
+        [
+            &self.packets,
+            &self.raw_bytes,
+            &self.stored_bytes,
+            &self.frames,
+        ]
+    }
+}
+
 /// A latency histogram of fixed buckets, lock-free, for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct Latency {
@@ -997,22 +1009,16 @@ impl StreamState {
             }
         }
         self.seg_linktypes = Arc::clone(&f.linktypes);
-        cx.stats
-            .packets
-            .fetch_add(f.entry.packets as u64, Ordering::Relaxed);
-        cx.stats.raw_bytes.fetch_add(f.raw, Ordering::Relaxed);
-        cx.stats
-            .stored_bytes
-            .fetch_add(seg.len - before, Ordering::Relaxed);
-        cx.stats.frames.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .packets
-            .fetch_add(f.entry.packets as u64, Ordering::Relaxed);
-        self.counters.raw_bytes.fetch_add(f.raw, Ordering::Relaxed);
-        self.counters
-            .stored_bytes
-            .fetch_add(seg.len - before, Ordering::Relaxed);
-        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        let (packets, stored) = (f.entry.packets as u64, seg.len - before);
+        // The archive's totals and this stream's own (metrics) count the frame alike.
+        let add = |fields: [&AtomicU64; 4]| {
+            for (field, n) in fields.into_iter().zip([packets, f.raw, stored, 1]) {
+                field.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        let s = cx.stats;
+        add([&s.packets, &s.raw_bytes, &s.stored_bytes, &s.frames]);
+        add(self.counters.frame_fields());
         let full = seg.len >= cx.cfg.segment_size
             || (!cx.cfg.segment_align
                 && cx
