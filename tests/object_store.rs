@@ -331,14 +331,6 @@ fn journal_confirmed(dir: &Path) -> usize {
         .count()
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
     let Some(bin) = need_s3s_fs() else { return };
@@ -370,7 +362,7 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
     let mut stdin = rec.stdin.take().unwrap();
     stdin.write_all(&pcap[..third]).unwrap();
     stdin.flush().unwrap();
-    wait_for("first uploads", Duration::from_secs(60), || {
+    wait_until("first uploads", Duration::from_secs(60), || {
         journal_confirmed(&dir) >= 2
     });
     s.stop();
@@ -388,7 +380,7 @@ fn a_store_that_goes_away_stalls_nothing_and_loses_nothing() {
             .matches("\"op\":\"segment\"")
             .count()
     };
-    wait_for(
+    wait_until(
         "segments while the store is down",
         Duration::from_secs(60),
         || finalized() >= before + 4,
@@ -621,7 +613,7 @@ fn kill_9_in_the_middle_of_a_multipart_upload_leaves_the_bucket_consistent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(
+    wait_until(
         "a multipart upload in flight",
         Duration::from_secs(120),
         || {

@@ -102,14 +102,6 @@ fn signal(pid: i32, sig: &str) {
     run_ok(Command::new("kill").args([sig, &pid.to_string()]));
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ls_json(dir: &Path) -> Vec<serde_json::Value> {
     let out = run_ok(zcap().arg("ls").arg(dir).arg("--json"));
     String::from_utf8_lossy(&out.stdout)

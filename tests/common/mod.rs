@@ -196,6 +196,15 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// Polls `f` every 50 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A fresh temporary directory, removed when the value is dropped.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
