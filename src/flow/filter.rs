@@ -30,6 +30,7 @@
 //! - tcpdump's abbreviations: an address or number after `and`/`or` takes the qualifiers of
 //!   the primitive before it (`host A or B`, `port 80 or 443`, `host A and not B`).
 
+use crate::rx::limits::{v4_mask, v6_mask};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -349,28 +350,14 @@ impl Node {
 fn within(x: Option<IpAddr>, net: IpAddr, prefix: u8) -> Option<bool> {
     match (x?, net) {
         (IpAddr::V4(x), IpAddr::V4(n)) => {
-            let m = mask32(prefix);
+            let m = v4_mask(prefix);
             Some(u32::from(x) & m == u32::from(n) & m)
         }
         (IpAddr::V6(x), IpAddr::V6(n)) => {
-            let m = mask128(prefix);
+            let m = v6_mask(prefix);
             Some(u128::from(x) & m == u128::from(n) & m)
         }
         _ => None,
-    }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
-    }
-}
-
-fn mask128(prefix: u8) -> u128 {
-    match prefix {
-        0 => 0,
-        p => u128::MAX << (128 - u32::from(p.min(128))),
     }
 }
 
@@ -1147,8 +1134,8 @@ impl Parser<'_> {
                 }
                 // libpcap refuses a network with bits set beyond its mask.
                 let clean = match net {
-                    IpAddr::V4(a) => u32::from(a) & !mask32(prefix as u8) == 0,
-                    IpAddr::V6(a) => u128::from(a) & !mask128(prefix as u8) == 0,
+                    IpAddr::V4(a) => u32::from(a) & !v4_mask(prefix as u8) == 0,
+                    IpAddr::V6(a) => u128::from(a) & !v6_mask(prefix as u8) == 0,
                 };
                 if !clean && prefix != full {
                     return maybe;

@@ -40,15 +40,11 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, ip.to_canonical()) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = v4_mask(self.prefix);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = v6_mask(self.prefix);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -86,21 +82,25 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+/// The netmask of an IPv4 prefix length (0 to 32; longer counts as 32).
+pub fn v4_mask(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
+}
+
+/// The netmask of an IPv6 prefix length (0 to 128; longer counts as 128).
+pub fn v6_mask(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
+}
+
 impl Cidr {
     fn network(&self) -> IpAddr {
         match self.net {
-            IpAddr::V4(n) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(n) & mask).into())
-            }
-            IpAddr::V6(n) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(n) & mask).into())
-            }
+            IpAddr::V4(n) => IpAddr::V4((u32::from(n) & v4_mask(self.prefix)).into()),
+            IpAddr::V6(n) => IpAddr::V6((u128::from(n) & v6_mask(self.prefix)).into()),
         }
     }
 
