@@ -13,7 +13,7 @@ use zcap::archive::{path::Untrusted, read, verify};
 use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, UploadArgs, VerifyArgs};
 
 /// The archive a command names: a directory or an s3:// URL.
-pub fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
+fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
     let settings = zcap::remote::Settings {
         endpoint: s3.s3_endpoint.clone(),
     };
