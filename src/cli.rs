@@ -484,6 +484,15 @@ pub struct S3Args {
     pub s3_endpoint: Option<String>,
 }
 
+impl S3Args {
+    /// The client settings these flags make (the rest comes from `AWS_*`).
+    pub fn settings(&self) -> crate::remote::Settings {
+        crate::remote::Settings {
+            endpoint: self.s3_endpoint.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LsArgs {
     /// Archive: a directory, or s3://BUCKET/PREFIX.

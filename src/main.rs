@@ -14,10 +14,7 @@ use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, UploadArgs, VerifyArgs};
 
 /// The archive a command names: a directory or an s3:// URL.
 fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
-    let settings = zcap::remote::Settings {
-        endpoint: s3.s3_endpoint.clone(),
-    };
-    Location::parse(archive, &settings).map_err(anyhow::Error::msg)
+    Location::parse(archive, &s3.settings()).map_err(anyhow::Error::msg)
 }
 
 fn ls_options(a: &LsArgs) -> anyhow::Result<read::LsOptions> {

@@ -48,9 +48,7 @@ pub fn upload_config(
     let url = crate::remote::S3Url::parse(url).map_err(anyhow::Error::msg)?;
     let cfg = upload::Config {
         url,
-        settings: crate::remote::Settings {
-            endpoint: o.s3.s3_endpoint.clone(),
-        },
+        settings: o.s3.settings(),
         part_size: o.upload_part_size,
         remote_max_age: o.remote_max_age,
         drain,

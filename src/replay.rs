@@ -70,11 +70,8 @@ pub struct Sent {
 
 /// Runs `zcap replay`.
 pub fn run(a: &ReplayArgs) -> anyhow::Result<bool> {
-    let settings = crate::remote::Settings {
-        endpoint: a.s3.s3_endpoint.clone(),
-    };
     let src = if crate::remote::S3Url::is_remote(&a.src) || Path::new(&a.src).is_dir() {
-        let loc = Location::parse(&a.src, &settings).map_err(anyhow::Error::msg)?;
+        let loc = Location::parse(&a.src, &a.s3.settings()).map_err(anyhow::Error::msg)?;
         // An archive that names paths outside itself is refused before anyone is connected
         // to (cat_to, which reads it, refuses it too).
         loc.catalog()?.trusted()?;
