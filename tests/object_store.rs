@@ -104,17 +104,16 @@ impl Server {
         self.root.path().join(BUCKET).join(key)
     }
 
-    /// Multipart uploads s3s-fs holds open (it keeps one `.upload_id-*` file per upload in
-    /// its root; it has no ListMultipartUploads).
+    /// Multipart uploads s3s-fs holds open. It has no ListMultipartUploads; it keeps one
+    /// `.upload-ID.json` record per upload in its root until the upload completes or is
+    /// aborted (the `.upload_id-ID.part-N` files beside it are the parts received so far).
     fn open_uploads(&self) -> usize {
         std::fs::read_dir(self.root.path())
             .unwrap()
             .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".upload_id-")
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".upload-") && name.ends_with(".json")
             })
             .count()
     }
