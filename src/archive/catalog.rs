@@ -6,9 +6,9 @@
 //! breaks it is set aside with its reason ([`Catalog::bad_paths`], [`Disk::refused`]) and is
 //! never listed as a segment, so no reader opens it.
 
-use super::manifest::{self, ChainError, Entry, SegmentEntry};
+use super::manifest::{self, ChainError, Entry, FlowsEntry, SegmentEntry};
 use super::path::{self, PathError, Untrusted, Why};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,11 @@ pub struct Catalog {
     /// Segments whose local copies were evicted after their upload (the local view only;
     /// the remote view keeps them live), with the archive URL that holds them.
     pub evicted: Vec<(LiveSegment, String)>,
+    /// The flow index: each indexed segment's path → its `flows` line (the last one, should
+    /// a segment have been indexed twice) and that line's number.
+    pub flows: HashMap<String, (usize, FlowsEntry)>,
+    /// `flows` lines that name no segment line before them: (line number, segment path).
+    pub stray_flows: Vec<(usize, String)>,
 }
 
 /// Which copy of an archive a manifest is read for.
@@ -99,6 +104,8 @@ impl Catalog {
             chained,
             signatures: 0,
             evicted: Vec::new(),
+            flows: HashMap::new(),
+            stray_flows: Vec::new(),
         };
         let good_lines = match &c.chain {
             Ok(()) => c.lines,
@@ -147,6 +154,7 @@ impl Catalog {
                         continue;
                     }
                     c.segments.retain(|s| s.entry.path != path);
+                    c.flows.remove(&path);
                     c.deleted.insert(path);
                 }
                 Entry::Stream {
@@ -171,6 +179,15 @@ impl Catalog {
                         if let Some(i) = c.segments.iter().position(|s| s.entry.path == path) {
                             c.evicted.push((c.segments.remove(i), url));
                         }
+                    }
+                }
+                Entry::Flows(f) => {
+                    let named = c.segments.iter().any(|s| s.entry.path == f.segment)
+                        || c.evicted.iter().any(|(s, _)| s.entry.path == f.segment);
+                    if named {
+                        c.flows.insert(f.segment.clone(), (number, f));
+                    } else if !c.deleted.contains(&f.segment) {
+                        c.stray_flows.push((number, f.segment));
                     }
                 }
                 Entry::Sign { .. } => c.signatures += 1,

@@ -25,6 +25,10 @@ pub enum Entry {
         created: String,
     },
     Segment(SegmentEntry),
+    /// The flow index of a segment: its sidecar, at [`super::sidecar_name`] of the segment's
+    /// path, written after the segment line by the recorder, or later by `zcap index` and
+    /// `verify --repair` for segments that lack one.
+    Flows(FlowsEntry),
     Stream {
         stream: String,
         event: String,
@@ -84,6 +88,23 @@ pub struct SegmentEntry {
     /// sources that cannot drop, and in archives from before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drops: Option<u64>,
+}
+
+/// A segment's flow-index sidecar (docs/ARCHIVE.md, "Flow index").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowsEntry {
+    /// The segment's path, as its segment line names it.
+    pub segment: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Rows (flows) in the sidecar.
+    pub flows: u64,
+    /// Packets `--flow-cutoff` dropped or truncated in the segment, and their bytes that were
+    /// not stored.
+    #[serde(default)]
+    pub cut_packets: u64,
+    #[serde(default)]
+    pub cut_bytes: u64,
 }
 
 /// A parsed manifest line with its chain fields.

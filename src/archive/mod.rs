@@ -26,6 +26,23 @@ pub fn segment_name(seq: u64, pcapng: bool) -> String {
     format!("{seq:06}.{}.zst", if pcapng { "pcapng" } else { "pcap" })
 }
 
+/// The flow-index sidecar of the segment at `segment` (`STREAM/000001.pcap.zst` →
+/// `STREAM/000001.flows.parquet`): derived from the segment's path, never named freely, so a
+/// manifest cannot point a reader anywhere else.
+pub fn sidecar_name(segment: &str) -> String {
+    let (dir, file) = match segment.rsplit_once('/') {
+        Some((d, f)) => (Some(d), f),
+        None => (None, segment),
+    };
+    let seq = file.split('.').next().unwrap_or(file);
+    match dir {
+        Some(d) => format!("{d}/{seq}{SIDECAR_SUFFIX}"),
+        None => format!("{seq}{SIDECAR_SUFFIX}"),
+    }
+}
+
+pub const SIDECAR_SUFFIX: &str = ".flows.parquet";
+
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// Path of a stream's directory inside the archive.

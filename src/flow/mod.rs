@@ -1,8 +1,7 @@
 //! Flows of one segment: the header reader ([`parse`]), the table that sums packets into
 //! bidirectional flows ([`FlowTable`]), and the tcpdump-expression pruner that says which
 //! flows a filter may match ([`filter`]; the exact per-packet check is libpcap's, in
-//! `rx::afpacket::filter`). Groundwork for the flow index (issue 16): nothing in the writer or
-//! the readers uses it yet.
+//! `rx::afpacket::filter`).
 //!
 //! The writer hands every packet's captured bytes to [`parse::parse`] and the result to
 //! [`FlowTable::add`] with the packet's timestamp, wire length and the index of the data
@@ -47,6 +46,10 @@ pub struct FlowKey {
     pub proto: u8,
     /// The packets of this row had malformed headers.
     pub malformed: bool,
+    /// The packets of this row are fragments, or IPv6 with extension headers before the
+    /// transport header: libpcap's `port` and protocol primitives do not look where
+    /// [`Headers`] found the ports ([`filter::FlowFacts::l4_irregular`]).
+    pub irregular: bool,
     /// The two endpoints, lower first (by address, then port); `None` without addresses.
     pub ends: Option<[Endpoint; 2]>,
 }
@@ -78,6 +81,8 @@ impl FlowKey {
             ethertype: h.ethertype,
             proto: if ip { h.proto } else { 0 },
             malformed: h.malformed,
+            irregular: ip
+                && (h.fragment || (matches!(h.l3, L3::V6 { .. }) && h.l4_off != h.l3_off + 40)),
             ends: None,
         };
         let mut reverse = false;
@@ -111,8 +116,12 @@ pub struct FlowRow<'a> {
     /// Packets and wire bytes from `ends[1]` to `ends[0]`.
     pub packets_ba: u64,
     pub bytes_ba: u64,
-    /// The data frames (indices in the segment) holding the flow's packets, ascending when
-    /// frames are added in order.
+    /// Packets `--flow-cutoff` dropped or truncated (counted in the packets above too), and
+    /// the bytes of them that were not stored.
+    pub cut_packets: u64,
+    pub cut_bytes: u64,
+    /// The data frames (indices in the segment) holding the flow's stored packets,
+    /// ascending when frames are added in order.
     pub frames: &'a [u32],
 }
 
@@ -123,6 +132,8 @@ struct Flow {
     last_ns: i64,
     packets: [u64; 2],
     bytes: [u64; 2],
+    cut_packets: u64,
+    cut_bytes: u64,
     frames: Vec<u32>,
 }
 
@@ -152,7 +163,55 @@ impl FlowTable {
     /// of the data frame it is in.
     pub fn add(&mut self, h: &Headers, ts_ns: i64, wire_len: u32, frame: u32) {
         let (key, reverse) = FlowKey::of(h);
-        let i = match self.last {
+        let i = self.flow(key, ts_ns);
+        self.count(i, reverse, ts_ns, wire_len, Some(frame));
+    }
+
+    /// Counts one packet that `--flow-cutoff` cut: `cut` of its bytes were not stored, and
+    /// what was (its headers, with `--cutoff-keep-headers`) is in data frame `frame`.
+    pub fn add_cut(
+        &mut self,
+        h: &Headers,
+        ts_ns: i64,
+        wire_len: u32,
+        cut: u32,
+        frame: Option<u32>,
+    ) {
+        let (key, reverse) = FlowKey::of(h);
+        let i = self.flow(key, ts_ns);
+        self.count(i, reverse, ts_ns, wire_len, frame);
+        let f = &mut self.flows[i];
+        f.cut_packets += 1;
+        f.cut_bytes += u64::from(cut);
+    }
+
+    /// Adds the flows of `other` (one data frame's, counted there with any frame index) as
+    /// held by data frame `frame` of this table's segment.
+    pub fn absorb(&mut self, other: &FlowTable, frame: u32) {
+        for o in &other.flows[..other.live] {
+            let i = match self.index.get(&o.key) {
+                Some(&i) => i,
+                None => self.insert(o.key, o.first_ns),
+            };
+            let f = &mut self.flows[i];
+            f.first_ns = f.first_ns.min(o.first_ns);
+            f.last_ns = f.last_ns.max(o.last_ns);
+            for d in 0..2 {
+                f.packets[d] += o.packets[d];
+                f.bytes[d] += o.bytes[d];
+            }
+            f.cut_packets += o.cut_packets;
+            f.cut_bytes += o.cut_bytes;
+            if !o.frames.is_empty() && f.frames.last() != Some(&frame) {
+                f.frames.push(frame);
+            }
+        }
+        self.last = None;
+    }
+
+    /// The index of `key`'s flow, inserted when new.
+    fn flow(&mut self, key: FlowKey, ts_ns: i64) -> usize {
+        match self.last {
             Some((k, i)) if k == key => i,
             _ => {
                 let i = match self.index.get(&key) {
@@ -162,15 +221,20 @@ impl FlowTable {
                 self.last = Some((key, i));
                 i
             }
-        };
+        }
+    }
+
+    fn count(&mut self, i: usize, reverse: bool, ts_ns: i64, wire_len: u32, frame: Option<u32>) {
         let f = &mut self.flows[i];
         f.first_ns = f.first_ns.min(ts_ns);
         f.last_ns = f.last_ns.max(ts_ns);
         let d = usize::from(reverse);
         f.packets[d] += 1;
         f.bytes[d] += u64::from(wire_len);
-        if f.frames.last() != Some(&frame) {
-            f.frames.push(frame);
+        if let Some(frame) = frame {
+            if f.frames.last() != Some(&frame) {
+                f.frames.push(frame);
+            }
         }
     }
 
@@ -182,6 +246,8 @@ impl FlowTable {
             last_ns: ts_ns,
             packets: [0; 2],
             bytes: [0; 2],
+            cut_packets: 0,
+            cut_bytes: 0,
             frames: Vec::new(),
         };
         match self.flows.get_mut(i) {
@@ -221,6 +287,8 @@ impl FlowTable {
                 bytes_ab: f.bytes[0],
                 packets_ba: f.packets[1],
                 bytes_ba: f.bytes[1],
+                cut_packets: f.cut_packets,
+                cut_bytes: f.cut_bytes,
                 frames: &f.frames,
             }
         })
@@ -336,6 +404,46 @@ mod tests {
         assert!(t
             .rows()
             .any(|r| r.key.ethertype == 0x88cc && r.key.ends.is_none()));
+    }
+
+    #[test]
+    fn absorbing_frame_tables_sums_them_and_lists_the_frames_with_stored_packets() {
+        let (ab, ba) = (v4_tcp(40000, 443, false), v4_tcp(443, 40000, true));
+        let mut seg = FlowTable::new();
+        let mut frame = FlowTable::new();
+        frame.add(&ab, 20, 100, 0);
+        frame.add(&ba, 10, 1500, 0);
+        seg.absorb(&frame, 0);
+        frame.clear();
+        // The next frame holds only a cut packet of the flow (dropped, nothing stored) and
+        // a stored packet of another.
+        frame.add_cut(&ab, 30, 1500, 1500, None);
+        frame.add(&v4_tcp(1, 2, false), 40, 60, 0);
+        seg.absorb(&frame, 1);
+        frame.clear();
+        frame.add_cut(&ba, 50, 1500, 1400, Some(0));
+        seg.absorb(&frame, 2);
+        let rows: Vec<_> = seg.rows().collect();
+        assert_eq!(rows.len(), 2);
+        let r = rows[0];
+        assert_eq!((r.first_ns, r.last_ns), (10, 50));
+        assert_eq!(
+            (r.packets_ab, r.bytes_ab, r.packets_ba, r.bytes_ba),
+            (2, 1600, 2, 3000)
+        );
+        assert_eq!((r.cut_packets, r.cut_bytes), (2, 2900));
+        assert_eq!(r.frames, &[0, 2], "frame 1 stored nothing of the flow");
+        assert_eq!(rows[1].frames, &[1]);
+    }
+
+    #[test]
+    fn fragments_and_ipv6_extension_headers_make_irregular_rows() {
+        let plain = parse(1, &eth(&[], 0x86dd, &ipv6(17, &udp(1, 2))));
+        assert!(!FlowKey::of(&plain).0.irregular);
+        let mut frag = ipv4(17, &[], 0, &udp(1, 2));
+        frag[6] = 0x20; // more fragments
+        let frag = parse(1, &eth(&[], 0x0800, &frag));
+        assert!(frag.fragment && FlowKey::of(&frag).0.irregular);
     }
 
     #[test]
