@@ -281,6 +281,27 @@ pub struct RecordArgs {
     #[arg(long, value_name = "ALGO", default_value = "zstd:1")]
     pub compress: Compress,
 
+    /// Keep no flow index. By default each segment gets a Parquet sidecar with one row per
+    /// flow (addresses, ports, protocol, VLAN, packets, bytes, the frames holding it), so
+    /// that `zcap cat ARCHIVE FILTER` decompresses only the frames a filter can match,
+    /// `zcap flows` lists conversations, and DuckDB queries 'ARCHIVE/**/*.parquet'.
+    #[arg(long, conflicts_with = "flow_cutoff")]
+    pub no_flow_index: bool,
+
+    /// Keep at most SIZE captured bytes of each IP flow, both directions together (e.g.
+    /// 64KiB): the packet that crosses SIZE is kept whole, later ones are dropped. Most
+    /// bytes belong to a few long flows, so this stretches retention many times over. The
+    /// cut is counted per flow in the flow index and shown by `zcap ls`; non-IP and
+    /// malformed packets are never cut.
+    #[arg(long, value_name = "SIZE", value_parser = size_in(1, 1 << 50))]
+    pub flow_cutoff: Option<u64>,
+
+    /// With --flow-cutoff: keep the packets past the cutoff truncated to their link,
+    /// network and transport headers (their wire length stays), so the flow's timing and
+    /// TCP flags survive.
+    #[arg(long, requires = "flow_cutoff")]
+    pub cutoff_keep_headers: bool,
+
     /// Delete the oldest segments when the archive exceeds this size, ring buffer
     /// (16KiB to 1024TiB; keep -C at most a quarter of it).
     #[arg(long, value_name = "SIZE", value_parser = size_in(16 << 10, 1 << 50))]

@@ -9,7 +9,7 @@ use crate::cli::{
 use crate::remote::upload;
 use crate::rx::{self, Events, RxStats};
 use crate::units::{human_bytes, size_text};
-use crate::writer::{self, Config, StreamReport, Writer, WriterStats};
+use crate::writer::{self, Config, Cutoff, StreamReport, Writer, WriterStats};
 use anyhow::Context;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,11 @@ pub fn writer_config(a: &RecordArgs) -> Config {
         idle_timeout: Some(a.idle_timeout),
         header_timeout: Some(a.header_timeout),
         min_free: a.min_free,
+        flow_index: !a.no_flow_index,
+        flow_cutoff: a.flow_cutoff.map(|bytes| Cutoff {
+            bytes,
+            keep_headers: a.cutoff_keep_headers,
+        }),
         ..Config::new(&a.output)
     }
 }

@@ -327,13 +327,23 @@ impl Live {
             self.total -= bytes;
             return Ok(None);
         }
-        let remove = || match std::fs::remove_file(dir.join(&path)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("deleting {}: {e}", dir.join(&path).display()),
-            )),
+        // The segment's flow-index sidecar goes with it (a deleted segment's; an evicted
+        // one's stays, small, so that flow queries still prune without the store).
+        let sidecar = matches!(entry, Entry::Delete { .. }).then(|| super::sidecar_name(&path));
+        let remove = || {
+            for p in std::iter::once(&path).chain(sidecar.as_ref()) {
+                match std::fs::remove_file(dir.join(p)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("deleting {}: {e}", dir.join(p).display()),
+                        ))
+                    }
+                }
+            }
+            Ok(())
         };
         match manifest.append(&entry) {
             Ok(()) => remove()?,

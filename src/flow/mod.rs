@@ -302,6 +302,43 @@ impl FlowTable {
     }
 }
 
+/// Bytes stored so far of each flow, for `--flow-cutoff`: a packet is kept while its
+/// flow's stored bytes are below the limit (so the packet that crosses it is kept whole).
+///
+/// Bounded: flows live in two generations of at most [`Budget::GENERATION`] each; when the
+/// current one is full, the older is forgotten and the current becomes the older. A flow
+/// seen in neither (quiet through two generations of new flows) starts over, and may store
+/// its limit once more: the bound is on memory, and errs on keeping packets.
+#[derive(Debug, Default)]
+pub struct Budget {
+    current: HashMap<FlowKey, u64>,
+    older: HashMap<FlowKey, u64>,
+}
+
+impl Budget {
+    pub const GENERATION: usize = 1 << 18;
+
+    /// Whether a packet of `key` with `len` captured bytes is kept under a limit of `limit`
+    /// bytes per flow; a kept one is counted.
+    pub fn admit(&mut self, key: &FlowKey, len: u64, limit: u64) -> bool {
+        let stored = match self.current.get_mut(key) {
+            Some(n) => n,
+            None => {
+                let before = self.older.remove(key).unwrap_or(0);
+                if self.current.len() >= Self::GENERATION {
+                    self.older = std::mem::take(&mut self.current);
+                }
+                self.current.entry(*key).or_insert(before)
+            }
+        };
+        if *stored >= limit {
+            return false;
+        }
+        *stored += len;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse::tests::{eth, ipv4, ipv6, tcp, udp, A4, B4};
@@ -444,6 +481,21 @@ mod tests {
         frag[6] = 0x20; // more fragments
         let frag = parse(1, &eth(&[], 0x0800, &frag));
         assert!(frag.fragment && FlowKey::of(&frag).0.irregular);
+    }
+
+    #[test]
+    fn the_budget_keeps_the_packet_that_crosses_the_limit_and_cuts_the_rest() {
+        let mut b = Budget::default();
+        let (k, _) = FlowKey::of(&v4_tcp(1, 2, false));
+        let (other, _) = FlowKey::of(&v4_tcp(3, 4, false));
+        assert!(b.admit(&k, 60, 100));
+        assert!(
+            b.admit(&k, 60, 100),
+            "60 < 100: kept whole, though it crosses"
+        );
+        assert!(!b.admit(&k, 1, 100));
+        assert!(b.admit(&other, 1000, 100), "each flow has its own");
+        assert!(!b.admit(&other, 1, 100));
     }
 
     #[test]

@@ -314,6 +314,36 @@ fn arp(h: &mut Headers, data: &[u8], off: usize) {
     }
 }
 
+/// How many of a packet's first bytes are headers, as [`parse`] found them in `data`:
+/// through the transport header when it was reached (TCP's length from its data offset,
+/// UDP's 8, SCTP's common header, ICMP's first 8), else through the network header (a
+/// fragment after the first), else the link header. For `--cutoff-keep-headers`; may exceed
+/// `data.len()`, never by more than one TCP header.
+pub fn headers_len(h: &Headers, data: &[u8]) -> usize {
+    let l3 = h.l3_off as usize;
+    let l4 = h.l4_off as usize;
+    if l4 > 0 {
+        return l4
+            + match h.proto {
+                proto::TCP => data
+                    .get(l4 + 12)
+                    .map_or(20, |b| usize::from(b >> 4).max(5) * 4),
+                proto::UDP | proto::ICMP | proto::ICMPV6 => 8,
+                proto::SCTP => 12,
+                _ => 0,
+            };
+    }
+    match h.l3 {
+        L3::V4 { .. } => {
+            l3 + data
+                .get(l3)
+                .map_or(20, |b| usize::from(b & 0x0f).max(5) * 4)
+        }
+        L3::V6 { .. } => l3 + 40,
+        _ => l3,
+    }
+}
+
 fn transport(h: &mut Headers, data: &[u8], off: usize, p: u8, v6: bool) {
     h.l4_off = off as u32;
     match p {

@@ -64,6 +64,19 @@ impl Unit {
     }
 }
 
+/// Where a packet's captured bytes are in its unit, and what they are: what the writer's
+/// flow index reads of every packet ([`Framer::packet`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Offset of the captured data from the unit's start (the record or block header).
+    pub data_off: u32,
+    pub caplen: u32,
+    /// Original (wire) length.
+    pub wire_len: u32,
+    /// The link type of the packet's interface (the file's for pcap).
+    pub linktype: u32,
+}
+
 /// Lenient-but-counted oddities, reported when a stream ends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Warnings {
@@ -123,6 +136,8 @@ pub struct Framer {
     last_ts: i64,
     packets: u64,
     warnings: Warnings,
+    /// The packet being framed, or the last one framed.
+    packet: PacketInfo,
 }
 
 impl Default for Framer {
@@ -148,6 +163,7 @@ impl Framer {
             last_ts: 0,
             packets: 0,
             warnings: Warnings::default(),
+            packet: PacketInfo::default(),
         }
     }
 
@@ -201,6 +217,11 @@ impl Framer {
 
     pub fn warnings(&self) -> Warnings {
         self.warnings
+    }
+
+    /// The packet that [`Framer::step`] just reported (valid until the next step).
+    pub fn packet(&self) -> PacketInfo {
+        self.packet
     }
 
     /// Consumes a prefix of `data` and returns how many bytes it took and the unit that
@@ -452,6 +473,12 @@ impl Framer {
                 if caplen > fh.snaplen {
                     self.warnings.caplen_over_snaplen += 1;
                 }
+                self.packet = PacketInfo {
+                    data_off: pcap::RECORD_HEADER_LEN as u32,
+                    caplen,
+                    wire_len: r.origlen(),
+                    linktype: fh.linktype,
+                };
                 Ok((r.total_len() as u64, Pending::Record { ts_ns: r.ts_ns() }))
             }
             Mode::PcapNg { big_endian } => {
@@ -481,6 +508,12 @@ impl Framer {
                         if iface.snaplen != 0 && caplen > iface.snaplen {
                             self.warnings.caplen_over_snaplen += 1;
                         }
+                        self.packet = PacketInfo {
+                            data_off: b.data_offset(),
+                            caplen,
+                            wire_len: b.wire_len(),
+                            linktype: u32::from(iface.linktype),
+                        };
                         ts_ns = if block_type == pcapng::SPB {
                             self.last_ts
                         } else {
@@ -720,6 +753,73 @@ mod tests {
             "5 bytes over a snaplen of 4"
         );
         assert_eq!(f.header(), &s[..24]);
+    }
+
+    #[test]
+    fn packet_info_locates_the_captured_bytes_of_every_packet_kind() {
+        let s = pcap(false, false, 64, &[(1, 2, b"abcd")]);
+        let mut f = Framer::new();
+        let mut seen = Vec::new();
+        let mut pos = 0;
+        while pos < s.len() {
+            let (n, u) = f.step(&s[pos..]).unwrap();
+            pos += n;
+            if let Some(
+                u @ Unit {
+                    kind: UnitKind::Packet { .. },
+                    ..
+                },
+            ) = u
+            {
+                seen.push((u, f.packet()));
+            }
+        }
+        let (u, p) = seen[0];
+        let at = (u.start + u64::from(p.data_off)) as usize;
+        assert_eq!(&s[at..at + p.caplen as usize], b"abcd");
+        assert_eq!((p.wire_len, p.linktype), (8, 1), "origlen is caplen + 4");
+        for be in [false, true] {
+            let mut s = shb(be);
+            s.extend(idb(be, 1));
+            s.extend(idb(be, 101));
+            s.extend(epb(be, 1, 7, b"raw-ip"));
+            let mut spb = Vec::new();
+            spb.extend(if be {
+                9u32.to_be_bytes()
+            } else {
+                9u32.to_le_bytes()
+            });
+            spb.extend(b"ether-spb");
+            s.extend(block(be, 3, &spb));
+            let mut f = Framer::new();
+            let mut got = Vec::new();
+            f.feed(&s, |_| {}).unwrap();
+            let mut f2 = Framer::new();
+            let mut pos = 0;
+            while pos < s.len() {
+                let (n, u) = f2.step(&s[pos..]).unwrap();
+                pos += n;
+                if let Some(
+                    u @ Unit {
+                        kind: UnitKind::Packet { .. },
+                        ..
+                    },
+                ) = u
+                {
+                    let p = f2.packet();
+                    let at = (u.start + u64::from(p.data_off)) as usize;
+                    got.push((
+                        s[at..at + p.caplen as usize].to_vec(),
+                        p.wire_len,
+                        p.linktype,
+                    ));
+                }
+            }
+            assert_eq!(
+                got,
+                vec![(b"raw-ip".to_vec(), 6, 101), (b"ether-spb".to_vec(), 9, 1)]
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod field {
     pub const TS_HIGH: Range<usize> = 12..16;
     pub const TS_LOW: Range<usize> = 16..20;
     pub const CAPLEN: Range<usize> = 20..24;
+    pub const ORIGLEN: Range<usize> = 24..28;
     pub const SPB_ORIGLEN: Range<usize> = 8..12;
 }
 
@@ -133,6 +134,22 @@ impl<'a> Block<'a> {
         match self.block_type() {
             SPB => self.u32_at(field::SPB_ORIGLEN),
             _ => self.u32_at(field::CAPLEN),
+        }
+    }
+
+    /// Original (wire) length of a packet block.
+    pub fn wire_len(&self) -> u32 {
+        match self.block_type() {
+            SPB => self.u32_at(field::SPB_ORIGLEN),
+            _ => self.u32_at(field::ORIGLEN),
+        }
+    }
+
+    /// Offset of a packet block's data in the block.
+    pub fn data_offset(&self) -> u32 {
+        match self.block_type() {
+            SPB => 12,
+            _ => 28,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::archive::index::{FrameEntry, FRAME_HAS_IDB};
 use crate::archive::manifest::{self, Entry, SegmentEntry};
 use crate::archive::{self, retention};
 use crate::area::{Area, Chunk, StreamId};
+use crate::flow::FlowTable;
 use crate::rx::Event;
 use crate::stream::{Format, Framer, UnitKind};
 use hash::Lane;
@@ -84,6 +85,20 @@ pub struct Config {
     /// The archive is being uploaded (`--upload`): retention evicts confirmed local copies
     /// only ([`retention::Offload`]).
     pub offload: Option<Arc<retention::Offload>>,
+    /// Keep a flow index: every packet's headers are read as it is framed, and each
+    /// segment gets a sidecar with one row per flow (docs/ARCHIVE.md, "Flow index").
+    pub flow_index: bool,
+    /// `--flow-cutoff`: store at most this much of each IP flow (needs `flow_index`).
+    pub flow_cutoff: Option<Cutoff>,
+}
+
+/// Keep at most `bytes` captured bytes of each IP flow (both directions): the packet that
+/// crosses the limit is kept whole, later ones are cut — dropped, or with `keep_headers`
+/// truncated to their headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    pub bytes: u64,
+    pub keep_headers: bool,
 }
 
 impl Config {
@@ -107,6 +122,8 @@ impl Config {
             min_free: None,
             sign: None,
             offload: None,
+            flow_index: true,
+            flow_cutoff: None,
         }
     }
 }
@@ -149,6 +166,11 @@ pub struct WriterStats {
     pub gave_up: AtomicU64,
     /// Segments cut on demand (SIGHUP) or at a wall-clock boundary (`--align`).
     pub rotations: AtomicU64,
+    /// Flow-index sidecars that could not be written (their segments are complete).
+    pub index_errors: AtomicU64,
+    /// Packets `--flow-cutoff` cut (dropped or truncated), and their bytes not stored.
+    pub cut_packets: AtomicU64,
+    pub cut_bytes: AtomicU64,
     /// How long finalizing a segment took (trailer, fsync, rename, manifest line).
     pub finalize: Latency,
     /// The streams being written, by name, with their own counters.
@@ -382,6 +404,61 @@ struct StreamState {
     /// With `--align`: the wall-clock end (ns) of the period the open segment belongs to.
     period_end: Option<i64>,
     counters: Arc<StreamCounters>,
+    /// The flow index ([`Config::flow_index`]).
+    flows: Option<Box<Flows>>,
+    /// `--flow-cutoff`: the open frame's cut packets, in stream order; the truncated
+    /// records that replace some of them; and how many bytes shorter than the received
+    /// stream the archived one is before the open frame (segments record their offsets in
+    /// the archived stream, which stays one valid capture).
+    edits: Vec<Edit>,
+    patch: Vec<u8>,
+    shrunk: u64,
+}
+
+/// A stream's flow index: the open frame's flows (framing side), the open segment's
+/// (persist side: each persisted frame's table is absorbed into it under the frame's index
+/// in the segment), and frame tables kept for reuse, so that steady state allocates nothing.
+#[derive(Default)]
+struct Flows {
+    frame: FlowTable,
+    segment: FlowTable,
+    spare: Vec<FlowTable>,
+    /// Copy of a packet's first bytes when they straddle two held pieces.
+    scratch: Vec<u8>,
+    /// `--flow-cutoff`: what each flow stored so far, and a packet's record header when it
+    /// straddles two pieces.
+    budget: crate::flow::Budget,
+    head: Vec<u8>,
+}
+
+/// A packet `--flow-cutoff` cut from the open frame: stream bytes `start..end` are left
+/// out, and `patch` (a range of [`StreamState::patch`]) takes their place: the record
+/// truncated to its headers, or nothing.
+#[derive(Debug, Clone, Copy)]
+struct Edit {
+    start: u64,
+    end: u64,
+    patch: (usize, usize),
+}
+
+/// Bytes of a packet's head copied when it straddles two pieces; re-read up to
+/// [`HEAD_COPY_MAX`] when its headers run past them.
+const HEAD_COPY: usize = 192;
+const HEAD_COPY_MAX: usize = 2048;
+
+impl Flows {
+    /// The open frame's table, handed to its [`FrameOp`]; a fresh (reused) one takes over.
+    fn take_frame(&mut self) -> FlowTable {
+        let next = self.spare.pop().unwrap_or_default();
+        std::mem::replace(&mut self.frame, next)
+    }
+
+    fn recycle(&mut self, mut t: FlowTable) {
+        t.clear();
+        if self.spare.len() < 8 {
+            self.spare.push(t);
+        }
+    }
 }
 
 /// Now, as nanoseconds since the epoch.
@@ -410,6 +487,8 @@ enum Op {
     },
     /// Rotate the open segment if `-G` says it is old.
     RotateIfOld,
+    /// The flows of a frame whose every packet `--flow-cutoff` cut: counted, not stored.
+    Cut(FlowTable),
 }
 
 struct FrameOp {
@@ -427,6 +506,8 @@ struct FrameOp {
     /// The section's link types after this frame.
     linktypes: Arc<[u32]>,
     format: Option<Format>,
+    /// The frame's flows (with the flow index).
+    flows: Option<FlowTable>,
 }
 
 /// How long [`StreamState::pump`] waits.
@@ -438,6 +519,173 @@ enum Until {
     Frame(u64),
     /// Persist everything.
     All,
+}
+
+/// Stream bytes `at..at + len` as one slice, when one piece holds them all: the copied-out
+/// bytes (`spill`, from its stream offset) or a held piece.
+fn contiguous<'a>(
+    held: &'a VecDeque<Held>,
+    spill: (u64, &'a [u8]),
+    at: u64,
+    len: usize,
+) -> Option<&'a [u8]> {
+    let end = at + len as u64;
+    let (s0, sb) = spill;
+    if at >= s0 && end <= s0 + sb.len() as u64 {
+        return Some(&sb[(at - s0) as usize..(end - s0) as usize]);
+    }
+    // The packet just completed: it is in the newest pieces.
+    let h = held
+        .iter()
+        .rev()
+        .take_while(|h| h.end() >= at)
+        .find(|h| h.start <= at && end <= h.end())?;
+    Some(&h.bytes()[(at - h.start) as usize..(end - h.start) as usize])
+}
+
+/// Copies stream bytes `at..at + len` from the pieces that hold them into `out`; returns
+/// how many it copied (fewer only if the pieces end first). The copied-out bytes come
+/// before every held piece (copying out releases all of them).
+fn gather(
+    held: &VecDeque<Held>,
+    spill: (u64, &[u8]),
+    at: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> usize {
+    out.clear();
+    let end = at + len as u64;
+    let (s0, sb) = spill;
+    let pieces = std::iter::once((s0, sb)).chain(held.iter().map(|h| (h.start, h.bytes())));
+    for (p0, bytes) in pieces {
+        let p1 = p0 + bytes.len() as u64;
+        let want = at + out.len() as u64;
+        if want >= end {
+            break;
+        }
+        if p0 <= want && want < p1 {
+            let upto = p1.min(end);
+            out.extend_from_slice(&bytes[(want - p0) as usize..(upto - p0) as usize]);
+        }
+    }
+    out.len()
+}
+
+/// The record or block header of the unit at stream offset `at` (its first `len` bytes),
+/// in place or copied into `out`.
+fn head_of<'a>(
+    held: &'a VecDeque<Held>,
+    spill: (u64, &'a [u8]),
+    at: u64,
+    len: usize,
+    out: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    match contiguous(held, spill, at, len) {
+        Some(h) => h,
+        None => {
+            let n = gather(held, spill, at, len, out);
+            &out[..n]
+        }
+    }
+}
+
+/// Appends to `out` the record whose header is `head` cut to its first captured bytes
+/// `data` (the wire length stays): a pcap record, or a pcapng EPB without its options.
+/// Returns false, appending nothing, for other blocks (an SPB cannot say it was cut).
+fn truncated_record(format: Option<Format>, head: &[u8], data: &[u8], out: &mut Vec<u8>) -> bool {
+    let put = |out: &mut Vec<u8>, v: u32, be: bool| {
+        out.extend_from_slice(&if be { v.to_be_bytes() } else { v.to_le_bytes() })
+    };
+    match format {
+        Some(Format::Pcap(fh)) if head.len() == crate::stream::pcap::RECORD_HEADER_LEN => {
+            out.extend_from_slice(&head[..8]);
+            put(out, data.len() as u32, fh.big_endian);
+            out.extend_from_slice(&head[12..16]);
+            out.extend_from_slice(data);
+            true
+        }
+        Some(Format::PcapNg { big_endian: be })
+            if head.len() == 28
+                && crate::stream::pcap::rd32(head, be) == crate::stream::pcapng::EPB =>
+        {
+            let padded = data.len().div_ceil(4) * 4;
+            let total = (32 + padded) as u32;
+            out.extend_from_slice(&head[..4]);
+            put(out, total, be);
+            out.extend_from_slice(&head[8..20]);
+            put(out, data.len() as u32, be);
+            out.extend_from_slice(&head[24..28]);
+            out.extend_from_slice(data);
+            out.resize(out.len() + padded - data.len(), 0);
+            put(out, total, be);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Builds a frame's parts from its pieces in stream order, leaving out the ranges the
+/// frame's [`Edit`]s cut and putting each one's patch in its place.
+struct Pieces<'a> {
+    parts: &'a mut Parts,
+    edits: std::iter::Peekable<std::slice::Iter<'a, Edit>>,
+    /// The frame's patches, shared by its parts (taken on the first one).
+    patch: &'a mut Vec<u8>,
+    patches: Option<Arc<Vec<u8>>>,
+    /// The next edit's patch is in already (the edit spans pieces).
+    patched: bool,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(parts: &'a mut Parts, edits: &'a [Edit], patch: &'a mut Vec<u8>) -> Pieces<'a> {
+        Pieces {
+            parts,
+            edits: edits.iter().peekable(),
+            patch,
+            patches: None,
+            patched: false,
+        }
+    }
+
+    /// Adds stream bytes `at..at + len`, which are `len` bytes at `off` of `src`.
+    fn add(&mut self, src: Source, at: u64, off: usize, len: usize) {
+        let end = at + len as u64;
+        let mut s = at;
+        while s < end {
+            let Some(&&e) = self.edits.peek().filter(|e| e.start < end) else {
+                self.push(&src, off + (s - at) as usize, (end - s) as usize);
+                return;
+            };
+            if e.start > s {
+                self.push(&src, off + (s - at) as usize, (e.start - s) as usize);
+            }
+            if !self.patched && e.patch.1 > 0 {
+                let p = Arc::clone(
+                    self.patches
+                        .get_or_insert_with(|| Arc::new(std::mem::take(self.patch))),
+                );
+                self.parts.0.push(Part {
+                    src: Source::Copied(p),
+                    off: e.patch.0,
+                    len: e.patch.1,
+                });
+            }
+            self.patched = true;
+            s = e.end.min(end);
+            if e.end <= end {
+                self.edits.next();
+                self.patched = false;
+            }
+        }
+    }
+
+    fn push(&mut self, src: &Source, off: usize, len: usize) {
+        let src = match src {
+            Source::Chunk(c) => Source::Chunk(Arc::clone(c)),
+            Source::Copied(v) => Source::Copied(Arc::clone(v)),
+        };
+        self.parts.0.push(Part { src, off, len });
+    }
 }
 
 impl StreamState {
@@ -493,7 +741,11 @@ impl StreamState {
             };
             pos += n;
             if let Some(u) = unit {
-                self.on_unit(u, cx)?;
+                let mut dropped = false;
+                if let UnitKind::Packet { ts_ns } = u.kind {
+                    dropped = self.count_flow(u, ts_ns, cx);
+                }
+                self.on_unit(u, dropped, cx)?;
             }
         }
         // Backpressure valve: when open frames hold half the area, the backend could run dry
@@ -506,6 +758,81 @@ impl StreamState {
             self.make_room(cx)?;
         }
         Ok(())
+    }
+
+    /// Counts the packet the framer just completed into the open frame's flows, and applies
+    /// `--flow-cutoff` to it; returns whether it is left out whole. Its headers are read
+    /// where they lie in the held pieces (or the copied-out bytes); only a head that
+    /// straddles two pieces is copied, and only its first bytes.
+    fn count_flow(&mut self, u: crate::stream::Unit, ts_ns: i64, cx: &Ctx) -> bool {
+        let Some(fl) = self.flows.as_deref_mut() else {
+            return false;
+        };
+        let p = self.framer.packet();
+        let at = u.start + u64::from(p.data_off);
+        let caplen = p.caplen as usize;
+        let (held, spill) = (&self.held, (self.spill_start, &self.spill[..]));
+        let (mut h, data) = match contiguous(held, spill, at, caplen) {
+            Some(data) => (crate::flow::parse(p.linktype, data), data),
+            None => {
+                let mut n = gather(held, spill, at, caplen.min(HEAD_COPY), &mut fl.scratch);
+                let mut h = crate::flow::parse(p.linktype, &fl.scratch[..n]);
+                if h.truncated && caplen > n {
+                    n = gather(held, spill, at, caplen.min(HEAD_COPY_MAX), &mut fl.scratch);
+                    h = crate::flow::parse(p.linktype, &fl.scratch[..n]);
+                }
+                (h, &fl.scratch[..n])
+            }
+        };
+        if h.truncated && data.len() < caplen {
+            // Headers longer than what was read: the row must not claim to know them.
+            h.malformed = true;
+        }
+        let cutoff = cx.cfg.flow_cutoff.filter(|_| {
+            !h.malformed
+                && matches!(
+                    h.l3,
+                    crate::flow::L3::V4 { .. } | crate::flow::L3::V6 { .. }
+                )
+        });
+        let Some(c) = cutoff else {
+            fl.frame.add(&h, ts_ns, p.wire_len, 0);
+            return false;
+        };
+        let (key, _) = crate::flow::FlowKey::of(&h);
+        if fl.budget.admit(&key, caplen as u64, c.bytes) {
+            fl.frame.add(&h, ts_ns, p.wire_len, 0);
+            return false;
+        }
+        // Cut. With `keep_headers`, a pcap record or an EPB is kept truncated to its headers.
+        let keep = crate::flow::parse::headers_len(&h, data).min(caplen);
+        let patch_at = self.patch.len();
+        let truncated = c.keep_headers
+            && truncated_record(
+                self.framer.format(),
+                head_of(held, spill, u.start, p.data_off as usize, &mut fl.head),
+                &data[..keep.min(data.len())],
+                &mut self.patch,
+            );
+        let stored = self.patch.len() - patch_at;
+        self.edits.push(Edit {
+            start: u.start,
+            end: u.end(),
+            patch: (patch_at, stored),
+        });
+        let frame = truncated.then_some(0);
+        fl.frame.add_cut(
+            &h,
+            ts_ns,
+            p.wire_len,
+            (u.len as usize - stored) as u32,
+            frame,
+        );
+        cx.stats.cut_packets.fetch_add(1, Ordering::Relaxed);
+        cx.stats
+            .cut_bytes
+            .fetch_add(u.len - stored as u64, Ordering::Relaxed);
+        !truncated
     }
 
     /// Granules a piece of `len` bytes at area offset `off` adds to what the stream holds
@@ -697,7 +1024,9 @@ impl StreamState {
         Ok(())
     }
 
-    fn on_unit(&mut self, u: crate::stream::Unit, cx: &mut Ctx) -> io::Result<()> {
+    /// Adds a complete unit to the open frame; `dropped`: a packet `--flow-cutoff` left
+    /// out whole (the frame's byte range covers it, its packets do not count it).
+    fn on_unit(&mut self, u: crate::stream::Unit, dropped: bool, cx: &mut Ctx) -> io::Result<()> {
         match u.kind {
             UnitKind::Header => {
                 debug_assert!(self.frame.is_empty());
@@ -712,7 +1041,7 @@ impl StreamState {
                 self.ops.push_back(Op::Section {
                     prev_header,
                     prev_linktypes,
-                    at: u.start,
+                    at: u.start - self.shrunk,
                 });
                 self.frame = OpenFrame::at(u.end());
                 self.release(cx);
@@ -733,6 +1062,7 @@ impl StreamState {
                 }
                 self.frame.end = u.end();
                 match kind {
+                    UnitKind::Packet { .. } if dropped => {}
                     UnitKind::Packet { ts_ns } => {
                         self.frame.packets += 1;
                         self.frame.min_ns = self.frame.min_ns.min(ts_ns);
@@ -838,31 +1168,52 @@ impl StreamState {
     fn cut(&mut self, cx: &mut Ctx) -> io::Result<()> {
         let f = self.frame;
         if !f.is_empty() {
-            let mut parts = Parts(Vec::with_capacity(self.held.len() + 1));
+            let mut parts = Parts(Vec::with_capacity(
+                self.held.len() + 1 + 2 * self.edits.len(),
+            ));
+            let mut pieces = Pieces::new(&mut parts, &self.edits, &mut self.patch);
             if !self.spill.is_empty() {
                 let (a, b) = (self.spill_start, self.spill_start + self.spill.len() as u64);
-                let (s, e) = (a.max(f.start), b.min(f.end));
-                if s < e {
+                if a.max(f.start) < b.min(f.end) {
                     // The copied bytes are one unit, wholly in this frame: they go with it.
-                    debug_assert!(s == a && e == b, "a copied-out unit is split by a frame");
+                    debug_assert!(
+                        a >= f.start && b <= f.end,
+                        "a copied-out unit is split by a frame"
+                    );
                     let n = self.spill.len() as u64;
                     cx.stats.copy_in_use.fetch_sub(n, Ordering::Relaxed);
-                    parts.0.push(Part {
-                        src: Source::Copied(Arc::new(std::mem::take(&mut self.spill))),
-                        off: 0,
-                        len: n as usize,
-                    });
+                    let src = Source::Copied(Arc::new(std::mem::take(&mut self.spill)));
+                    pieces.add(src, a, 0, n as usize);
                 }
             }
             for h in &self.held {
                 let (s, e) = (h.start.max(f.start), h.end().min(f.end));
                 if s < e {
-                    parts.0.push(Part {
-                        src: Source::Chunk(Arc::clone(&h.chunk)),
-                        off: h.off + (s - h.start) as usize,
-                        len: (e - s) as usize,
-                    });
+                    let off = h.off + (s - h.start) as usize;
+                    pieces.add(
+                        Source::Chunk(Arc::clone(&h.chunk)),
+                        s,
+                        off,
+                        (e - s) as usize,
+                    );
                 }
+            }
+            self.edits.clear();
+            self.patch.clear();
+            let raw = parts.raw_len();
+            let start = f.start - self.shrunk;
+            self.shrunk += (f.end - f.start) - raw;
+            if raw == 0 {
+                // Every packet of the frame was cut: nothing to store.
+                self.frame_header = None;
+                self.frame_linktypes = None;
+                self.frame = OpenFrame::at(f.end);
+                if let Some(fl) = self.flows.as_deref_mut() {
+                    // Its cut counts go to the segment the frames before it go to.
+                    self.ops.push_back(Op::Cut(fl.take_frame()));
+                }
+                self.release(cx);
+                return self.pump(Until::Ready, cx);
             }
             let parts = Arc::new(parts);
             let slot = match (cx.pool, cx.cfg.compress) {
@@ -889,11 +1240,12 @@ impl StreamState {
                     flags: f.flags,
                     ..FrameEntry::default()
                 },
-                raw: f.end - f.start,
-                start: f.start,
+                raw,
+                start,
                 header,
                 linktypes,
                 format: self.framer.format(),
+                flows: self.flows.as_deref_mut().map(Flows::take_frame),
             })));
             cx.order.push_back((self.id, self.submitted));
             self.submitted += 1;
@@ -959,6 +1311,15 @@ impl StreamState {
                     self.cont = false;
                     self.ops.pop_front();
                 }
+                Op::Cut(_) => {
+                    let Some(Op::Cut(t)) = self.ops.pop_front() else {
+                        unreachable!("front was a cut frame")
+                    };
+                    if let Some(fl) = self.flows.as_deref_mut() {
+                        fl.segment.absorb(&t, 0);
+                        fl.recycle(t);
+                    }
+                }
                 Op::RotateIfOld | Op::Rotate => {
                     let old = self.seg.as_ref().is_some_and(|s| {
                         matches!(op, Op::Rotate)
@@ -1009,6 +1370,11 @@ impl StreamState {
             }
         }
         self.seg_linktypes = Arc::clone(&f.linktypes);
+        if let (Some(t), Some(fl)) = (f.flows.take(), self.flows.as_deref_mut()) {
+            let index = seg.trailer.frames.len() as u32 - 1;
+            fl.segment.absorb(&t, index);
+            fl.recycle(t);
+        }
         let (packets, stored) = (f.entry.packets as u64, seg.len - before);
         // The archive's totals and this stream's own (metrics) count the frame alike.
         let add = |fields: [&AtomicU64; 4]| {
@@ -1096,6 +1462,7 @@ impl StreamState {
             Some(Format::Pcap(fh)) => ("pcap", fh.nanos),
             _ => ("pcapng", false),
         };
+        let flows = self.write_flows(&rel, seq, cx);
         let now = SystemTime::now();
         let drops_now = self.area.drops();
         let entry = Entry::Segment(SegmentEntry {
@@ -1132,6 +1499,12 @@ impl StreamState {
             }
             return Err(e);
         }
+        if let Some(f) = flows {
+            let entry = Entry::Flows(f);
+            space::persist(cx, Step::Manifest, 0, |cx| {
+                lock_shared(cx.shared).manifest.append(&entry)
+            })?;
+        }
         self.segments += 1;
         self.section_segments += 1;
         cx.stats.segments.fetch_add(1, Ordering::Relaxed);
@@ -1155,6 +1528,55 @@ impl StreamState {
             .deleted_segments
             .fetch_add(deleted, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Writes the sidecar of the segment just finalized at `rel` from the flows its frames
+    /// held, and readies the table for the next segment. Returns its manifest entry; `None`
+    /// without a flow index, or when the sidecar could not be written (said on stderr: the
+    /// segment is complete either way, and `zcap index` builds what is missing).
+    fn write_flows(&mut self, rel: &str, seq: u64, cx: &mut Ctx) -> Option<manifest::FlowsEntry> {
+        let fl = self.flows.as_deref_mut()?;
+        let (mut cut_packets, mut cut_bytes) = (0, 0);
+        for r in fl.segment.rows() {
+            cut_packets += r.cut_packets;
+            cut_bytes += r.cut_bytes;
+        }
+        let flows = fl.segment.len() as u64;
+        let meta = crate::flow::sidecar::Meta {
+            stream: &self.name,
+            segment: rel,
+            seq,
+        };
+        let encoded = crate::flow::sidecar::encode(&meta, fl.segment.rows());
+        fl.segment.clear();
+        let path = cx.cfg.dir.join(archive::sidecar_name(rel));
+        let written = encoded
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|bytes| {
+                space::persist(cx, Step::Segment, bytes.len() as u64, |_| {
+                    segment::write_durably(&path, &bytes)
+                })
+                .map(|()| bytes)
+            });
+        match written {
+            Ok(bytes) => Some(manifest::FlowsEntry {
+                segment: rel.to_string(),
+                bytes: bytes.len() as u64,
+                sha256: manifest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                flows,
+                cut_packets,
+                cut_bytes,
+            }),
+            Err(e) => {
+                eprintln!(
+                    "zcap: stream {}: the flow index of {rel} was not written ({e}); the segment is complete, and `zcap index {}` builds its index",
+                    self.name,
+                    cx.cfg.dir.display()
+                );
+                cx.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Keeps every complete unit, finalizes, and stops taking data. `what` says why (logged
@@ -1777,6 +2199,10 @@ impl Writer {
                 unwritten: None,
                 period_end: None,
                 counters,
+                flows: self.cfg.flow_index.then(Box::default),
+                edits: Vec::new(),
+                patch: Vec::new(),
+                shrunk: 0,
             },
         );
         Ok(())
