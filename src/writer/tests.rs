@@ -1035,3 +1035,74 @@ fn flow_cutoff_keeps_each_flow_up_to_its_limit_and_the_archive_stays_one_capture
         }
     }
 }
+
+#[test]
+fn each_segment_has_a_sidecar_whose_rows_are_its_packets_flows_however_chunked() {
+    use crate::flow::sidecar;
+    let (s, _) = flow_stream(900, 7);
+    for cuts in [&[65536usize][..], &[1, 17, 5000, 3, 901]] {
+        let run = record(&[(&s, cuts)], |c| {
+            c.frame_size = 8 << 10;
+            c.segment_size = 24 << 10;
+            c.compress = Compress::None;
+        });
+        let text = std::fs::read_to_string(run.dir.path().join(manifest::FILE)).unwrap();
+        let lines = manifest::parse(&text).unwrap();
+        let flows: HashMap<String, manifest::FlowsEntry> = lines
+            .iter()
+            .filter_map(|l| match &l.entry {
+                Entry::Flows(f) => Some((f.segment.clone(), f.clone())),
+                _ => None,
+            })
+            .collect();
+        let segs: Vec<&SegmentEntry> = lines
+            .iter()
+            .filter_map(|l| match &l.entry {
+                Entry::Segment(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(segs.len() > 3, "several segments");
+        for seg in segs {
+            let f = &flows[&seg.path];
+            let bytes =
+                std::fs::read(run.dir.path().join(archive::sidecar_name(&seg.path))).unwrap();
+            assert_eq!(bytes.len() as u64, f.bytes);
+            assert_eq!(
+                manifest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                f.sha256
+            );
+            let got = sidecar::decode(&bytes).unwrap();
+            // The same flows, computed from the segment's own bytes frame by frame.
+            let file = File::open(run.dir.path().join(&seg.path)).unwrap();
+            let (data, t) = (
+                zstd::stream::decode_all(&file).unwrap(),
+                read_trailer(&file).unwrap(),
+            );
+            let mut want = crate::flow::FlowTable::new();
+            let mut off = t.header_raw_len as usize;
+            for (i, fe) in t.frames.iter().enumerate() {
+                let frame = &data[off..off + fe.raw_len as usize];
+                let mut hdr = data[..24].to_vec();
+                hdr.extend_from_slice(frame);
+                let (_, units) = frame_all(&hdr).unwrap();
+                for u in units
+                    .iter()
+                    .filter(|u| matches!(u.kind, UnitKind::Packet { .. }))
+                {
+                    let rec = &hdr[u.start as usize..u.end() as usize];
+                    let wire = u32::from_le_bytes(rec[12..16].try_into().unwrap());
+                    let ts = match u.kind {
+                        UnitKind::Packet { ts_ns } => ts_ns,
+                        _ => unreachable!(),
+                    };
+                    want.add(&crate::flow::parse(1, &rec[16..]), ts, wire, i as u32);
+                }
+                off += fe.raw_len as usize;
+            }
+            let want: Vec<sidecar::Row> = want.rows().map(sidecar::Row::from).collect();
+            assert_eq!(got, want, "{} with cuts {cuts:?}", seg.path);
+            assert_eq!(f.flows, want.len() as u64);
+        }
+    }
+}
