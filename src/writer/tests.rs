@@ -939,7 +939,10 @@ fn record_blocks_are_archived_span_by_span_and_returned_once_after_persist() {
 
 /// A pcap stream of TCP packets over `flows` flows (ports 1000 + f), sizes varying, and
 /// every tenth packet ARP: (the stream, each record's (flow or None, record bytes)).
-fn flow_stream(packets: u32, flows: u16) -> (Vec<u8>, Vec<(Option<u16>, Vec<u8>)>) {
+/// A record of [`flow_stream`]: its flow (None for ARP) and its bytes.
+type FlowRecord = (Option<u16>, Vec<u8>);
+
+fn flow_stream(packets: u32, flows: u16) -> (Vec<u8>, Vec<FlowRecord>) {
     use crate::flow::parse::tests::{arp_ipv4, eth, ipv4, tcp, A4, B4};
     let mut recs = Vec::new();
     for i in 0..packets {
