@@ -19,6 +19,7 @@
 
 use super::{etag_is_md5, expected_etag, Client, Kind, RemoteError, S3Url, Settings};
 use crate::archive::manifest::{self, Entry, SegmentEntry};
+use crate::archive::sidecar_name;
 use crate::archive::retention::{Books, Offload};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,41 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+/// An object to upload: a segment, or the flow-index sidecar a `flows` line names (its
+/// path derived from its segment's). Segments and sidecars go up alike, in manifest order.
+struct Object {
+    path: String,
+    bytes: u64,
+    sha256: String,
+    /// The segment whose path was checked, for a sidecar.
+    of_segment: Option<String>,
+}
+
+impl Object {
+    fn of(entry: &Entry) -> Option<Object> {
+        match entry {
+            Entry::Segment(s) => Some(Object {
+                path: s.path.clone(),
+                bytes: s.bytes,
+                sha256: s.sha256.clone(),
+                of_segment: None,
+            }),
+            Entry::Flows(f) => Some(Object {
+                path: sidecar_name(&f.segment),
+                bytes: f.bytes,
+                sha256: f.sha256.clone(),
+                of_segment: Some(f.segment.clone()),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The segment this object is or belongs to.
+    fn segment(&self) -> &str {
+        self.of_segment.as_deref().unwrap_or(&self.path)
+    }
+}
 
 /// The journal of uploads, beside the manifest.
 pub const JOURNAL: &str = ".uploads";
@@ -493,9 +529,13 @@ impl Job {
             j.confirmed.contains_key(p) || deleted.contains(p) || lost.contains(p)
         };
         // What is left to do, counted down as segments go up (progress, metrics).
+        let due = |j: &Journal, lost: &HashSet<String>, o: &Object| {
+            !up(j, lost, &o.path) && !deleted.contains(o.segment())
+        };
         let todo = lines
             .iter()
-            .filter(|l| matches!(&l.entry, Entry::Segment(s) if !up(&self.journal, &self.lost, &s.path)))
+            .filter_map(|l| Object::of(&l.entry))
+            .filter(|o| due(&self.journal, &self.lost, o))
             .count() as u64;
         self.stats.queued.store(todo, Ordering::Relaxed);
         // Upload lag: when the oldest segment not up yet was finalized.
@@ -512,14 +552,14 @@ impl Job {
             Ordering::Relaxed,
         );
         for l in &lines {
-            if let Entry::Segment(s) = &l.entry {
-                if !up(&self.journal, &self.lost, &s.path) {
+            if let Some(s) = Object::of(&l.entry) {
+                if due(&self.journal, &self.lost, &s) {
                     if blocked || result.is_err() {
                         queued += 1;
                         blocked = true;
                         continue;
                     }
-                    match self.upload_segment(s, evicted.contains(s.path.as_str())) {
+                    match self.upload_segment(&s, evicted.contains(s.path.as_str())) {
                         Ok(()) => {
                             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                         }
@@ -564,6 +604,14 @@ impl Job {
                         .map_err(|e| self.journal_err(e))?;
                     self.offload.forget(path);
                     self.stats.remote_deleted.fetch_add(1, Ordering::Relaxed);
+                }
+                // Its flow index goes with it.
+                let sidecar = sidecar_name(path);
+                if self.journal.confirmed.contains_key(&sidecar) {
+                    self.client.delete(&sidecar)?;
+                    self.journal
+                        .removed(&sidecar)
+                        .map_err(|e| self.journal_err(e))?;
                 }
             }
         }
@@ -673,7 +721,7 @@ impl Job {
     }
 
     /// Uploads one finalized segment and confirms it (see the module's documentation).
-    fn upload_segment(&mut self, s: &SegmentEntry, evicted: bool) -> Result<(), Failure> {
+    fn upload_segment(&mut self, s: &Object, evicted: bool) -> Result<(), Failure> {
         use std::io::{Seek, SeekFrom};
         if evicted {
             // Evicted only after a confirmed upload: with the journal lost, the bucket's
@@ -690,7 +738,11 @@ impl Job {
                 )),
             };
         }
-        let path = crate::archive::checked_path(&self.dir, &s.path).map_err(local)?;
+        let seg = crate::archive::checked_path(&self.dir, s.segment()).map_err(local)?;
+        let path = match &s.of_segment {
+            None => seg,
+            Some(_) => self.dir.join(&s.path),
+        };
         let mut f = match crate::archive::path::open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -816,7 +868,9 @@ impl Job {
             }
         }
         self.stats.bytes.fetch_add(size, Ordering::Relaxed);
-        self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        if s.of_segment.is_none() {
+            self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        }
         self.confirmed(&s.path, size, &head.etag)
     }
 
@@ -836,7 +890,7 @@ impl Job {
     fn parts(
         &self,
         f: &mut std::fs::File,
-        s: &SegmentEntry,
+        s: &Object,
         id: &str,
         size: u64,
         sha: &mut Sha256,
