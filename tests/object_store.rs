@@ -189,6 +189,22 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The flow-index sidecars the manifest's `flows` lines name (beside their segments).
+fn sidecar_files(dir: &Path) -> Vec<PathBuf> {
+    let m = std::fs::read_to_string(dir.join("manifest.jsonl")).unwrap();
+    m.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let seg = v["segment"].as_str()?;
+            (v["op"] == "flows").then(|| {
+                let (stream, file) = seg.split_once('/').unwrap();
+                let seq = file.split('.').next().unwrap();
+                dir.join(format!("{stream}/{seq}.flows.parquet"))
+            })
+        })
+        .collect()
+}
+
 fn stat(stderr: &str, name: &str) -> u64 {
     stderr
         .lines()
@@ -223,6 +239,17 @@ fn an_uploaded_archive_reads_the_same_from_the_bucket() {
         std::fs::read(s.object_file("rec/manifest.jsonl")).unwrap(),
         "the remote manifest is the local one"
     );
+    // Every segment's flow index went up beside it.
+    let sidecars = sidecar_files(&dir);
+    assert_eq!(sidecars.len(), segment_files(&dir).len());
+    for p in &sidecars {
+        let rel = p.strip_prefix(&dir).unwrap().to_str().unwrap();
+        assert_eq!(
+            std::fs::read(p).unwrap(),
+            std::fs::read(s.object_file(&format!("rec/{rel}"))).unwrap(),
+            "{rel}"
+        );
+    }
     let local = dir.to_str().unwrap().to_string();
     let remote = url("rec");
     let ep = s.endpoint();
@@ -758,7 +785,9 @@ fn remote_max_age_deletes_old_remote_segments_and_records_it() {
         std::fs::read_to_string(s.object_file("aged/manifest.jsonl")).unwrap()
     );
     let segs = segment_files(&dir);
-    for p in &segs[..n - 1] {
+    let sidecars = sidecar_files(&dir);
+    assert_eq!(sidecars.len(), n);
+    for p in segs[..n - 1].iter().chain(&sidecars[..n - 1]) {
         let rel = p.strip_prefix(&dir).unwrap().to_str().unwrap();
         assert!(
             !s.object_file(&format!("aged/{rel}")).exists(),
@@ -766,6 +795,8 @@ fn remote_max_age_deletes_old_remote_segments_and_records_it() {
         );
         assert!(!p.exists(), "{rel} is still on the local disk");
     }
+    let newest = sidecars[n - 1].strip_prefix(&dir).unwrap().to_str().unwrap();
+    assert!(s.object_file(&format!("aged/{newest}")).exists());
     for loc in [dir.to_str().unwrap().to_string(), url("aged")] {
         let v = out(zcap_s3().args(["verify", &loc, "--s3-endpoint", &s.endpoint()]));
         assert!(v.status.success(), "{loc}: {}", text(&v.stdout));

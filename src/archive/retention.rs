@@ -327,9 +327,12 @@ impl Live {
             self.total -= bytes;
             return Ok(None);
         }
-        // The segment's flow-index sidecar goes with it (a deleted segment's; an evicted
-        // one's stays, small, so that flow queries still prune without the store).
-        let sidecar = matches!(entry, Entry::Delete { .. }).then(|| super::sidecar_name(&path));
+        // The segment's flow-index sidecar goes with it: always with a deletion, and with an
+        // eviction once its own upload is confirmed (else the uploader removes it after).
+        let sidecar = Some(super::sidecar_name(&path)).filter(|sc| match &entry {
+            Entry::Evict { .. } => self.offload.as_ref().is_some_and(|o| o.is_confirmed(sc)),
+            _ => true,
+        });
         let remove = || {
             for p in std::iter::once(&path).chain(sidecar.as_ref()) {
                 match std::fs::remove_file(dir.join(p)) {

@@ -559,7 +559,10 @@ impl Job {
                         blocked = true;
                         continue;
                     }
-                    match self.upload_segment(&s, evicted.contains(s.path.as_str())) {
+                    // A sidecar outlives its evicted segment until its own upload.
+                    let gone = evicted.contains(s.segment())
+                        && !(s.of_segment.is_some() && self.dir.join(&s.path).exists());
+                    match self.upload_segment(&s, gone) {
                         Ok(()) => {
                             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                         }
@@ -871,7 +874,12 @@ impl Job {
         if s.of_segment.is_none() {
             self.stats.segments.fetch_add(1, Ordering::Relaxed);
         }
-        self.confirmed(&s.path, size, &head.etag)
+        self.confirmed(&s.path, size, &head.etag)?;
+        if s.of_segment.is_some() && !self.dir.join(s.segment()).exists() {
+            // Its segment was evicted while this went up: the sidecar follows it.
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
     }
 
     /// Journals a confirmed segment and tells retention.
