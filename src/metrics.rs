@@ -171,6 +171,18 @@ impl Collector for Zcap {
             "Time to finalize a segment: trailer, fsync, rename, manifest line.",
             &w.finalize,
         )?;
+        counter(
+            e,
+            "zcap_flow_cut_packets",
+            "Packets --flow-cutoff dropped or truncated.",
+            ld(&w.cut_packets),
+        )?;
+        counter(
+            e,
+            "zcap_flow_cut_bytes",
+            "Bytes of packets --flow-cutoff did not store.",
+            ld(&w.cut_bytes),
+        )?;
         {
             let mut m =
                 e.encode_descriptor("zcap_errors", "Errors, by kind.", None, MetricType::Counter)?;
@@ -182,6 +194,7 @@ impl Collector for Zcap {
                 ("accept", ld(&rx.accept_errors)),
                 ("disk_full", ld(&w.disk_full_events)),
                 ("retention_refused", ld(&w.retention_refused)),
+                ("flow_index", ld(&w.index_errors)),
                 (
                     "upload",
                     self.0.upload.as_ref().map_or(0, |u| ld(&u.failures)),

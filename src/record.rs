@@ -506,6 +506,23 @@ fn summarize(a: &RecordArgs, reports: &[StreamReport], s: &WriterStats, secs: f6
             "; retention left {n} segment(s) in place that do not match the manifest (see above; `zcap verify` checks them)"
         ),
     };
+    let (cut_packets, cut_bytes) = (
+        s.cut_packets.load(Ordering::Relaxed),
+        s.cut_bytes.load(Ordering::Relaxed),
+    );
+    let kept = match cut_packets {
+        0 => kept,
+        n => format!(
+            "{kept}; --flow-cutoff cut {n} packet(s), {} not stored (counted per flow: `zcap ls`, `zcap flows`)",
+            human_bytes(cut_bytes)
+        ),
+    };
+    let kept = match s.index_errors.load(Ordering::Relaxed) {
+        0 => kept,
+        n => format!(
+            "{kept}; {n} segment(s) without a flow index (see above; `zcap index` builds them)"
+        ),
+    };
     eprintln!(
         "zcap: {} stream(s), {packets} packets, {} in, {} stored (ratio {:.2}), {} segment(s), {:.1} MB/s, into {}{disk}{kept}{}",
         reports.len(),

@@ -795,7 +795,11 @@ fn remote_max_age_deletes_old_remote_segments_and_records_it() {
         );
         assert!(!p.exists(), "{rel} is still on the local disk");
     }
-    let newest = sidecars[n - 1].strip_prefix(&dir).unwrap().to_str().unwrap();
+    let newest = sidecars[n - 1]
+        .strip_prefix(&dir)
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert!(s.object_file(&format!("aged/{newest}")).exists());
     for loc in [dir.to_str().unwrap().to_string(), url("aged")] {
         let v = out(zcap_s3().args(["verify", &loc, "--s3-endpoint", &s.endpoint()]));

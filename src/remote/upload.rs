@@ -19,8 +19,8 @@
 
 use super::{etag_is_md5, expected_etag, Client, Kind, RemoteError, S3Url, Settings};
 use crate::archive::manifest::{self, Entry, SegmentEntry};
-use crate::archive::sidecar_name;
 use crate::archive::retention::{Books, Offload};
+use crate::archive::sidecar_name;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
