@@ -413,6 +413,9 @@ struct StreamState {
     edits: Vec<Edit>,
     patch: Vec<u8>,
     shrunk: u64,
+    /// Packets `--flow-cutoff` cut, and those of them dropped whole.
+    cut_packets: u64,
+    dropped: u64,
 }
 
 /// A stream's flow index: the open frame's flows (framing side), the open segment's
@@ -821,6 +824,8 @@ impl StreamState {
             patch: (patch_at, stored),
         });
         let frame = truncated.then_some(0);
+        self.cut_packets += 1;
+        self.dropped += u64::from(!truncated);
         fl.frame.add_cut(
             &h,
             ts_ns,
@@ -1728,6 +1733,12 @@ impl StreamState {
                 self.name, w.caplen_over_snaplen
             );
         }
+        if self.cut_packets > 0 {
+            // Not an error: the packets and bytes below are what the archive holds.
+            warnings.insert("flow_cutoff_packets".into(), self.cut_packets.into());
+            warnings.insert("flow_cutoff_dropped".into(), self.dropped.into());
+            warnings.insert("flow_cutoff_bytes".into(), self.shrunk.into());
+        }
         if w.unknown_blocks > 0 {
             warnings.insert("unknown_blocks".into(), w.unknown_blocks.into());
             eprintln!(
@@ -1738,8 +1749,8 @@ impl StreamState {
         let entry = Entry::Stream {
             stream: self.name.clone(),
             event: "end".into(),
-            packets: self.framer.packets(),
-            bytes: self.framer.position(),
+            packets: self.framer.packets() - self.dropped,
+            bytes: self.framer.position() - self.shrunk,
             error: error.clone(),
             warnings,
         };
@@ -2203,6 +2214,8 @@ impl Writer {
                 edits: Vec::new(),
                 patch: Vec::new(),
                 shrunk: 0,
+                cut_packets: 0,
+                dropped: 0,
             },
         );
         Ok(())
