@@ -339,3 +339,105 @@ pub fn run(o: &Options) -> anyhow::Result<bool> {
     );
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::parse::tests::{eth, ipv4, tcp};
+
+    fn seg_entry(packets: u64, frames: u64) -> SegmentEntry {
+        SegmentEntry {
+            stream: "s".into(),
+            seq: 1,
+            path: "s/000001.pcap.zst".into(),
+            format: "pcap".into(),
+            linktypes: vec![1],
+            nanos: false,
+            bytes: 0,
+            raw: 0,
+            packets,
+            frames,
+            first_ns: None,
+            last_ns: None,
+            stream_off: 24,
+            cont: false,
+            sha256: String::new(),
+            time: String::new(),
+            repaired: false,
+            drops: None,
+        }
+    }
+
+    fn sidecar_of(t: &FlowTable) -> (Vec<u8>, FlowsEntry) {
+        let meta = Meta {
+            stream: "s",
+            segment: "s/000001.pcap.zst",
+            seq: 1,
+        };
+        let bytes = sidecar::encode(&meta, t.rows()).unwrap();
+        let f = FlowsEntry {
+            segment: meta.segment.into(),
+            bytes: bytes.len() as u64,
+            sha256: manifest::hex(&Sha256::digest(&bytes)),
+            flows: t.len() as u64,
+            cut_packets: 0,
+            cut_bytes: 0,
+        };
+        (bytes, f)
+    }
+
+    #[test]
+    fn a_sidecar_is_checked_against_its_line_and_its_segment() {
+        let mut t = FlowTable::new();
+        let h = flow::parse(1, &eth(&[], 0x0800, &ipv4(6, &[], 0, &tcp(1, 2))));
+        t.add(&h, 10, 60, 0);
+        t.add(&h, 20, 60, 1);
+        let (bytes, f) = sidecar_of(&t);
+        assert_eq!(
+            check_sidecar(&bytes, 5, &f, &seg_entry(2, 2))
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = check_sidecar(&bytes, 5, &f, &seg_entry(3, 2)).unwrap_err();
+        assert_eq!(e, "its flows hold 2 packets, the segment 3");
+        let e = check_sidecar(&bytes, 5, &f, &seg_entry(2, 1)).unwrap_err();
+        assert_eq!(e, "a flow lists data frame 1, the segment has 1");
+        let more = FlowsEntry {
+            flows: 2,
+            ..f.clone()
+        };
+        let e = check_sidecar(&bytes, 5, &more, &seg_entry(2, 2)).unwrap_err();
+        assert_eq!(e, "1 flows, manifest line 5 says 2");
+        let mut flipped = bytes.clone();
+        flipped[10] ^= 1;
+        let e = check_sidecar(&flipped, 5, &f, &seg_entry(2, 2)).unwrap_err();
+        assert!(e.contains("recorded on manifest line 5"), "{e}");
+    }
+
+    #[test]
+    fn write_sidecar_never_writes_through_a_link() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (dir, outside) = (t.path().join("a"), t.path().join("outside"));
+        std::fs::create_dir_all(dir.join("s")).unwrap();
+        std::fs::write(&outside, b"keep").unwrap();
+        // A link at the temporary name: refused, nothing written outside.
+        symlink(&outside, dir.join("s/000001.flows.parquet.tmp")).unwrap();
+        let e = write_sidecar(&dir, "s/000001.pcap.zst", b"PAR1").unwrap_err();
+        assert!(e.to_string().contains("000001.flows.parquet.tmp"), "{e}");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        // A link at the final name is replaced, not followed.
+        symlink(&outside, dir.join("s/000001.flows.parquet")).unwrap();
+        let rel = write_sidecar(&dir, "s/000001.pcap.zst", b"PAR1").unwrap();
+        assert_eq!(rel, "s/000001.flows.parquet");
+        let m = std::fs::symlink_metadata(dir.join(&rel)).unwrap();
+        assert!(m.is_file());
+        assert_eq!(std::fs::read(dir.join(&rel)).unwrap(), b"PAR1");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert!(!dir.join("s/000001.flows.parquet.tmp").exists());
+        symlink(&outside, dir.join("s/000002.flows.parquet")).unwrap();
+        let e = read_sidecar(&dir.join("s/000002.flows.parquet")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+}
