@@ -342,3 +342,31 @@ fn a_sidecar_no_line_names_is_a_note() {
         "{out}"
     );
 }
+
+#[test]
+fn index_skips_a_damaged_segment_and_says_so() {
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    let seg = lines(&arch, "segment")[1]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = arch.join(&seg);
+    let mut b = std::fs::read(&path).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x55;
+    std::fs::write(&path, &b).unwrap();
+    let r = zcap().arg("index").arg(&arch).output().unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains(&format!("not indexing {seg}")), "{err}");
+    let out = stdout(&r);
+    let segments = lines(&arch, "segment").len();
+    assert!(
+        out.contains(&format!("{} segments indexed", segments - 1)) && out.contains("1 unreadable"),
+        "{out}"
+    );
+    assert!(!arch
+        .join(seg.replace(".pcap.zst", ".flows.parquet"))
+        .exists());
+}

@@ -14,7 +14,6 @@ use super::segment::{Decoder, Segment};
 use crate::flow::sidecar::{self, Meta, Row};
 use crate::flow::{self, FlowTable};
 use crate::stream::{pcap, pcapng, Format, UnitKind};
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -142,6 +141,23 @@ pub fn write_sidecar(dir: &Path, segment: &str, bytes: &[u8]) -> io::Result<Stri
     Ok(rel)
 }
 
+/// Why a segment was not indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The segment cannot be read (missing, damaged, a link): it stays unindexed, and
+    /// `verify` says why.
+    #[error("{0}")]
+    Segment(String),
+    #[error("the flow index of {segment}: {error}")]
+    Encode {
+        segment: String,
+        error: sidecar::SidecarError,
+    },
+    /// Writing the sidecar failed (the error names the file).
+    #[error("{0}")]
+    Write(#[from] io::Error),
+}
+
 /// Builds and writes the sidecar of the live segment `seg` of the archive at `dir`, and
 /// returns the `flows` entry that names it (not appended: the caller holds the manifest).
 pub fn index_segment(
@@ -149,16 +165,19 @@ pub fn index_segment(
     seg: &SegmentEntry,
     table: &mut FlowTable,
     dec: &mut Decoder,
-) -> anyhow::Result<FlowsEntry> {
-    let path = super::checked_path(dir, &seg.path)?;
-    segment_flows(&path, table, dec).map_err(anyhow::Error::msg)?;
+) -> Result<FlowsEntry, IndexError> {
+    let path =
+        super::checked_path(dir, &seg.path).map_err(|e| IndexError::Segment(e.to_string()))?;
+    segment_flows(&path, table, dec).map_err(IndexError::Segment)?;
     let meta = Meta {
         stream: &seg.stream,
         segment: &seg.path,
         seq: seg.seq,
     };
-    let bytes = sidecar::encode(&meta, table.rows())
-        .with_context(|| format!("the flow index of {}", seg.path))?;
+    let bytes = sidecar::encode(&meta, table.rows()).map_err(|error| IndexError::Encode {
+        segment: seg.path.clone(),
+        error,
+    })?;
     write_sidecar(dir, &seg.path, &bytes)?;
     let (cut_packets, cut_bytes) = table.rows().fold((0u64, 0u64), |(p, b), r| {
         (
@@ -261,11 +280,14 @@ pub struct Indexed {
     pub had: u64,
     /// Segments evicted from this copy (their index is the uploader's to carry).
     pub evicted: u64,
+    /// Segments that could not be read, and why: left unindexed.
+    pub unreadable: Vec<String>,
 }
 
 /// Indexes every live segment of `c` (the archive at `dir`) that has no `flows` line,
-/// appending each line through `w` after its sidecar is on disk. Progress goes to stderr
-/// every few seconds when there is much to do.
+/// appending each line through `w` after its sidecar is on disk. A segment that cannot be
+/// read is said on stderr and skipped; a sidecar or manifest line that cannot be written
+/// ends the run. Progress goes to stderr every few seconds when there is much to do.
 pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyhow::Result<Indexed> {
     let mut done = Indexed {
         evicted: c.evicted.len() as u64,
@@ -292,7 +314,15 @@ pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyho
             );
             said = Instant::now();
         }
-        let f = index_segment(dir, seg, &mut table, &mut dec)?;
+        let f = match index_segment(dir, seg, &mut table, &mut dec) {
+            Ok(f) => f,
+            Err(IndexError::Segment(why)) => {
+                eprintln!("zcap: index: not indexing {}: {why}", seg.path);
+                done.unreadable.push(why);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         done.flows += f.flows;
         w.append(&Entry::Flows(f))?;
         done.segments += 1;
@@ -302,7 +332,8 @@ pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyho
 
 /// `zcap index DIR`: builds the missing flow indexes of a local archive. Refuses while a
 /// recorder holds the archive's lock, and an archive whose manifest names paths outside the
-/// naming rule. Idempotent: a second run indexes nothing.
+/// naming rule. Idempotent: a second run indexes nothing. Ok(false) when a segment could not
+/// be read.
 pub fn run(o: &Options) -> anyhow::Result<bool> {
     let dir = &o.dir;
     if !dir.join(manifest::FILE).is_file() {
@@ -330,6 +361,13 @@ pub fn run(o: &Options) -> anyhow::Result<bool> {
             d.evicted
         ));
     }
+    if !d.unreadable.is_empty() {
+        also.push(format!(
+            "{} unreadable (`zcap verify {}` says why)",
+            d.unreadable.len(),
+            dir.display()
+        ));
+    }
     println!(
         "index: {} segments indexed ({} flows), {}: {}",
         d.segments,
@@ -337,7 +375,7 @@ pub fn run(o: &Options) -> anyhow::Result<bool> {
         also.join(", "),
         dir.display()
     );
-    Ok(true)
+    Ok(d.unreadable.is_empty())
 }
 
 #[cfg(test)]
