@@ -370,3 +370,42 @@ fn index_skips_a_damaged_segment_and_says_so() {
         .join(seg.replace(".pcap.zst", ".flows.parquet"))
         .exists());
 }
+
+#[test]
+fn repair_removes_the_index_of_a_deleted_segment() {
+    use zcap::archive::manifest::{Entry, Writer};
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    index(&arch);
+    // Retention's crash window: the delete line written and the segment removed, its
+    // sidecar not yet.
+    let seg = lines(&arch, "segment")[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = Writer::open(&arch, zcap::archive::create_entry).unwrap();
+    w.append(&Entry::Delete {
+        path: seg.clone(),
+        reason: "max-bytes".into(),
+    })
+    .unwrap();
+    drop(w);
+    std::fs::remove_file(arch.join(&seg)).unwrap();
+    let side = zcap::archive::sidecar_name(&seg);
+    let out = stdout(&verify(&arch, &[]));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("note: ") && l.contains(&side)),
+        "{out}"
+    );
+    let r = verify(&arch, &["--repair"]);
+    let out = stdout(&r);
+    assert!(r.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed {side}: the flow index of a deleted segment"
+        )),
+        "{out}"
+    );
+    assert!(!arch.join(&side).exists());
+}
