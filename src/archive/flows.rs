@@ -160,6 +160,7 @@ pub enum IndexError {
 
 /// Builds and writes the sidecar of the live segment `seg` of the archive at `dir`, and
 /// returns the `flows` entry that names it (not appended: the caller holds the manifest).
+/// The segment must hash to its line's SHA-256 first.
 pub fn index_segment(
     dir: &Path,
     seg: &SegmentEntry,
@@ -168,6 +169,16 @@ pub fn index_segment(
 ) -> Result<FlowsEntry, IndexError> {
     let path =
         super::checked_path(dir, &seg.path).map_err(|e| IndexError::Segment(e.to_string()))?;
+    // An index of altered data would look as good as any: the segment must be the one its
+    // line finalized.
+    let (sha, len) = super::verify::sha256_file(&path)
+        .map_err(|e| IndexError::Segment(format!("{}: {e}", path.display())))?;
+    if sha != seg.sha256 || len != seg.bytes {
+        return Err(IndexError::Segment(format!(
+            "{}: not the segment its manifest line finalized (SHA-256 or size differs): an index is not built from altered data",
+            path.display()
+        )));
+    }
     segment_flows(&path, table, dec).map_err(IndexError::Segment)?;
     let meta = Meta {
         stream: &seg.stream,
