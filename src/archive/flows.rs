@@ -2,8 +2,9 @@
 //! [`index_segment`] reads a finalized segment's packets, sums them into a
 //! [`FlowTable`], writes the sidecar beside the segment ([`write_sidecar`]: temporary name,
 //! fsync, rename, fsync the directory) and returns its `flows` entry for the caller to append.
-//! `zcap index` ([`run`]) does that for every live segment without a `flows` line, under the
-//! archive lock; `verify` checks sidecars with [`check_sidecar`] and `verify --repair`
+//! The recorder does the same at finalize with its own table: [`sidecar::encode`], then
+//! [`write_sidecar`], and [`flows_entry`] for the line. `zcap index` ([`run`]) does it for
+//! every live segment without a `flows` line, under the archive lock; `verify` checks sidecars with [`check_sidecar`] and `verify --repair`
 //! rebuilds the missing and damaged ones with [`index_segment`]. Paths come from the manifest
 //! and pass [`super::path`]'s rule first; the sidecar's path is derived from the segment's
 //! ([`super::sidecar_name`]) and nothing is opened through a symbolic link.
@@ -190,20 +191,26 @@ pub fn index_segment(
         error,
     })?;
     write_sidecar(dir, &seg.path, &bytes)?;
+    Ok(flows_entry(&seg.path, &bytes, table))
+}
+
+/// The `flows` line of the sidecar `bytes` that [`sidecar::encode`] made of `table`'s rows
+/// for the segment at `segment`: its size, SHA-256, rows and cut sums.
+pub fn flows_entry(segment: &str, bytes: &[u8], table: &FlowTable) -> FlowsEntry {
     let (cut_packets, cut_bytes) = table.rows().fold((0u64, 0u64), |(p, b), r| {
         (
             p.saturating_add(r.cut_packets),
             b.saturating_add(r.cut_bytes),
         )
     });
-    Ok(FlowsEntry {
-        segment: seg.path.clone(),
+    FlowsEntry {
+        segment: segment.to_string(),
         bytes: bytes.len() as u64,
-        sha256: manifest::hex(&Sha256::digest(&bytes)),
+        sha256: manifest::hex(&Sha256::digest(bytes)),
         flows: table.len() as u64,
         cut_packets,
         cut_bytes,
-    })
+    }
 }
 
 /// Reads a sidecar file whole, never through a symbolic link. `Ok(None)` when it is not
@@ -424,14 +431,7 @@ mod tests {
             seq: 1,
         };
         let bytes = sidecar::encode(&meta, t.rows()).unwrap();
-        let f = FlowsEntry {
-            segment: meta.segment.into(),
-            bytes: bytes.len() as u64,
-            sha256: manifest::hex(&Sha256::digest(&bytes)),
-            flows: t.len() as u64,
-            cut_packets: 0,
-            cut_bytes: 0,
-        };
+        let f = flows_entry(meta.segment, &bytes, t);
         (bytes, f)
     }
 
