@@ -938,7 +938,10 @@ mod tests {
                 "stream" | "segment" => put_repeated_str(c, "x", 1).unwrap(),
                 "vlan" => put::<Int32Type>(c, vlans.0, Some(vlans.1), None).unwrap(),
                 "inner_vlan" => put::<Int32Type>(c, vlans.0, Some(vlans.2), None).unwrap(),
-                "addr_a" => put::<ByteArrayType>(c, &[addr_a.clone()], Some(&[1]), None).unwrap(),
+                "addr_a" => {
+                    put::<ByteArrayType>(c, std::slice::from_ref(&addr_a), Some(&[1]), None)
+                        .unwrap()
+                }
                 "addr_b" => put::<ByteArrayType>(c, &["::1".into()], Some(&[1]), None).unwrap(),
                 "frames" => put::<Int32Type>(c, &[3, 4], Some(&[2, 2]), Some(&[0, 1])).unwrap(),
                 "malformed" | "irregular" => put::<BoolType>(c, &[false], None, None).unwrap(),
