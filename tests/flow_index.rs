@@ -412,3 +412,35 @@ fn repair_removes_the_index_of_a_deleted_segment() {
     );
     assert!(!arch.join(&side).exists());
 }
+
+#[test]
+fn a_flows_line_naming_no_segment_is_damage() {
+    use zcap::archive::manifest::{Entry, FlowsEntry, Writer};
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    let stream = lines(&arch, "segment")[0]["stream"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghost = format!("{stream}/999999.pcap.zst");
+    let mut w = Writer::open(&arch, zcap::archive::create_entry).unwrap();
+    w.append(&Entry::Flows(FlowsEntry {
+        segment: ghost.clone(),
+        bytes: 4,
+        sha256: "0".repeat(64),
+        flows: 0,
+        cut_packets: 0,
+        cut_bytes: 0,
+    }))
+    .unwrap();
+    drop(w);
+    let r = verify(&arch, &[]);
+    let out = stdout(&r);
+    assert_eq!(r.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("DAMAGE: ")
+            && l.contains(&ghost)
+            && l.contains("which no segment line before it names")),
+        "{out}"
+    );
+}
