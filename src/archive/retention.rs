@@ -356,17 +356,6 @@ impl Live {
             }
             Err(e) => return Err(e),
         }
-        if matches!(entry, Entry::Delete { .. }) {
-            // The flow index goes with its segment (an evicted segment keeps its local
-            // index, so flow queries still cover it). One left by a crash here is a note
-            // for `verify`, which `verify --repair` removes.
-            let side = dir.join(super::sidecar_name(&path));
-            match std::fs::remove_file(&side) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("zcap: retention: not deleting {}: {e}", side.display()),
-            }
-        }
         self.segs.remove(i);
         self.total -= bytes;
         Ok(Some(bytes))
