@@ -32,6 +32,7 @@ fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
             from: a.from,
             to: a.to,
         },
+        filter: a.filter_expr(),
         write: a.write.clone(),
         stats: a.stats,
     })

@@ -9,10 +9,12 @@
 //! it is read.
 
 use super::catalog::{scan_disk, Catalog};
-use super::index::{FrameEntry, FRAME_HAS_IDB};
+use super::index::FRAME_HAS_IDB;
 use super::location::Location;
 use super::manifest::SegmentEntry;
 use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
+use crate::flow::filter::FlowFilter;
+use crate::rx::afpacket::OfflineFilters;
 use crate::stream::{pcap, pcapng, Format, UnitKind};
 use crate::units::human_bytes;
 use anyhow::{bail, Context};
@@ -354,6 +356,8 @@ impl Selection {
 pub struct CatOptions {
     pub loc: Location,
     pub sel: Selection,
+    /// Only packets this tcpdump filter expression accepts (None: every packet).
+    pub filter: Option<String>,
     /// Write to this file instead of stdout.
     pub write: Option<PathBuf>,
     /// Print to stderr how much was decompressed.
@@ -368,12 +372,15 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
             bail!("--from is after --to: the window is empty");
         }
     }
+    // Both halves of a filter are made before anything is read or written: a syntax error
+    // or a missing libpcap ends the command with no output.
+    let filter = a.filter.as_deref().map(Filter::new).transpose()?;
     let stats = match &a.write {
         Some(path) => {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::with_capacity(OUT_BUF, f);
-            let s = cat_to(&a.loc, sel, &mut w)?;
+            let s = cat_filtered(&a.loc, sel, filter, &mut w)?;
             w.flush()
                 .with_context(|| format!("writing {}", path.display()))?;
             s
@@ -381,7 +388,7 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         None => {
             let stdout = io::stdout();
             let mut w = BufWriter::with_capacity(OUT_BUF, stdout.lock());
-            let s = cat_to(&a.loc, sel, &mut w)?;
+            let s = cat_filtered(&a.loc, sel, filter, &mut w)?;
             w.flush().context("writing to stdout")?;
             s
         }
@@ -391,6 +398,13 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         eprintln!("header frames decompressed: {}", stats.header_frames);
         eprintln!("segments read: {}", stats.segments);
         eprintln!("bytes decompressed: {}", stats.raw_bytes);
+        if a.filter.is_some() {
+            eprintln!("frames skipped by the flow index: {}", stats.index_skipped);
+            eprintln!("sidecars read: {}", stats.sidecars);
+            eprintln!("segments without a usable flow index: {}", stats.unindexed);
+            eprintln!("packets checked by the filter: {}", stats.packets_checked);
+            eprintln!("packets matched: {}", stats.packets_matched);
+        }
         if let Some(c) = a.loc.client() {
             use std::sync::atomic::Ordering::Relaxed;
             eprintln!("range requests: {}", c.fetched.requests.load(Relaxed));
@@ -403,6 +417,100 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
 /// Writes the selected packets of the archive at `dir` to `out` and returns how much work it
 /// took. One stream: its own format, byte for byte; several: merged by timestamp.
 pub fn cat_to<W: Write>(loc: &Location, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
+    cat_filtered(loc, sel, None, out)
+}
+
+/// The two halves of a filtered read: the pruner that the flow index is asked with, and
+/// libpcap's program (per link type) that decides each packet read.
+pub struct Filter {
+    pub prune: FlowFilter,
+    exact: OfflineFilters,
+}
+
+impl Filter {
+    /// Parses `expr` for the pruner (a syntax error names its position) and loads libpcap
+    /// (its absence is an error saying how to install it). Nothing is compiled yet: each link
+    /// type is when the archive's segments are known ([`Filter::compile_for`]).
+    pub fn new(expr: &str) -> anyhow::Result<Filter> {
+        let prune = FlowFilter::parse(expr)?;
+        let exact = OfflineFilters::new("filtered cat", expr, pcap::MAX_CAPLEN)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Filter { prune, exact })
+    }
+
+    /// Compiles the program for every link type the segments declare, so that a filter that
+    /// does not apply to one of them (`vlan` on raw IP) fails before anything is written.
+    fn compile_for(&mut self, segs: &[&SegmentEntry]) -> anyhow::Result<()> {
+        for e in segs {
+            for &lt in &e.linktypes {
+                self.exact.get(lt).map_err(anyhow::Error::msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the packet unit `bytes` (parsed by `p`) passes the program.
+    fn matches(
+        &mut self,
+        p: &Parser,
+        bytes: &[u8],
+        ts_ns: i64,
+        stats: &mut ReadStats,
+    ) -> anyhow::Result<bool> {
+        let fmt = p
+            .format()
+            .ok_or_else(|| anyhow::anyhow!("a packet before the header"))?;
+        let pkt = packet_fields(fmt, bytes)?;
+        let linktype = match fmt {
+            Format::Pcap(fh) => fh.linktype,
+            Format::PcapNg { .. } => match p.framer().interfaces().get(pkt.iface as usize) {
+                Some(i) => u32::from(i.linktype),
+                None => bail!(
+                    "a packet block on interface {}, which no interface block declared",
+                    pkt.iface
+                ),
+            },
+        };
+        let caplen = pkt.data.len() as u32;
+        let ok = self
+            .exact
+            .matches(linktype, caplen, pkt.origlen, ts_ns, pkt.data)
+            .map_err(anyhow::Error::msg)?;
+        stats.packets_checked += 1;
+        stats.packets_matched += u64::from(ok);
+        Ok(ok)
+    }
+}
+
+/// What a read shares across streams and segments.
+struct Ctx<'a> {
+    loc: &'a Location,
+    c: &'a Catalog,
+    sel: &'a Selection,
+    dec: Decoder,
+    filter: Option<Filter>,
+}
+
+impl Ctx<'_> {
+    /// Whether a packet unit is written: inside the window and, with a filter, accepted by it.
+    fn keep(&mut self, p: &Parser, bytes: &[u8], ts_ns: i64) -> anyhow::Result<bool> {
+        if !self.sel.contains(ts_ns) {
+            return Ok(false);
+        }
+        match self.filter.as_mut() {
+            None => Ok(true),
+            Some(f) => f.matches(p, bytes, ts_ns, &mut self.dec.stats),
+        }
+    }
+}
+
+/// [`cat_to`] with a filter: only the packets it accepts, in the same formats.
+pub fn cat_filtered<W: Write>(
+    loc: &Location,
+    sel: &Selection,
+    filter: Option<Filter>,
+    out: &mut W,
+) -> anyhow::Result<ReadStats> {
     let c = loc.catalog()?;
     c.trusted()?;
     warn_chain(&c);
@@ -433,44 +541,61 @@ pub fn cat_to<W: Write>(loc: &Location, sel: &Selection, out: &mut W) -> anyhow:
         v.dedup();
         v
     };
-    let mut dec = Decoder::new();
+    let mut cx = Ctx {
+        loc,
+        c: &c,
+        sel,
+        dec: Decoder::new(),
+        filter,
+    };
+    if let Some(f) = cx.filter.as_mut() {
+        let segs: Vec<&SegmentEntry> = streams
+            .iter()
+            .flat_map(|s| c.stream_segments(s))
+            .filter(|e| sel.segment_overlaps(e))
+            .collect();
+        f.compile_for(&segs)?;
+    }
     match streams.len() {
         0 => {
             eprintln!("zcap: {} holds no segments", dir.display());
         }
-        1 => cat_one(loc, &c, &streams[0], sel, &mut dec, out)?,
-        _ => cat_merged(loc, &c, &streams, sel, &mut dec, out)?,
+        1 => cat_one(&mut cx, &streams[0], out)?,
+        _ => cat_merged(&mut cx, &streams, out)?,
     }
-    Ok(dec.stats)
+    Ok(cx.dec.stats)
 }
 
-/// Opens a segment and tells it which frames will be read: those overlapping the window,
-/// and in pcapng those declaring interfaces (a remote segment fetches just these).
-fn open_segment(
-    loc: &Location,
-    e: &SegmentEntry,
-    sel: &Selection,
-    dec: &mut Decoder,
-) -> anyhow::Result<Segment> {
-    dec.stats.segments += 1;
-    let mut seg = loc.open(e)?;
+/// Opens a segment and decides which data frames will be decompressed: those overlapping
+/// the window (with a filter, of those only the ones the flow index says can hold a match),
+/// and in pcapng those declaring interfaces, whatever they hold, so that the interface table
+/// stays whole. A remote segment fetches just these. Returns the segment and, per data
+/// frame, whether it is read.
+fn open_segment(cx: &mut Ctx, e: &SegmentEntry) -> anyhow::Result<(Segment, Vec<bool>)> {
+    cx.dec.stats.segments += 1;
+    let mut seg = cx.loc.open(e)?;
     let pcapng = e.format == "pcapng";
+    let sel = cx.sel;
     let (lo, hi, windowed) = (sel.lo(), sel.hi(), sel.windowed());
-    seg.plan(|f: &FrameEntry| {
-        !windowed || f.overlaps(lo, hi) || (pcapng && f.flags & FRAME_HAS_IDB != 0)
-    });
-    Ok(seg)
+    let frames = &seg.trailer.frames;
+    let index: Option<Vec<bool>> = None;
+    let mut read = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let window = !windowed || f.overlaps(lo, hi);
+        let indexed = index.as_ref().is_none_or(|x| x[i]);
+        let idb = pcapng && f.flags & FRAME_HAS_IDB != 0;
+        if window && !indexed && !idb {
+            cx.dec.stats.index_skipped += 1;
+        }
+        read.push((window && indexed) || idb);
+    }
+    seg.plan(|i, _| read[i]);
+    Ok((seg, read))
 }
 
 /// One stream in its own format.
-fn cat_one<W: Write>(
-    loc: &Location,
-    c: &Catalog,
-    stream: &str,
-    sel: &Selection,
-    dec: &mut Decoder,
-    out: &mut W,
-) -> anyhow::Result<()> {
+fn cat_one<W: Write>(cx: &mut Ctx, stream: &str, out: &mut W) -> anyhow::Result<()> {
+    let (c, sel) = (cx.c, cx.sel);
     let all = c.stream_segments(stream);
     let segs: Vec<&SegmentEntry> = all
         .iter()
@@ -481,19 +606,21 @@ fn cat_one<W: Write>(
     if segs.is_empty() {
         // Nothing in the window: still a valid, empty capture.
         if let Some(e) = all.first() {
-            let mut seg = open_segment(loc, e, sel, dec)?;
-            seg.plan(|_| false);
-            seg.read_header(dec, &mut buf)?;
+            let (mut seg, _) = open_segment(cx, e)?;
+            seg.plan(|_, _| false);
+            seg.read_header(&mut cx.dec, &mut buf)?;
             out.write_all(&buf).context("writing output")?;
         }
         return Ok(());
     }
-    let windowed = sel.windowed();
+    // Whole frames are copied unless records must be picked out of them.
+    let whole = !sel.windowed() && cx.filter.is_none();
+    let filtered = cx.filter.is_some();
     let mut prev_seq: Option<u64> = None;
     for e in segs {
-        let seg = open_segment(loc, e, sel, dec)?;
+        let (seg, read) = open_segment(cx, e)?;
         let pcapng = e.format == "pcapng";
-        let mut parser = seg.parser(dec, &mut buf)?;
+        let mut parser = seg.parser(&mut cx.dec, &mut buf)?;
         let gap = prev_seq.is_some_and(|p| p + 1 != e.seq);
         // pcap has one header; a pcapng header frame starts a section, which must be
         // repeated when the section changes or segments in between were skipped.
@@ -503,13 +630,12 @@ fn cat_one<W: Write>(
         }
         prev_seq = Some(e.seq);
         for (i, f) in seg.trailer.frames.iter().enumerate() {
-            let overlap = !windowed || f.overlaps(sel.lo(), sel.hi());
-            let idb = pcapng && f.flags & FRAME_HAS_IDB != 0;
-            if !overlap && !idb {
+            if !read[i] {
                 continue;
             }
-            seg.read_frame(i, dec, &mut buf)?;
-            if !windowed {
+            let overlap = !sel.windowed() || f.overlaps(sel.lo(), sel.hi());
+            seg.read_frame(i, &mut cx.dec, &mut buf)?;
+            if whole {
                 out.write_all(&buf).context("writing output")?;
                 continue;
             }
@@ -519,9 +645,18 @@ fn cat_one<W: Write>(
                 .map_err(|e| anyhow::anyhow!("{}: data frame {i}: {e}", seg.path().display()))?
             {
                 let keep = match r.kind {
-                    UnitKind::Packet { ts_ns } => overlap && sel.contains(ts_ns),
+                    UnitKind::Packet { ts_ns } => {
+                        overlap
+                            && cx
+                                .keep(&parser, &buf[r.range.clone()], ts_ns)
+                                .map_err(|e| {
+                                    anyhow::anyhow!("{}: data frame {i}: {e}", seg.path().display())
+                                })?
+                    }
                     UnitKind::Header | UnitKind::LateInterface => true,
-                    UnitKind::Other => overlap,
+                    // Statistics, name resolution and other blocks belong to packets a
+                    // filter may have left out: a filtered read keeps packets and interfaces.
+                    UnitKind::Other => overlap && !filtered,
                     UnitKind::Section => bail!(
                         "{}: data frame {i} holds a section header block",
                         seg.path().display()
@@ -544,6 +679,8 @@ struct Cursor<'a> {
     segs: Vec<&'a SegmentEntry>,
     next_seg: usize,
     seg: Option<Segment>,
+    /// Per data frame of `seg`, whether it is read.
+    read: Vec<bool>,
     parser: Option<Parser>,
     /// pcapng sections seen so far (a non-continuation segment starts one).
     section: u32,
@@ -555,25 +692,23 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    /// Moves to the next packet inside the window; false at the end of the stream.
-    fn advance(
-        &mut self,
-        loc: &Location,
-        sel: &Selection,
-        dec: &mut Decoder,
-    ) -> anyhow::Result<bool> {
+    /// Moves to the next packet inside the window (and accepted by the filter); false at the
+    /// end of the stream.
+    fn advance(&mut self, cx: &mut Ctx) -> anyhow::Result<bool> {
         loop {
             if let (Some(p), Some(seg)) = (self.parser.as_mut(), self.seg.as_ref()) {
-                let rec = p.next(&self.buf, &mut self.off).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: data frame {}: {e}",
-                        seg.path().display(),
-                        self.next_frame.saturating_sub(1)
-                    )
-                })?;
+                let frame = self.next_frame.saturating_sub(1);
+                let named = |e: &dyn std::fmt::Display| {
+                    anyhow::anyhow!("{}: data frame {frame}: {e}", seg.path().display())
+                };
+                let rec = p.next(&self.buf, &mut self.off).map_err(|e| named(&e))?;
                 if let Some(r) = rec {
                     match r.kind {
-                        UnitKind::Packet { ts_ns } if sel.contains(ts_ns) => {
+                        UnitKind::Packet { ts_ns }
+                            if cx
+                                .keep(p, &self.buf[r.range.clone()], ts_ns)
+                                .map_err(|e| named(&e))? =>
+                        {
                             self.cur = Some(r);
                             return Ok(true);
                         }
@@ -584,16 +719,13 @@ impl Cursor<'_> {
                         _ => continue,
                     }
                 }
-                // The frame is used up: load the next one that overlaps the window or
-                // declares interfaces.
-                let pcapng = matches!(p.format(), Some(Format::PcapNg { .. }));
-                let frames = &seg.trailer.frames;
+                // The frame is used up: load the next one to be read.
                 let mut loaded = false;
-                while self.next_frame < frames.len() && !loaded {
-                    let (i, f) = (self.next_frame, frames[self.next_frame]);
+                while self.next_frame < self.read.len() && !loaded {
+                    let i = self.next_frame;
                     self.next_frame += 1;
-                    if f.overlaps(sel.lo(), sel.hi()) || (pcapng && f.flags & FRAME_HAS_IDB != 0) {
-                        seg.read_frame(i, dec, &mut self.buf)?;
+                    if self.read[i] {
+                        seg.read_frame(i, &mut cx.dec, &mut self.buf)?;
                         self.off = 0;
                         loaded = true;
                     }
@@ -612,11 +744,12 @@ impl Cursor<'_> {
             if !e.cont {
                 self.section += 1;
             }
-            let seg = open_segment(loc, e, sel, dec)?;
-            let parser = seg.parser(dec, &mut self.buf)?;
+            let (seg, read) = open_segment(cx, e)?;
+            let parser = seg.parser(&mut cx.dec, &mut self.buf)?;
             self.off = self.buf.len();
             self.next_frame = 0;
             self.seg = Some(seg);
+            self.read = read;
             self.parser = Some(parser);
         }
     }
@@ -678,14 +811,8 @@ fn pcap_err(e: pcap_file::PcapError) -> anyhow::Error {
 }
 
 /// Several streams merged by timestamp.
-fn cat_merged<W: Write>(
-    loc: &Location,
-    c: &Catalog,
-    streams: &[String],
-    sel: &Selection,
-    dec: &mut Decoder,
-    out: &mut W,
-) -> anyhow::Result<()> {
+fn cat_merged<W: Write>(cx: &mut Ctx, streams: &[String], out: &mut W) -> anyhow::Result<()> {
+    let (c, sel) = (cx.c, cx.sel);
     let mut all_pcap = true;
     let mut linktypes: Vec<u32> = Vec::new();
     let mut nanos = false;
@@ -715,6 +842,7 @@ fn cat_merged<W: Write>(
                 .collect(),
             next_seg: 0,
             seg: None,
+            read: Vec::new(),
             parser: None,
             section: 0,
             next_frame: 0,
@@ -725,7 +853,7 @@ fn cat_merged<W: Write>(
         .collect();
     let mut heap = BinaryHeap::new();
     for cur in cursors.iter_mut() {
-        if cur.advance(loc, sel, dec)? {
+        if cur.advance(cx)? {
             heap.push(Reverse((cur.ts(), cur.index)));
         }
     }
@@ -772,7 +900,7 @@ fn cat_merged<W: Write>(
             rh[12..16].copy_from_slice(&p.origlen.to_le_bytes());
             out.write_all(&rh).context("writing output")?;
             out.write_all(p.data).context("writing output")?;
-            if cur.advance(loc, sel, dec)? {
+            if cur.advance(cx)? {
                 heap.push(Reverse((cur.ts(), i)));
             }
         }
@@ -833,7 +961,7 @@ fn cat_merged<W: Write>(
             options: Vec::new(),
         };
         w.write_pcapng_block(epb).map_err(pcap_err)?;
-        if cur.advance(loc, sel, dec)? {
+        if cur.advance(cx)? {
             heap.push(Reverse((cur.ts(), i)));
         }
     }
