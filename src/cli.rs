@@ -63,6 +63,22 @@ pub enum Command {
     Cat(CatArgs),
     /// Check hashes, frames and the manifest chain; --repair recovers after a crash.
     Verify(VerifyArgs),
+    /// Build the flow index (a Parquet sidecar per segment) for segments that lack one.
+    #[command(
+        long_about = "Build the flow index of an archive's segments that lack one: each segment's \
+packets are read, summed into bidirectional flows (VLANs, EtherType, protocol, addresses, ports, \
+packets and bytes each way, first/last time, the data frames holding them) and written beside \
+the segment as STREAM/NNNNNN.flows.parquet, named with its SHA-256 by a `flows` line in the \
+manifest. Segments indexed already are left alone, so running it again indexes nothing. It \
+appends to the manifest, so it refuses while a recorder holds the archive's lock.",
+        after_help = "Examples:
+  zcap index arch                               index what is not indexed yet
+  zcap verify arch                              checks the sidecars with everything else
+  duckdb -c \"select addr_a, addr_b, sum(packets) p from 'arch/*/*.flows.parquet'
+             group by all order by p desc limit 10\"   the busiest conversations
+See docs/ARCHIVE.md, \"Flow index\", for the columns."
+    )]
+    Index(IndexArgs),
     /// Send an archive or capture file as PCAP-over-IP, or serve it to whoever connects.
     Replay(ReplayArgs),
     /// Capture interfaces live (-i) and stream them as PCAP-over-IP to a recorder: a sensor.
@@ -628,6 +644,13 @@ pub struct VerifyArgs {
     /// what proves nothing signed was removed.
     #[arg(long, value_name = "HASH")]
     pub head: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// The archive directory (a local one: the sidecars are written beside its segments).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

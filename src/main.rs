@@ -10,7 +10,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use zcap::archive::location::Location;
 use zcap::archive::{path::Untrusted, read, verify};
-use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, UploadArgs, VerifyArgs};
+use zcap::cli::{CatArgs, Cli, Command, IndexArgs, LsArgs, S3Args, UploadArgs, VerifyArgs};
 
 /// The archive a command names: a directory or an s3:// URL.
 fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
@@ -48,6 +48,10 @@ fn verify_options(a: &VerifyArgs) -> anyhow::Result<verify::Options> {
     })
 }
 
+fn index_options(a: &IndexArgs) -> zcap::archive::flows::Options {
+    zcap::archive::flows::Options { dir: a.dir.clone() }
+}
+
 fn upload_options(a: &UploadArgs) -> anyhow::Result<zcap::remote::upload::Options> {
     let (cfg, keep_bytes, keep_age) =
         zcap::record::upload_config(&a.url, &a.opts, a.give_up_after)?;
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => ls_options(a).and_then(|o| read::ls(&o)),
         Command::Cat(a) => cat_options(a).and_then(|o| read::cat(&o)),
         Command::Verify(a) => verify_options(a).and_then(|o| verify::run(&o)),
+        Command::Index(a) => zcap::archive::flows::run(&index_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
         Command::Send(a) => zcap::send::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),

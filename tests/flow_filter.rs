@@ -166,6 +166,7 @@ fn check(file: &Path, expr: &str) -> (usize, usize) {
             a_port: p.sport,
             b_port: p.dport,
             l4_irregular: p.irregular,
+            unknown_l4: false,
         };
         if flow.may_match(&facts) {
             continue;

@@ -94,7 +94,11 @@ impl Tri {
 /// - `a_port`, `b_port`: the endpoints' TCP/UDP/SCTP ports (ignored for other protocols);
 /// - `l4_irregular`: some packets do not carry `proto`'s header where libpcap looks for it —
 ///   IPv6 extension headers before it, IPv4 fragments after the first (no ports). Protocol
-///   and port primitives then read Maybe where they would read True.
+///   and port primitives then read Maybe where they would read True;
+/// - `unknown_l4`: the flow's protocol and ports are not known (a malformed header: a flow
+///   table keys those packets with protocol and ports 0, yet libpcap may still find a
+///   protocol byte or ports where it looks). Protocol and port primitives then read Maybe
+///   wherever the EtherType lets them match at all.
 ///
 /// A packet whose capture is cut before the fields a filter reads is rejected by libpcap
 /// (any load past the captured length rejects), so its flow may record any value there.
@@ -108,6 +112,7 @@ pub struct FlowFacts<'a> {
     pub a_port: u16,
     pub b_port: u16,
     pub l4_irregular: bool,
+    pub unknown_l4: bool,
 }
 
 /// EtherTypes and IP protocols the primitives name.
@@ -381,7 +386,11 @@ impl Prim {
         match *self {
             Prim::Link(t) => Tri::from_bool(et == t),
             Prim::Proto { proto, v4, v6 } => {
-                if !((v4 && et == ETH_IP) || (v6 && et == ETH_IP6)) || f.proto != proto {
+                if !((v4 && et == ETH_IP) || (v6 && et == ETH_IP6)) {
+                    Tri::False
+                } else if f.unknown_l4 {
+                    Tri::Maybe
+                } else if f.proto != proto {
                     Tri::False
                 } else if et == ETH_IP6 && f.l4_irregular {
                     // libpcap reads the fixed header's next header (and one behind a
@@ -427,7 +436,13 @@ impl Prim {
                     SCTP => protos & P_SCTP != 0,
                     _ => false,
                 };
-                if !ip || !carried {
+                if !ip {
+                    return Tri::False;
+                }
+                if f.unknown_l4 {
+                    return Tri::Maybe;
+                }
+                if !carried {
                     return Tri::False;
                 }
                 let r = directed(
@@ -1185,6 +1200,7 @@ mod tests {
             a_port: ap,
             b_port: bp,
             l4_irregular: false,
+            unknown_l4: false,
         }
     }
 
@@ -1490,6 +1506,30 @@ mod tests {
         let anon = FlowFacts { a: None, ..f };
         assert_eq!(ev("host 10.0.0.3", &anon), Maybe);
         assert_eq!(ev("ip6 host ::1", &anon), False);
+        // A malformed row: protocol 0 and ports 0 stand for "not known", so no protocol or
+        // port primitive rules it out; the EtherType and the addresses still do.
+        let bad = FlowFacts {
+            proto: 0,
+            a_port: 0,
+            b_port: 0,
+            l4_irregular: true,
+            unknown_l4: true,
+            ..f
+        };
+        for e in [
+            "tcp",
+            "udp",
+            "icmp",
+            "port 443",
+            "tcp port 80",
+            "portrange 1-9",
+        ] {
+            assert_eq!(ev(e, &bad), Maybe, "{e}");
+        }
+        assert_eq!(ev("not tcp", &bad), Maybe);
+        assert_eq!(ev("ip6 and tcp", &bad), False);
+        assert_eq!(ev("arp", &bad), False);
+        assert_eq!(ev("tcp and host 10.0.0.3", &bad), False);
     }
 
     #[test]
@@ -1506,6 +1546,7 @@ mod tests {
             a_port: 546,
             b_port: 547,
             l4_irregular: false,
+            unknown_l4: false,
         };
         for (e, t) in [
             ("ip6", True),
@@ -1526,6 +1567,7 @@ mod tests {
         // Extension headers hide the protocol from libpcap's `udp` and `port`.
         let ext = FlowFacts {
             l4_irregular: true,
+            unknown_l4: false,
             ..f6
         };
         assert_eq!(ev("udp", &ext), Maybe);
@@ -1543,6 +1585,7 @@ mod tests {
             a_port: 0,
             b_port: 0,
             l4_irregular: false,
+            unknown_l4: false,
         };
         assert_eq!(ev("arp", &arp), True);
         assert_eq!(ev("host 10.0.0.1", &arp), Maybe);
@@ -1750,6 +1793,7 @@ mod tests {
                 a_port: f.a_port,
                 b_port: f.b_port,
                 l4_irregular: f.irregular,
+                unknown_l4: false,
             }
         }
 

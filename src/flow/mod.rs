@@ -1,13 +1,15 @@
 //! Flows of one segment: the header reader ([`parse`]), the table that sums packets into
-//! bidirectional flows ([`FlowTable`]), and the tcpdump-expression pruner that says which
-//! flows a filter may match ([`filter`]; the exact per-packet check is libpcap's, in
+//! bidirectional flows ([`FlowTable`]), the Parquet sidecar that stores its rows beside the
+//! segment ([`sidecar`]), and the tcpdump-expression pruner that says which flows a filter
+//! may match ([`filter`]; the exact per-packet check is libpcap's, in
 //! `rx::afpacket::filter`).
 //!
 //! The writer hands every packet's captured bytes to [`parse::parse`] and the result to
 //! [`FlowTable::add`] with the packet's timestamp, wire length and the index of the data
-//! frame that holds it; at finalize [`FlowTable::rows`] gives one row per flow, and
-//! [`FlowTable::clear`] readies the table for the next segment. This module reads headers and
-//! counts; it does not touch the archive, the payload or the writer's buffers.
+//! frame that holds it; at finalize [`FlowTable::rows`] gives one row per flow, which
+//! [`sidecar::encode`] makes a file of, and [`FlowTable::clear`] readies the table for the
+//! next segment. This module reads headers and counts; it does not touch the archive, the
+//! payload or the writer's buffers.
 //!
 //! A flow is keyed by VLAN ids, ethertype, protocol and both (address, port) endpoints, lower
 //! endpoint first, so the two directions of a conversation share a row. Traffic without
@@ -21,6 +23,7 @@
 
 pub mod filter;
 pub mod parse;
+pub mod sidecar;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -128,6 +128,22 @@ pub fn need_tool(name: &str) -> bool {
     which(name).is_some() || skip(&format!("{name} not installed (CI installs it)"))
 }
 
+/// True when `python3 -c 'import NAME'` works (e.g. `duckdb`, which CI installs from PyPI).
+/// Otherwise prints `SKIP <test>: ...` and returns false — or panics if `CI` is set.
+pub fn need_python_module(name: &str) -> bool {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(format!("import {name}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || skip(&format!(
+        "python3 module {name} not installed (CI installs it: python3 -m pip install {name})"
+    ))
+}
+
 /// True when running as root (euid 0). Otherwise prints `SKIP <test>: needs root` and
 /// returns false — or panics if the `CI` environment variable is set.
 pub fn need_root() -> bool {
