@@ -61,6 +61,9 @@ pub enum Command {
     /// Write an archive's packets (optionally a time window, a filter) to stdout as pcap or
     /// pcapng.
     Cat(CatArgs),
+    /// List an archive's flows (conversations) from its flow index, like `tshark -z conv`:
+    /// addresses, ports, protocol, VLAN, packets and bytes each way, start, duration, cut.
+    Flows(FlowsArgs),
     /// Check hashes, frames and the manifest chain; --repair recovers after a crash.
     Verify(VerifyArgs),
     /// Build the flow index (a Parquet sidecar per segment) for segments that lack one.

@@ -9,9 +9,10 @@
 //! it is read.
 
 use super::catalog::{scan_disk, Catalog};
+use super::flowlist;
 use super::index::FRAME_HAS_IDB;
 use super::location::Location;
-use super::manifest::SegmentEntry;
+use super::manifest::{FlowsEntry, SegmentEntry};
 use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
 use crate::flow::filter::FlowFilter;
 use crate::rx::afpacket::OfflineFilters;
@@ -27,7 +28,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 const OUT_BUF: usize = 1 << 20;
 
-fn rfc3339(ns: Option<i64>) -> String {
+pub(crate) fn rfc3339(ns: Option<i64>) -> String {
     match ns {
         None => "-".into(),
         Some(ns) => {
@@ -49,7 +50,7 @@ fn ratio(raw: u64, stored: u64) -> f64 {
     }
 }
 
-fn warn_chain(c: &Catalog) {
+pub(crate) fn warn_chain(c: &Catalog) {
     if let Err(e) = &c.chain {
         eprintln!("zcap: warning: {e}; run `zcap verify {}`", c.dir.display());
     }
@@ -78,13 +79,22 @@ struct Row {
     raw: Option<u64>,
     /// Kernel drops while the segment was open (live capture only).
     drops: Option<u64>,
+    /// Packets `--flow-cutoff` cut in the segment and their bytes not stored (from its
+    /// `flows` line; None without one).
+    cut: Option<(u64, u64)>,
     status: String,
     json: serde_json::Value,
 }
 
 /// The `ls` row of a segment: `status` for the table, `json_status` (and the archive that
-/// holds an evicted segment) for `--json`.
-fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<&str>) -> Row {
+/// holds an evicted segment) for `--json`; `flows` is its flow-index line, if any.
+fn segment_row(
+    e: &SegmentEntry,
+    flows: Option<&FlowsEntry>,
+    status: String,
+    json_status: &str,
+    url: Option<&str>,
+) -> Row {
     let mut json = serde_json::json!({
         "stream": e.stream,
         "seq": e.seq,
@@ -103,6 +113,9 @@ fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<
         "ratio": ratio(e.raw, e.bytes),
         "sha256": e.sha256,
         "drops": e.drops,
+        "flows": flows.map(|f| f.flows),
+        "cut_packets": flows.map(|f| f.cut_packets),
+        "cut_bytes": flows.map(|f| f.cut_bytes),
         "status": json_status,
     });
     if let Some(u) = url {
@@ -118,6 +131,7 @@ fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<
         stored: e.bytes,
         raw: Some(e.raw),
         drops: e.drops,
+        cut: flows.map(|f| (f.cut_packets, f.cut_bytes)),
         status,
         json,
     }
@@ -149,15 +163,23 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     };
     let dir = a.loc.label();
     let mut rows = Vec::new();
+    let flows_of = |path: &str| c.flows.get(path).map(|(_, f)| f);
     for name in c.stream_names() {
         for e in c.stream_segments(&name) {
             let status = if e.repaired { "repaired" } else { "ok" };
-            rows.push(segment_row(e, status.into(), status, None));
+            rows.push(segment_row(
+                e,
+                flows_of(&e.path),
+                status.into(),
+                status,
+                None,
+            ));
         }
     }
     for (l, url) in &c.evicted {
         rows.push(segment_row(
             &l.entry,
+            flows_of(&l.entry.path),
             format!("evicted: in {url}"),
             "evicted",
             Some(url),
@@ -177,6 +199,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             stored: size,
             raw: None,
             drops: None,
+            cut: None,
             status: "partial".into(),
             json: serde_json::json!({
                 "stream": d.stream,
@@ -200,6 +223,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             stored: 0,
             raw: None,
             drops: None,
+            cut: None,
             status: format!("error: {err}"),
             json: serde_json::json!({
                 "stream": e.stream,
@@ -221,8 +245,11 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
         out.flush()?;
         return Ok(true);
     }
-    // Live-capture archives get a DROPS column (kernel drops while each segment was open).
+    // Live-capture archives get a DROPS column (kernel drops while each segment was open),
+    // and archives recorded with --flow-cutoff a CUT column (packets cut in each segment), so
+    // that a cut archive is never taken for a complete one.
     let drops = rows.iter().any(|r| r.drops.is_some());
+    let cut = rows.iter().any(|r| r.cut.is_some_and(|(p, _)| p > 0));
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -244,6 +271,9 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
                 },
                 r.status.clone(),
             ];
+            if cut {
+                c.insert(8, r.cut.map_or("-".into(), |(p, _)| p.to_string()));
+            }
             if drops {
                 c.insert(8, r.drops.map_or("-".into(), |d| d.to_string()));
             }
@@ -253,6 +283,9 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let mut head = vec![
         "STREAM", "SEQ", "FIRST", "LAST", "PACKETS", "STORED", "RAW", "RATIO", "STATUS",
     ];
+    if cut {
+        head.insert(8, "CUT");
+    }
     if drops {
         head.insert(8, "DROPS");
     }
@@ -265,7 +298,8 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let line = |out: &mut BufWriter<_>, c: &[&str]| -> io::Result<()> {
         let mut s = String::new();
         for (i, cell) in c.iter().enumerate() {
-            let right = matches!(i, 1 | 4 | 5 | 6 | 7) || (drops && i == 8);
+            // The counts, DROPS and CUT included, are right-aligned; STATUS is last.
+            let right = matches!(i, 1 | 4 | 5 | 6 | 7) || (i >= 8 && i + 1 < c.len());
             if i + 1 == c.len() {
                 s.push_str(cell);
             } else if right {
@@ -289,7 +323,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
     writeln!(
         out,
-        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}{}",
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}{}{}{}",
         live.len(),
         c.stream_names().len(),
         human_bytes(stored),
@@ -316,6 +350,23 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             ),
             None => String::new(),
         },
+        match live.iter().filter(|l| !c.flows.contains_key(&l.entry.path)).count() {
+            0 => String::new(),
+            n => format!(", {n} without a flow index (`zcap index` builds it)"),
+        },
+        {
+            let (p, b) = live
+                .iter()
+                .filter_map(|l| c.flows.get(&l.entry.path))
+                .fold((0u64, 0u64), |(p, b), (_, f)| {
+                    (p.saturating_add(f.cut_packets), b.saturating_add(f.cut_bytes))
+                });
+            if p > 0 {
+                format!("\nflow cutoff: {p} packets cut, {b} bytes not stored (the archive does not hold every packet in full)")
+            } else {
+                String::new()
+            }
+        },
     )?;
     out.flush()?;
     Ok(true)
@@ -331,19 +382,19 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn windowed(&self) -> bool {
+    pub(crate) fn windowed(&self) -> bool {
         self.from.is_some() || self.to.is_some()
     }
-    fn lo(&self) -> i64 {
+    pub(crate) fn lo(&self) -> i64 {
         self.from.unwrap_or(i64::MIN)
     }
-    fn hi(&self) -> i64 {
+    pub(crate) fn hi(&self) -> i64 {
         self.to.unwrap_or(i64::MAX)
     }
-    fn contains(&self, ts: i64) -> bool {
+    pub(crate) fn contains(&self, ts: i64) -> bool {
         ts >= self.lo() && ts <= self.hi()
     }
-    fn segment_overlaps(&self, e: &SegmentEntry) -> bool {
+    pub(crate) fn segment_overlaps(&self, e: &SegmentEntry) -> bool {
         match (e.first_ns, e.last_ns) {
             (Some(a), Some(b)) => b >= self.lo() && a <= self.hi(),
             _ => !self.windowed(),
@@ -516,31 +567,7 @@ pub fn cat_filtered<W: Write>(
     warn_chain(&c);
     note_evicted(&c);
     let dir = &c.dir;
-    let known = c.stream_names();
-    let streams: Vec<String> = if sel.streams.is_empty() {
-        known
-            .iter()
-            .filter(|n| !c.stream_segments(n).is_empty())
-            .cloned()
-            .collect()
-    } else {
-        for s in &sel.streams {
-            if !known.contains(s) {
-                bail!(
-                    "no stream named `{s}` in {}; its streams are: {}",
-                    dir.display(),
-                    if known.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-            }
-        }
-        let mut v = sel.streams.clone();
-        v.dedup();
-        v
-    };
+    let streams = selected_streams(&c, sel)?;
     let mut cx = Ctx {
         loc,
         c: &c,
@@ -566,6 +593,35 @@ pub fn cat_filtered<W: Write>(
     Ok(cx.dec.stats)
 }
 
+/// The streams a selection names (all that have segments when it names none); a name the
+/// archive does not know is an error listing the ones it does.
+pub(crate) fn selected_streams(c: &Catalog, sel: &Selection) -> anyhow::Result<Vec<String>> {
+    let known = c.stream_names();
+    if sel.streams.is_empty() {
+        return Ok(known
+            .iter()
+            .filter(|n| !c.stream_segments(n).is_empty())
+            .cloned()
+            .collect());
+    }
+    for s in &sel.streams {
+        if !known.contains(s) {
+            bail!(
+                "no stream named `{s}` in {}; its streams are: {}",
+                c.dir.display(),
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
+    let mut v = sel.streams.clone();
+    v.dedup();
+    Ok(v)
+}
+
 /// Opens a segment and decides which data frames will be decompressed: those overlapping
 /// the window (with a filter, of those only the ones the flow index says can hold a match),
 /// and in pcapng those declaring interfaces, whatever they hold, so that the interface table
@@ -578,7 +634,28 @@ fn open_segment(cx: &mut Ctx, e: &SegmentEntry) -> anyhow::Result<(Segment, Vec<
     let sel = cx.sel;
     let (lo, hi, windowed) = (sel.lo(), sel.hi(), sel.windowed());
     let frames = &seg.trailer.frames;
-    let index: Option<Vec<bool>> = None;
+    // The flow index, when there is a filter and the segment has a usable one.
+    let index = match cx.filter.as_ref() {
+        None => None,
+        Some(f) => match flowlist::load(cx.loc, cx.c, e) {
+            flowlist::Index::Rows(rows) => {
+                cx.dec.stats.sidecars += 1;
+                let want = flowlist::frames_that_may_match(&rows, frames.len(), &f.prune);
+                if want.is_none() {
+                    eprintln!(
+                        "zcap: warning: {}: its flow index names frames the segment does not have; reading all of them",
+                        seg.path().display()
+                    );
+                    cx.dec.stats.unindexed += 1;
+                }
+                want
+            }
+            flowlist::Index::Missing | flowlist::Index::Unusable => {
+                cx.dec.stats.unindexed += 1;
+                None
+            }
+        },
+    };
     let mut read = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let window = !windowed || f.overlaps(lo, hi);
