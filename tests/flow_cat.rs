@@ -750,3 +750,148 @@ fn ls_marks_segments_with_cut_flows() {
     );
     assert!(v.iter().all(|r| r["flows"].is_u64()));
 }
+
+#[test]
+fn filtered_merge_of_several_streams_is_the_filtered_merge() {
+    if !need_tool("tcpdump") {
+        return;
+    }
+    let tmp = tempdir();
+    let t = tmp.path();
+    let (a, b) = (t.join("a.pcap"), t.join("b.pcap"));
+    gen(&["--count", "1500", "--l3", "mixed"], &a);
+    gen(
+        &["--count", "1500", "--seed", "4", "--start", "1764057600.3"],
+        &b,
+    );
+    let arch = t.join("arch");
+    record(&a, &arch);
+    record(&b, &arch);
+    index(&arch);
+    let all = t.join("all.pcap");
+    run_ok(zcap().arg("cat").arg(&arch).arg("-w").arg(&all));
+    for f in [
+        "port 22",
+        "ip6 or udp",
+        "host 10.0.6.140",
+        "tcp[13] & 8 != 0",
+    ] {
+        let want = tcpdump_records(&all, f);
+        let (got, _, st) = cat(&arch, t, f);
+        assert!(!want.is_empty(), "`{f}` matches nothing");
+        assert!(
+            got == want,
+            "`{f}`: the filtered merge is not the merge filtered"
+        );
+        assert!(stat(&st, "sidecars read:") > 0);
+    }
+}
+
+const KEY: &str = "zcaptestkey";
+const SECRET: &str = "zcaptestsecret";
+const BUCKET: &str = "zcap-test";
+
+/// An s3s-fs server (see tests/object_store.rs) serving `root`, killed when dropped.
+struct Store {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs() -> Option<PathBuf> {
+    which("s3s-fs").or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        let p = home.join("bin/s3s-fs");
+        p.is_file().then_some(p)
+    })
+}
+
+fn zcap_s3(store: &Store) -> Command {
+    let mut c = zcap();
+    c.env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", store.port),
+        );
+    c
+}
+
+#[test]
+fn filtered_cat_and_flows_read_a_remote_archive() {
+    let Some(bin) = s3s_fs().or_else(|| {
+        need_tool("s3s-fs");
+        None
+    }) else {
+        return;
+    };
+    if !need_tool("tcpdump") {
+        return;
+    }
+    let tmp = tempdir();
+    let t = tmp.path();
+    let input = t.join("in.pcap");
+    gen(&["--count", "3000", "--l3", "mixed"], &input);
+    let arch = t.join("arch");
+    record(&input, &arch);
+    index(&arch);
+    // The bucket holds the archive's files under the prefix, sidecars included, as an
+    // upload of an indexed archive leaves them.
+    let root = t.join("root");
+    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&arch)
+            .arg(root.join(BUCKET).join("arch")),
+    );
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", KEY, "--secret-key", SECRET])
+        .arg(&root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start s3s-fs");
+    let store = Store { child, port };
+    wait_until("s3s-fs listens", std::time::Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("s3://{BUCKET}/arch");
+    let segments = segment_files(&arch).len() as u64;
+    let stored: u64 = segment_files(&arch)
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    for f in ["host 10.0.6.140", "ip6 and port 8080"] {
+        let local = run_ok(zcap().arg("cat").arg(&arch).arg(f)).stdout;
+        let out = run_ok(zcap_s3(&store).args(["cat", &url, "--stats", f]));
+        let st = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.stdout == local,
+            "`{f}`: the remote read differs from the local one"
+        );
+        assert_eq!(stat(&st, "sidecars read:"), segments, "{st}");
+        let fetched = stat(&st, "bytes fetched:");
+        eprintln!("`{f}`: fetched {fetched} of {stored} stored bytes");
+        assert!(
+            fetched < stored,
+            "`{f}`: fetched {fetched}, stored {stored}"
+        );
+    }
+    let local = run_ok(zcap().args(["flows", "--json"]).arg(&arch)).stdout;
+    let remote = run_ok(zcap_s3(&store).args(["flows", "--json", &url])).stdout;
+    assert!(!local.is_empty() && remote == local);
+}
