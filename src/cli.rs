@@ -530,7 +530,7 @@ pub struct LsArgs {
   zcap cat A > all.pcap                                 the whole archive
   zcap cat A --from 2026-11-25T10:02:00Z --to 2026-11-25T10:03:00Z | tshark -r -
   zcap cat A 'host 10.0.0.1 and port 443' -w x.pcap     one host's HTTPS, as tcpdump selects it
-  zcap cat A --from 10:00 net 10.1.0.0/16 and not tcp   (unquoted words are joined by spaces)
+  zcap cat A net 10.1.0.0/16 and not tcp > x.pcap       (unquoted words are joined by spaces)
   zcap cat A --stats 'vlan 100 and udp' > /dev/null     how much the flow index saved
 Filters are tcpdump's (pcap-filter(7)); the output holds exactly the packets
 `zstd -dc SEGMENTS | tcpdump -r - -w - FILTER` selects, in the same order. Segments indexed
@@ -582,7 +582,7 @@ fn join_filter(words: &[String]) -> Option<String> {
 #[command(after_help = "Examples:
   zcap flows A                                       every flow, by first packet
   zcap flows A --from 2026-11-25T10:00:00Z 'host 10.0.0.1'
-  zcap flows A --json | jq -c 'select(.bytes > 1e6) | {a, b, b_port, bytes}'
+  zcap flows A --json | jq -c 'select(.bytes > 1e6) | {addr_a, addr_b, port_b, bytes}'
   zcap flows A 'tcp port 443' --json | jq -s 'map(.bytes) | add'
 The flow index is per segment: `zcap index A` builds it for segments recorded without one;
 those are named on stderr, never silently left out of the counts.")]
@@ -594,8 +594,8 @@ pub struct FlowsArgs {
     #[command(flatten)]
     pub s3: S3Args,
     /// Only flows with packets at or after this time (RFC 3339 or epoch seconds). The
-    /// index counts per segment: a flow that overlaps the window is listed with its counts in
-    /// every segment that does.
+    /// index counts per segment: a flow's counts are those of every segment in which its
+    /// packets span part of the window, not only of the packets inside it.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<i64>,
     /// Only flows with packets at or before this time.

@@ -4,7 +4,10 @@
 //! copied as they decompress, and with a time window only the frames the index says overlap
 //! it are decompressed, then only records inside it are kept. Several streams are merged by
 //! timestamp into one pcap (all pcap with one link type) or pcapng (one interface per stream
-//! and interface). Nothing here writes to the archive. An archive whose manifest names a
+//! and interface). With a filter ([`Filter`]) every packet read is checked by libpcap's
+//! program, and a segment's flow index ([`super::flowlist`]) narrows the frames read to those
+//! that can hold a match; frames declaring pcapng interfaces are read whatever the index says.
+//! Nothing here writes to the archive. An archive whose manifest names a
 //! path that breaks the naming rule ([`super::path`]) is refused whole, before anything in
 //! it is read.
 
@@ -683,7 +686,8 @@ fn cat_one<W: Write>(cx: &mut Ctx, stream: &str, out: &mut W) -> anyhow::Result<
     if segs.is_empty() {
         // Nothing in the window: still a valid, empty capture.
         if let Some(e) = all.first() {
-            let (mut seg, _) = open_segment(cx, e)?;
+            cx.dec.stats.segments += 1;
+            let mut seg = cx.loc.open(e)?;
             seg.plan(|_, _| false);
             seg.read_header(&mut cx.dec, &mut buf)?;
             out.write_all(&buf).context("writing output")?;
