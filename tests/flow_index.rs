@@ -342,3 +342,105 @@ fn a_sidecar_no_line_names_is_a_note() {
         "{out}"
     );
 }
+
+#[test]
+fn index_skips_a_damaged_segment_and_says_so() {
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    let seg = lines(&arch, "segment")[1]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = arch.join(&seg);
+    let mut b = std::fs::read(&path).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x55;
+    std::fs::write(&path, &b).unwrap();
+    let r = zcap().arg("index").arg(&arch).output().unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains(&format!("not indexing {seg}")) && err.contains("not built from altered data"),
+        "{err}"
+    );
+    let out = stdout(&r);
+    let segments = lines(&arch, "segment").len();
+    assert!(
+        out.contains(&format!("{} segments indexed", segments - 1)) && out.contains("1 unreadable"),
+        "{out}"
+    );
+    assert!(!arch
+        .join(seg.replace(".pcap.zst", ".flows.parquet"))
+        .exists());
+}
+
+#[test]
+fn repair_removes_the_index_of_a_deleted_segment() {
+    use zcap::archive::manifest::{Entry, Writer};
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    index(&arch);
+    // Retention's crash window: the delete line written and the segment removed, its
+    // sidecar not yet.
+    let seg = lines(&arch, "segment")[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = Writer::open(&arch, zcap::archive::create_entry).unwrap();
+    w.append(&Entry::Delete {
+        path: seg.clone(),
+        reason: "max-bytes".into(),
+    })
+    .unwrap();
+    drop(w);
+    std::fs::remove_file(arch.join(&seg)).unwrap();
+    let side = zcap::archive::sidecar_name(&seg);
+    let out = stdout(&verify(&arch, &[]));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("note: ") && l.contains(&side)),
+        "{out}"
+    );
+    let r = verify(&arch, &["--repair"]);
+    let out = stdout(&r);
+    assert!(r.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed {side}: the flow index of a deleted segment"
+        )),
+        "{out}"
+    );
+    assert!(!arch.join(&side).exists());
+}
+
+#[test]
+fn a_flows_line_naming_no_segment_is_damage() {
+    use zcap::archive::manifest::{Entry, FlowsEntry, Writer};
+    let t = tempdir();
+    let (_, arch) = recorded(t.path());
+    let stream = lines(&arch, "segment")[0]["stream"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghost = format!("{stream}/999999.pcap.zst");
+    let mut w = Writer::open(&arch, zcap::archive::create_entry).unwrap();
+    w.append(&Entry::Flows(FlowsEntry {
+        segment: ghost.clone(),
+        bytes: 4,
+        sha256: "0".repeat(64),
+        flows: 0,
+        cut_packets: 0,
+        cut_bytes: 0,
+    }))
+    .unwrap();
+    drop(w);
+    let r = verify(&arch, &[]);
+    let out = stdout(&r);
+    assert_eq!(r.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("DAMAGE: ")
+            && l.contains(&ghost)
+            && l.contains("which no segment line before it names")),
+        "{out}"
+    );
+}

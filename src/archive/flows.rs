@@ -2,8 +2,9 @@
 //! [`index_segment`] reads a finalized segment's packets, sums them into a
 //! [`FlowTable`], writes the sidecar beside the segment ([`write_sidecar`]: temporary name,
 //! fsync, rename, fsync the directory) and returns its `flows` entry for the caller to append.
-//! `zcap index` ([`run`]) does that for every live segment without a `flows` line, under the
-//! archive lock; `verify` checks sidecars with [`check_sidecar`] and `verify --repair`
+//! The recorder does the same at finalize with its own table: [`sidecar::encode`], then
+//! [`write_sidecar`], and [`flows_entry`] for the line. `zcap index` ([`run`]) does it for
+//! every live segment without a `flows` line, under the archive lock; `verify` checks sidecars with [`check_sidecar`] and `verify --repair`
 //! rebuilds the missing and damaged ones with [`index_segment`]. Paths come from the manifest
 //! and pass [`super::path`]'s rule first; the sidecar's path is derived from the segment's
 //! ([`super::sidecar_name`]) and nothing is opened through a symbolic link.
@@ -14,7 +15,6 @@ use super::segment::{Decoder, Segment};
 use crate::flow::sidecar::{self, Meta, Row};
 use crate::flow::{self, FlowTable};
 use crate::stream::{pcap, pcapng, Format, UnitKind};
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -142,38 +142,75 @@ pub fn write_sidecar(dir: &Path, segment: &str, bytes: &[u8]) -> io::Result<Stri
     Ok(rel)
 }
 
+/// Why a segment was not indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The segment cannot be read (missing, damaged, a link): it stays unindexed, and
+    /// `verify` says why.
+    #[error("{0}")]
+    Segment(String),
+    #[error("the flow index of {segment}: {error}")]
+    Encode {
+        segment: String,
+        error: sidecar::SidecarError,
+    },
+    /// Writing the sidecar failed (the error names the file).
+    #[error("{0}")]
+    Write(#[from] io::Error),
+}
+
 /// Builds and writes the sidecar of the live segment `seg` of the archive at `dir`, and
 /// returns the `flows` entry that names it (not appended: the caller holds the manifest).
+/// The segment must hash to its line's SHA-256 first.
 pub fn index_segment(
     dir: &Path,
     seg: &SegmentEntry,
     table: &mut FlowTable,
     dec: &mut Decoder,
-) -> anyhow::Result<FlowsEntry> {
-    let path = super::checked_path(dir, &seg.path)?;
-    segment_flows(&path, table, dec).map_err(anyhow::Error::msg)?;
+) -> Result<FlowsEntry, IndexError> {
+    let path =
+        super::checked_path(dir, &seg.path).map_err(|e| IndexError::Segment(e.to_string()))?;
+    // An index of altered data would look as good as any: the segment must be the one its
+    // line finalized.
+    let (sha, len) = super::verify::sha256_file(&path)
+        .map_err(|e| IndexError::Segment(format!("{}: {e}", path.display())))?;
+    if sha != seg.sha256 || len != seg.bytes {
+        return Err(IndexError::Segment(format!(
+            "{}: not the segment its manifest line finalized (SHA-256 or size differs): an index is not built from altered data",
+            path.display()
+        )));
+    }
+    segment_flows(&path, table, dec).map_err(IndexError::Segment)?;
     let meta = Meta {
         stream: &seg.stream,
         segment: &seg.path,
         seq: seg.seq,
     };
-    let bytes = sidecar::encode(&meta, table.rows())
-        .with_context(|| format!("the flow index of {}", seg.path))?;
+    let bytes = sidecar::encode(&meta, table.rows()).map_err(|error| IndexError::Encode {
+        segment: seg.path.clone(),
+        error,
+    })?;
     write_sidecar(dir, &seg.path, &bytes)?;
+    Ok(flows_entry(&seg.path, &bytes, table))
+}
+
+/// The `flows` line of the sidecar `bytes` that [`sidecar::encode`] made of `table`'s rows
+/// for the segment at `segment`: its size, SHA-256, rows and cut sums.
+pub fn flows_entry(segment: &str, bytes: &[u8], table: &FlowTable) -> FlowsEntry {
     let (cut_packets, cut_bytes) = table.rows().fold((0u64, 0u64), |(p, b), r| {
         (
             p.saturating_add(r.cut_packets),
             b.saturating_add(r.cut_bytes),
         )
     });
-    Ok(FlowsEntry {
-        segment: seg.path.clone(),
+    FlowsEntry {
+        segment: segment.to_string(),
         bytes: bytes.len() as u64,
-        sha256: manifest::hex(&Sha256::digest(&bytes)),
+        sha256: manifest::hex(&Sha256::digest(bytes)),
         flows: table.len() as u64,
         cut_packets,
         cut_bytes,
-    })
+    }
 }
 
 /// Reads a sidecar file whole, never through a symbolic link. `Ok(None)` when it is not
@@ -261,11 +298,14 @@ pub struct Indexed {
     pub had: u64,
     /// Segments evicted from this copy (their index is the uploader's to carry).
     pub evicted: u64,
+    /// Segments that could not be read, and why: left unindexed.
+    pub unreadable: Vec<String>,
 }
 
 /// Indexes every live segment of `c` (the archive at `dir`) that has no `flows` line,
-/// appending each line through `w` after its sidecar is on disk. Progress goes to stderr
-/// every few seconds when there is much to do.
+/// appending each line through `w` after its sidecar is on disk. A segment that cannot be
+/// read is said on stderr and skipped; a sidecar or manifest line that cannot be written
+/// ends the run. Progress goes to stderr every few seconds when there is much to do.
 pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyhow::Result<Indexed> {
     let mut done = Indexed {
         evicted: c.evicted.len() as u64,
@@ -292,7 +332,15 @@ pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyho
             );
             said = Instant::now();
         }
-        let f = index_segment(dir, seg, &mut table, &mut dec)?;
+        let f = match index_segment(dir, seg, &mut table, &mut dec) {
+            Ok(f) => f,
+            Err(IndexError::Segment(why)) => {
+                eprintln!("zcap: index: not indexing {}: {why}", seg.path);
+                done.unreadable.push(why);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         done.flows += f.flows;
         w.append(&Entry::Flows(f))?;
         done.segments += 1;
@@ -302,7 +350,8 @@ pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyho
 
 /// `zcap index DIR`: builds the missing flow indexes of a local archive. Refuses while a
 /// recorder holds the archive's lock, and an archive whose manifest names paths outside the
-/// naming rule. Idempotent: a second run indexes nothing.
+/// naming rule. Idempotent: a second run indexes nothing. Ok(false) when a segment could not
+/// be read.
 pub fn run(o: &Options) -> anyhow::Result<bool> {
     let dir = &o.dir;
     if !dir.join(manifest::FILE).is_file() {
@@ -330,6 +379,13 @@ pub fn run(o: &Options) -> anyhow::Result<bool> {
             d.evicted
         ));
     }
+    if !d.unreadable.is_empty() {
+        also.push(format!(
+            "{} unreadable (`zcap verify {}` says why)",
+            d.unreadable.len(),
+            dir.display()
+        ));
+    }
     println!(
         "index: {} segments indexed ({} flows), {}: {}",
         d.segments,
@@ -337,7 +393,7 @@ pub fn run(o: &Options) -> anyhow::Result<bool> {
         also.join(", "),
         dir.display()
     );
-    Ok(true)
+    Ok(d.unreadable.is_empty())
 }
 
 #[cfg(test)]
@@ -375,14 +431,7 @@ mod tests {
             seq: 1,
         };
         let bytes = sidecar::encode(&meta, t.rows()).unwrap();
-        let f = FlowsEntry {
-            segment: meta.segment.into(),
-            bytes: bytes.len() as u64,
-            sha256: manifest::hex(&Sha256::digest(&bytes)),
-            flows: t.len() as u64,
-            cut_packets: 0,
-            cut_bytes: 0,
-        };
+        let f = flows_entry(meta.segment, &bytes, t);
         (bytes, f)
     }
 

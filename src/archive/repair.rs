@@ -147,6 +147,21 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
     }
     let cat = Catalog::load(dir)?;
     done.extend(repair_flows(dir, &cat, &finalized, &mut w)?);
+    // Flow indexes of deleted segments (a crash between retention's two removals).
+    let named: std::collections::HashSet<String> =
+        cat.flows.keys().map(|p| super::sidecar_name(p)).collect();
+    for s in &disk.sidecars {
+        let deleted = cat.deleted.iter().any(|p| super::sidecar_name(p) == *s);
+        if named.contains(s) || !deleted {
+            continue;
+        }
+        let path = dir.join(s);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        sync_dir(path.parent().expect("sidecars live in stream directories"))?;
+        let what = format!("removed {s}: the flow index of a deleted segment");
+        w.append(&Entry::Repair { what: what.clone() })?;
+        done.push(what);
+    }
 
     // Streams whose recorder died never got their `end` entry.
     let cat = Catalog::load(dir)?;

@@ -343,6 +343,17 @@ impl Live {
             }
             Err(e) => return Err(e),
         }
+        if matches!(entry, Entry::Delete { .. }) {
+            // The flow index goes with its segment (an evicted segment keeps its local
+            // index, so flow queries still cover it). One left by a crash here is a note
+            // for `verify`, which `verify --repair` removes.
+            let side = dir.join(super::sidecar_name(&path));
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("zcap: retention: not deleting {}: {e}", side.display()),
+            }
+        }
         self.segs.remove(i);
         self.total -= bytes;
         Ok(Some(bytes))
@@ -371,6 +382,7 @@ mod tests {
             let p = format!("s/{i:06}.pcap.zst");
             std::fs::create_dir_all(dir.path().join("s")).unwrap();
             std::fs::write(dir.path().join(&p), vec![0u8; 100]).unwrap();
+            std::fs::write(dir.path().join(crate::archive::sidecar_name(&p)), b"PAR1").unwrap();
             live.add(p, 100, t);
         }
         assert_eq!(
@@ -378,6 +390,11 @@ mod tests {
             1
         );
         assert!(!dir.path().join("s/000001.pcap.zst").exists());
+        assert!(
+            !dir.path().join("s/000001.flows.parquet").exists(),
+            "the flow index goes with its segment"
+        );
+        assert!(dir.path().join("s/000003.flows.parquet").exists());
         assert_eq!(
             live.enforce(dir.path(), &mut m, None, Some(Duration::from_secs(60)))
                 .unwrap(),
