@@ -420,3 +420,37 @@ fn table<W: Write>(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::parse::tests::{eth, ipv4, tcp, udp};
+    use crate::flow::{parse, FlowTable};
+
+    fn rows(t: &FlowTable) -> Vec<Row> {
+        t.rows().map(Row::from).collect()
+    }
+
+    #[test]
+    fn frames_of_the_rows_a_filter_may_match() {
+        let mut t = FlowTable::new();
+        let web = parse(1, &eth(&[], 0x0800, &ipv4(6, &[], 0, &tcp(40000, 443))));
+        let dns = parse(1, &eth(&[], 0x0800, &ipv4(17, &[], 0, &udp(5353, 53))));
+        let mut bad = ipv4(6, &[], 0, &tcp(1, 443));
+        bad[0] = 0x43; // IHL 3: malformed, its ports unknown
+        let bad = parse(1, &eth(&[], 0x0800, &bad));
+        t.add(&web, 1, 60, 0);
+        t.add(&web, 2, 60, 2);
+        t.add(&dns, 3, 60, 1);
+        t.add(&bad, 4, 60, 3);
+        let r = rows(&t);
+        let want =
+            |expr: &str| frames_that_may_match(&r, 5, &FlowFilter::parse(expr).unwrap()).unwrap();
+        assert_eq!(want("port 443"), [true, false, true, true, false]);
+        assert_eq!(want("udp"), [false, true, false, true, false]);
+        assert_eq!(want("host 192.0.2.1"), [false; 5]);
+        assert_eq!(want("tcp[13] & 2 != 0"), [true, true, true, true, false]);
+        // A row naming a frame the segment does not have: the index cannot be used.
+        assert!(frames_that_may_match(&r, 3, &FlowFilter::parse("port 443").unwrap()).is_none());
+    }
+}
