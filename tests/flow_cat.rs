@@ -895,3 +895,52 @@ fn filtered_cat_and_flows_read_a_remote_archive() {
     let remote = run_ok(zcap_s3(&store).args(["flows", "--json", &url])).stdout;
     assert!(!local.is_empty() && remote == local);
 }
+
+#[test]
+fn a_filter_and_a_time_window_read_what_both_allow() {
+    if !need_tool("tcpdump") {
+        return;
+    }
+    let tmp = tempdir();
+    let t = tmp.path();
+    let input = t.join("in.pcap");
+    gen(&["--count", "4000", "--l3", "mixed"], &input);
+    let arch = t.join("arch");
+    record(&input, &arch);
+    index(&arch);
+    // The middle second of the four.
+    let window = ["--from", "1764057601", "--to", "1764057602"];
+    let windowed = t.join("window.pcap");
+    run_ok(
+        zcap()
+            .arg("cat")
+            .arg(&arch)
+            .args(window)
+            .arg("-w")
+            .arg(&windowed),
+    );
+    for f in ["port 22", "ip6 and udp", "tcp[13] & 8 != 0"] {
+        let want = tcpdump_records(&windowed, f);
+        assert!(!want.is_empty(), "`{f}` matches nothing in the window");
+        let out = run_ok(
+            zcap()
+                .arg("cat")
+                .arg(&arch)
+                .args(window)
+                .arg("--stats")
+                .arg(f),
+        );
+        let (_, got) = pcap_records(&out.stdout);
+        let got: Vec<Rec> = got
+            .into_iter()
+            .map(|(ts, l, d)| (ts - ts.rem_euclid(1000), l, d))
+            .collect();
+        assert!(got == want, "`{f}`: the windowed filtered read differs");
+        let st = String::from_utf8_lossy(&out.stderr);
+        let (_, _, all) = cat(&arch, t, f);
+        assert!(
+            stat(&st, "frames decompressed:") < stat(&all, "frames decompressed:"),
+            "`{f}`: the window saved nothing"
+        );
+    }
+}
