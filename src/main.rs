@@ -9,8 +9,10 @@
 use clap::Parser;
 use std::process::ExitCode;
 use zcap::archive::location::Location;
-use zcap::archive::{path::Untrusted, read, verify};
-use zcap::cli::{CatArgs, Cli, Command, IndexArgs, LsArgs, S3Args, UploadArgs, VerifyArgs};
+use zcap::archive::{flowlist, path::Untrusted, read, verify};
+use zcap::cli::{
+    CatArgs, Cli, Command, FlowsArgs, IndexArgs, LsArgs, S3Args, UploadArgs, VerifyArgs,
+};
 
 /// The archive a command names: a directory or an s3:// URL.
 fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
@@ -32,8 +34,22 @@ fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
             from: a.from,
             to: a.to,
         },
+        filter: a.filter_expr(),
         write: a.write.clone(),
         stats: a.stats,
+    })
+}
+
+fn flows_options(a: &FlowsArgs) -> anyhow::Result<flowlist::FlowsOptions> {
+    Ok(flowlist::FlowsOptions {
+        loc: location(&a.dir, &a.s3)?,
+        sel: read::Selection {
+            streams: a.stream.clone(),
+            from: a.from,
+            to: a.to,
+        },
+        filter: a.filter_expr(),
+        json: a.json,
     })
 }
 
@@ -73,6 +89,7 @@ fn main() -> ExitCode {
         Command::Record(a) => zcap::record::run(a),
         Command::Ls(a) => ls_options(a).and_then(|o| read::ls(&o)),
         Command::Cat(a) => cat_options(a).and_then(|o| read::cat(&o)),
+        Command::Flows(a) => flows_options(a).and_then(|o| flowlist::flows(&o)),
         Command::Verify(a) => verify_options(a).and_then(|o| verify::run(&o)),
         Command::Index(a) => zcap::archive::flows::run(&index_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
