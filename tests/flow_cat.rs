@@ -11,8 +11,6 @@ mod common;
 use common::*;
 use pcap_file::pcap::PcapReader;
 use pcap_file::TsResolution;
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -496,45 +494,6 @@ fn a_rare_host_costs_the_frames_that_hold_it() {
     }
 }
 
-/// (protocol, lower endpoint, higher endpoint) → (packets lower→higher, higher→lower).
-type Convs = BTreeMap<(u8, (IpAddr, u16), (IpAddr, u16)), (u64, u64)>;
-
-fn endpoint(s: &str) -> (IpAddr, u16) {
-    let (a, p) = s.rsplit_once(':').unwrap();
-    (a.parse().unwrap(), p.parse().unwrap())
-}
-
-/// tshark's TCP and UDP conversations: lines `A <-> B  frames(B→A) bytes unit  frames(A→B) …`.
-fn tshark_convs(path: &Path) -> Convs {
-    let mut c = Convs::new();
-    for (proto, name) in [(6u8, "conv,tcp"), (17, "conv,udp")] {
-        let out = run_ok(
-            Command::new("tshark")
-                .arg("-r")
-                .arg(path)
-                .args(["-q", "-z", name]),
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let tok: Vec<&str> = line.split_whitespace().collect();
-            if tok.get(1) != Some(&"<->") {
-                continue;
-            }
-            let (a, b) = (endpoint(tok[0]), endpoint(tok[2]));
-            let b_to_a: u64 = tok[3].parse().unwrap();
-            let a_to_b: u64 = tok[6].parse().unwrap();
-            let (key, v) = if a <= b {
-                ((proto, a, b), (a_to_b, b_to_a))
-            } else {
-                ((proto, b, a), (b_to_a, a_to_b))
-            };
-            let e = c.entry(key).or_default();
-            e.0 += v.0;
-            e.1 += v.1;
-        }
-    }
-    c
-}
-
 fn flows_json(arch: &Path, args: &[&str]) -> (Vec<serde_json::Value>, String) {
     let out = run_ok(zcap().arg("flows").arg(arch).arg("--json").args(args));
     let rows = String::from_utf8_lossy(&out.stdout)
@@ -823,16 +782,6 @@ impl Drop for Store {
     }
 }
 
-fn s3s_fs() -> Option<PathBuf> {
-    which("s3s-fs").or_else(|| {
-        let home = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-        let p = home.join("bin/s3s-fs");
-        p.is_file().then_some(p)
-    })
-}
-
 fn zcap_s3(store: &Store) -> Command {
     let mut c = zcap();
     c.env("AWS_ACCESS_KEY_ID", KEY)
@@ -848,10 +797,7 @@ fn zcap_s3(store: &Store) -> Command {
 
 #[test]
 fn filtered_cat_and_flows_read_a_remote_archive() {
-    let Some(bin) = s3s_fs().or_else(|| {
-        need_tool("s3s-fs");
-        None
-    }) else {
+    let Some(bin) = need_s3s_fs() else {
         return;
     };
     if !need_tool("tcpdump") {
