@@ -563,15 +563,8 @@ pub struct CatArgs {
     pub dir: String,
     #[command(flatten)]
     pub s3: S3Args,
-    /// Only packets at or after this time (RFC 3339 or epoch seconds).
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub from: Option<i64>,
-    /// Only packets at or before this time.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub to: Option<i64>,
-    /// Only these streams (repeat for several); default all.
-    #[arg(long, value_name = "NAME")]
-    pub stream: Vec<String>,
+    #[command(flatten)]
+    pub window: Window,
     /// Write to FILE instead of stdout.
     #[arg(short = 'w', value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -594,6 +587,20 @@ impl CatArgs {
     }
 }
 
+/// Which packets a reader takes: a time window and streams.
+#[derive(Debug, Clone, Args)]
+pub struct Window {
+    /// Only packets at or after this time (RFC 3339 or epoch seconds).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub from: Option<i64>,
+    /// Only packets at or before this time.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub to: Option<i64>,
+    /// Only these streams (repeat for several); default all.
+    #[arg(long, value_name = "NAME")]
+    pub stream: Vec<String>,
+}
+
 /// Trailing filter words as one expression (tcpdump joins its arguments with spaces).
 fn join_filter(words: &[String]) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
@@ -605,8 +612,10 @@ fn join_filter(words: &[String]) -> Option<String> {
   zcap flows A --from 2026-11-25T10:00:00Z 'host 10.0.0.1'
   zcap flows A --json | jq -c 'select(.bytes > 1e6) | {addr_a, addr_b, port_b, bytes}'
   zcap flows A 'tcp port 443' --json | jq -s 'map(.bytes) | add'
-The flow index is per segment: `zcap index A` builds it for segments recorded without one;
-those are named on stderr, never silently left out of the counts.")]
+The flow index is per segment: with --from/--to, a flow's counts are those of every segment
+in which its packets span part of the window, not only of the packets inside it. `zcap index
+A` builds the index for segments recorded without one; those are named on stderr, never
+silently left out of the counts.")]
 pub struct FlowsArgs {
     /// Archive: a directory, or s3://BUCKET/PREFIX (only the flow index is fetched, no
     /// segment).
@@ -614,17 +623,8 @@ pub struct FlowsArgs {
     pub dir: String,
     #[command(flatten)]
     pub s3: S3Args,
-    /// Only flows with packets at or after this time (RFC 3339 or epoch seconds). The
-    /// index counts per segment: a flow's counts are those of every segment in which its
-    /// packets span part of the window, not only of the packets inside it.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub from: Option<i64>,
-    /// Only flows with packets at or before this time.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub to: Option<i64>,
-    /// Only these streams (repeat for several); default all.
-    #[arg(long, value_name = "NAME")]
-    pub stream: Vec<String>,
+    #[command(flatten)]
+    pub window: Window,
     /// One JSON object per flow, one per line (fields in docs/ARCHIVE.md, "Flow listing").
     #[arg(long)]
     pub json: bool,

@@ -26,14 +26,18 @@ fn ls_options(a: &LsArgs) -> anyhow::Result<read::LsOptions> {
     })
 }
 
+fn selection(w: &zcap::cli::Window) -> read::Selection {
+    read::Selection {
+        streams: w.stream.clone(),
+        from: w.from,
+        to: w.to,
+    }
+}
+
 fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
     Ok(read::CatOptions {
         loc: location(&a.dir, &a.s3)?,
-        sel: read::Selection {
-            streams: a.stream.clone(),
-            from: a.from,
-            to: a.to,
-        },
+        sel: selection(&a.window),
         filter: a.filter_expr(),
         write: a.write.clone(),
         stats: a.stats,
@@ -43,11 +47,7 @@ fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
 fn flows_options(a: &FlowsArgs) -> anyhow::Result<flowlist::FlowsOptions> {
     Ok(flowlist::FlowsOptions {
         loc: location(&a.dir, &a.s3)?,
-        sel: read::Selection {
-            streams: a.stream.clone(),
-            from: a.from,
-            to: a.to,
-        },
+        sel: selection(&a.window),
         filter: a.filter_expr(),
         json: a.json,
     })
