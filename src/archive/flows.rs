@@ -16,9 +16,7 @@ use crate::flow::sidecar::{self, Meta, Row};
 use crate::flow::{self, FlowTable};
 use crate::stream::{pcap, pcapng, Format, UnitKind};
 use sha2::{Digest, Sha256};
-use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -121,24 +119,8 @@ pub fn write_sidecar(dir: &Path, segment: &str, bytes: &[u8]) -> io::Result<Stri
     let rel = super::sidecar_name(segment);
     let path = dir.join(&rel);
     let tmp = dir.join(format!("{rel}.tmp"));
-    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(named(&tmp, e));
-    }
-    let parent = path.parent().unwrap_or(dir);
-    crate::writer::segment::sync_dir(parent).map_err(|e| named(parent, e))?;
+    super::path::replace_file(&tmp, &path, bytes)?;
+    crate::writer::segment::sync_dir(path.parent().unwrap_or(dir))?;
     Ok(rel)
 }
 

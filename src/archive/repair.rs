@@ -75,19 +75,8 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
                 .map(str::len)
                 .sum();
             let tmp = dir.join(format!("{}.repair-tmp", manifest::FILE));
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)
-                .and_then(|mut f| {
-                    f.write_all(&text.as_bytes()[..keep])?;
-                    f.sync_all()
-                })
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("replacing {}", path.display()))?;
+            super::path::replace_file(&tmp, &path, &text.as_bytes()[..keep])
+                .context("dropping the torn line")?;
             sync_dir(dir)?;
             dropped = Some(format!(
                 "dropped torn manifest line {line} ({reason}; {} bytes)",
