@@ -58,10 +58,30 @@ pub enum Command {
     Record(RecordArgs),
     /// List an archive's segments: streams, time ranges, packets, bytes, compression ratio.
     Ls(LsArgs),
-    /// Write an archive's packets (optionally a time window) to stdout as pcap or pcapng.
+    /// Write an archive's packets (optionally a time window, a filter) to stdout as pcap or
+    /// pcapng.
     Cat(CatArgs),
+    /// List an archive's flows (conversations) from its flow index, like `tshark -z conv`:
+    /// addresses, ports, protocol, VLAN, packets and bytes each way, start, duration, cut.
+    Flows(FlowsArgs),
     /// Check hashes, frames and the manifest chain; --repair recovers after a crash.
     Verify(VerifyArgs),
+    /// Build the flow index (a Parquet sidecar per segment) for segments that lack one.
+    #[command(
+        long_about = "Build the flow index of an archive's segments that lack one: each segment's \
+packets are read, summed into bidirectional flows (VLANs, EtherType, protocol, addresses, ports, \
+packets and bytes each way, first/last time, the data frames holding them) and written beside \
+the segment as STREAM/NNNNNN.flows.parquet, named with its SHA-256 by a `flows` line in the \
+manifest. Segments indexed already are left alone, so running it again indexes nothing. It \
+appends to the manifest, so it refuses while a recorder holds the archive's lock.",
+        after_help = "Examples:
+  zcap index arch                               index what is not indexed yet
+  zcap verify arch                              checks the sidecars with everything else
+  duckdb -c \"select addr_a, addr_b, sum(packets) p from 'arch/*/*.flows.parquet'
+             group by all order by p desc limit 10\"   the busiest conversations
+See docs/ARCHIVE.md, \"Flow index\", for the columns."
+    )]
+    Index(IndexArgs),
     /// Send an archive or capture file as PCAP-over-IP, or serve it to whoever connects.
     Replay(ReplayArgs),
     /// Capture interfaces live (-i) and stream them as PCAP-over-IP to a recorder: a sensor.
@@ -527,6 +547,15 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  zcap cat A > all.pcap                                 the whole archive
+  zcap cat A --from 2026-11-25T10:02:00Z --to 2026-11-25T10:03:00Z | tshark -r -
+  zcap cat A 'host 10.0.0.1 and port 443' -w x.pcap     one host's HTTPS, as tcpdump selects it
+  zcap cat A net 10.1.0.0/16 and not tcp > x.pcap       (unquoted words are joined by spaces)
+  zcap cat A --stats 'vlan 100 and udp' > /dev/null     how much the flow index saved
+Filters are tcpdump's (pcap-filter(7)); the output holds exactly the packets
+`zstd -dc SEGMENTS | tcpdump -r - -w - FILTER` selects, in the same order. Segments indexed
+by `zcap index` (or a recorder that indexes) are decompressed only where a match can be.")]
 pub struct CatArgs {
     /// Archive: a directory, or s3://BUCKET/PREFIX (read by range requests: only the
     /// frames overlapping --from/--to are fetched).
@@ -534,6 +563,33 @@ pub struct CatArgs {
     pub dir: String,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub window: Window,
+    /// Write to FILE instead of stdout.
+    #[arg(short = 'w', value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Print to stderr how many frames were decompressed (seek efficiency) and, with a
+    /// filter, how many the flow index let be skipped and how many packets matched.
+    #[arg(long)]
+    pub stats: bool,
+    /// Only packets this tcpdump filter expression accepts (e.g. `host 10.0.0.1 and port
+    /// 443`), checked by libpcap (loaded at run time) as `tcpdump -r` does. Its words may be
+    /// one quoted argument or several; flags may come before or after them (`--` before a
+    /// filter with a word that starts with `-`).
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+impl CatArgs {
+    /// The filter's words joined by spaces, as tcpdump joins them; None without any.
+    pub fn filter_expr(&self) -> Option<String> {
+        join_filter(&self.filter)
+    }
+}
+
+/// Which packets a reader takes: a time window and streams.
+#[derive(Debug, Clone, Args)]
+pub struct Window {
     /// Only packets at or after this time (RFC 3339 or epoch seconds).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<i64>,
@@ -543,12 +599,49 @@ pub struct CatArgs {
     /// Only these streams (repeat for several); default all.
     #[arg(long, value_name = "NAME")]
     pub stream: Vec<String>,
-    /// Write to FILE instead of stdout.
-    #[arg(short = 'w', value_name = "FILE")]
-    pub write: Option<PathBuf>,
-    /// Print to stderr how many frames were decompressed (seek efficiency).
+}
+
+/// Trailing filter words as one expression (tcpdump joins its arguments with spaces).
+fn join_filter(words: &[String]) -> Option<String> {
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  zcap flows A                                       every flow, by first packet
+  zcap flows A --from 2026-11-25T10:00:00Z 'host 10.0.0.1'
+  zcap flows A --json | jq -c 'select(.bytes > 1e6) | {addr_a, addr_b, port_b, bytes}'
+  zcap flows A 'tcp port 443' --json | jq -s 'map(.bytes) | add'
+The flow index is per segment: with --from/--to, a flow's counts are those of every segment
+in which its packets span part of the window, not only of the packets inside it. `zcap index
+A` builds the index for segments recorded without one; those are named on stderr, never
+silently left out of the counts.")]
+pub struct FlowsArgs {
+    /// Archive: a directory, or s3://BUCKET/PREFIX (only the flow index is fetched, no
+    /// segment).
+    #[arg(value_name = "ARCHIVE")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub window: Window,
+    /// One JSON object per flow, one per line (fields in docs/ARCHIVE.md, "Flow listing").
     #[arg(long)]
-    pub stats: bool,
+    pub json: bool,
+    /// Only flows this tcpdump filter expression may match. Filtering is per flow, from the
+    /// index: a flow is listed when the filter may match its packets. That is exact for
+    /// host, net, port, portrange, proto (ip, ip6, tcp, udp, icmp, ...), vlan and and/or/not
+    /// over them; what the index does not model (`tcp[13] & 2 != 0`, `greater 100`) lists
+    /// every flow it could be true of.
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+impl FlowsArgs {
+    /// The filter's words joined by spaces; None without any.
+    pub fn filter_expr(&self) -> Option<String> {
+        join_filter(&self.filter)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -575,6 +668,13 @@ pub struct VerifyArgs {
     /// what proves nothing signed was removed.
     #[arg(long, value_name = "HASH")]
     pub head: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// The archive directory (a local one: the sidecars are written beside its segments).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

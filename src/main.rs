@@ -9,8 +9,10 @@
 use clap::Parser;
 use std::process::ExitCode;
 use zcap::archive::location::Location;
-use zcap::archive::{path::Untrusted, read, verify};
-use zcap::cli::{CatArgs, Cli, Command, LsArgs, S3Args, UploadArgs, VerifyArgs};
+use zcap::archive::{flowlist, path::Untrusted, read, verify};
+use zcap::cli::{
+    CatArgs, Cli, Command, FlowsArgs, IndexArgs, LsArgs, S3Args, UploadArgs, VerifyArgs,
+};
 
 /// The archive a command names: a directory or an s3:// URL.
 fn location(archive: &str, s3: &S3Args) -> anyhow::Result<Location> {
@@ -24,16 +26,30 @@ fn ls_options(a: &LsArgs) -> anyhow::Result<read::LsOptions> {
     })
 }
 
+fn selection(w: &zcap::cli::Window) -> read::Selection {
+    read::Selection {
+        streams: w.stream.clone(),
+        from: w.from,
+        to: w.to,
+    }
+}
+
 fn cat_options(a: &CatArgs) -> anyhow::Result<read::CatOptions> {
     Ok(read::CatOptions {
         loc: location(&a.dir, &a.s3)?,
-        sel: read::Selection {
-            streams: a.stream.clone(),
-            from: a.from,
-            to: a.to,
-        },
+        sel: selection(&a.window),
+        filter: a.filter_expr(),
         write: a.write.clone(),
         stats: a.stats,
+    })
+}
+
+fn flows_options(a: &FlowsArgs) -> anyhow::Result<flowlist::FlowsOptions> {
+    Ok(flowlist::FlowsOptions {
+        loc: location(&a.dir, &a.s3)?,
+        sel: selection(&a.window),
+        filter: a.filter_expr(),
+        json: a.json,
     })
 }
 
@@ -45,6 +61,10 @@ fn verify_options(a: &VerifyArgs) -> anyhow::Result<verify::Options> {
         key: a.key.clone(),
         head: a.head.clone(),
     })
+}
+
+fn index_options(a: &IndexArgs) -> zcap::archive::flows::Options {
+    zcap::archive::flows::Options { dir: a.dir.clone() }
 }
 
 fn upload_options(a: &UploadArgs) -> anyhow::Result<zcap::remote::upload::Options> {
@@ -69,7 +89,9 @@ fn main() -> ExitCode {
         Command::Record(a) => zcap::record::run(a),
         Command::Ls(a) => ls_options(a).and_then(|o| read::ls(&o)),
         Command::Cat(a) => cat_options(a).and_then(|o| read::cat(&o)),
+        Command::Flows(a) => flows_options(a).and_then(|o| flowlist::flows(&o)),
         Command::Verify(a) => verify_options(a).and_then(|o| verify::run(&o)),
+        Command::Index(a) => zcap::archive::flows::run(&index_options(a)),
         Command::Replay(a) => zcap::replay::run(a),
         Command::Send(a) => zcap::send::run(a),
         Command::Doctor(a) => zcap::doctor::run(a.iface.as_deref(), a.queue, a.json, a.probe),

@@ -426,7 +426,7 @@ fn torn_manifest_line_and_lost_segment_line_are_repaired() {
     // Lose the segment and stream lines (the crash came after the rename), then leave half
     // of the segment line behind, as a torn append does.
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "create, segment, stream");
+    assert_eq!(lines.len(), 4, "create, segment, flows, stream");
     let torn = format!("{}\n{}", lines[0], &lines[1][..lines[1].len() / 2]);
     std::fs::write(&path, &torn).unwrap();
     let v = verify(&arch, &[]);

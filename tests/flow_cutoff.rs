@@ -139,6 +139,8 @@ fn flow_cutoff_keeps_each_flows_first_bytes_exactly_and_counts_the_cut() {
         let log = String::from_utf8_lossy(&o.stderr).into_owned();
         // What must be kept: per flow, records while its kept bytes are under the limit.
         let mut kept: HashMap<FlowKey, u64> = HashMap::new();
+        // Per flow (by its client port): packets cut and their bytes not stored.
+        let mut per_flow: HashMap<u16, (u64, u64)> = HashMap::new();
         let (mut want, mut cut_packets, mut cut_bytes) = (Vec::new(), 0u64, 0u64);
         for (r, k) in recs.iter().zip(&keys) {
             let Some(k) = k else {
@@ -152,14 +154,20 @@ fn flow_cutoff_keeps_each_flows_first_bytes_exactly_and_counts_the_cut() {
                 continue;
             }
             cut_packets += 1;
-            if keep_headers {
+            let ends = k.ends.unwrap();
+            let flow = per_flow.entry(ends[0].port.max(ends[1].port)).or_default();
+            flow.0 += 1;
+            let not_stored = if keep_headers {
                 let mut h = r[..16 + 54].to_vec();
                 h[8..12].copy_from_slice(&54u32.to_le_bytes());
-                cut_bytes += (r.len() - h.len()) as u64;
+                let n = (r.len() - h.len()) as u64;
                 want.push(h);
+                n
             } else {
-                cut_bytes += r.len() as u64;
-            }
+                r.len() as u64
+            };
+            cut_bytes += not_stored;
+            flow.1 += not_stored;
         }
         let out = run_ok(zcap().arg("cat").arg(&dir)).stdout;
         let got = records(&out);
@@ -208,5 +216,32 @@ fn flow_cutoff_keeps_each_flows_first_bytes_exactly_and_counts_the_cut() {
         );
         let v = run_ok(zcap().arg("verify").arg(&dir));
         assert!(v.status.success());
+        // The cut per flow, as `zcap flows` reads it from the sidecars.
+        assert_eq!(per_flow.len(), 4, "only the four big flows were cut");
+        let flows = run_ok(zcap().args(["flows", "--json"]).arg(&dir)).stdout;
+        let mut listed = HashMap::new();
+        for l in String::from_utf8_lossy(&flows).lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let cut = (
+                v["cut_packets"].as_u64().unwrap(),
+                v["cut_bytes"].as_u64().unwrap(),
+            );
+            if cut.0 > 0 {
+                let port = v["port_a"]
+                    .as_u64()
+                    .unwrap()
+                    .max(v["port_b"].as_u64().unwrap());
+                listed.insert(port as u16, cut);
+            }
+        }
+        assert_eq!(listed, per_flow, "cut counts per flow");
+        // `ls` says the archive is cut, and by how much.
+        let ls = String::from_utf8_lossy(&run_ok(zcap().arg("ls").arg(&dir)).stdout).into_owned();
+        assert!(
+            ls.contains(&format!(
+                "flow cutoff: {cut_packets} packets cut, {cut_bytes} bytes not stored"
+            )),
+            "{ls}"
+        );
     }
 }

@@ -6,14 +6,8 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use zcap::flow::{parse, FlowTable, Headers};
-
-/// (protocol, lower endpoint, higher endpoint) → (packets lower→higher, higher→lower).
-type Convs = BTreeMap<(u8, (IpAddr, u16), (IpAddr, u16)), (u64, u64)>;
 
 /// Every packet of a pcap file: (link type, timestamp ns, wire length, captured bytes).
 fn packets(path: &Path) -> Vec<(u32, i64, u32, Vec<u8>)> {
@@ -63,43 +57,6 @@ fn ours(t: &FlowTable) -> Convs {
     c
 }
 
-fn endpoint(s: &str) -> (IpAddr, u16) {
-    let (a, p) = s.rsplit_once(':').unwrap();
-    (a.parse().unwrap(), p.parse().unwrap())
-}
-
-/// tshark's conversations: lines `A <-> B  frames(B→A) bytes unit  frames(A→B) bytes unit …`.
-fn tshark(path: &Path) -> Convs {
-    let mut c = Convs::new();
-    for (proto, name) in [(6u8, "conv,tcp"), (17, "conv,udp")] {
-        let out = run_ok(
-            Command::new("tshark")
-                .arg("-r")
-                .arg(path)
-                .args(["-q", "-z", name]),
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let tok: Vec<&str> = line.split_whitespace().collect();
-            if tok.get(1) != Some(&"<->") {
-                continue;
-            }
-            assert!(tok.len() >= 10, "unexpected tshark line: {line}");
-            let (a, b) = (endpoint(tok[0]), endpoint(tok[2]));
-            let b_to_a: u64 = tok[3].parse().unwrap();
-            let a_to_b: u64 = tok[6].parse().unwrap();
-            let (key, v) = if a <= b {
-                ((proto, a, b), (a_to_b, b_to_a))
-            } else {
-                ((proto, b, a), (b_to_a, a_to_b))
-            };
-            let e = c.entry(key).or_default();
-            e.0 += v.0;
-            e.1 += v.1;
-        }
-    }
-    c
-}
-
 fn assert_same_conversations(path: &Path) {
     let (t, hs) = table(path);
     assert!(
@@ -108,7 +65,7 @@ fn assert_same_conversations(path: &Path) {
     );
     let total: u64 = t.rows().map(|r| r.packets_ab + r.packets_ba).sum();
     assert_eq!(total, hs.len() as u64, "every packet is in one row");
-    let (ours, theirs) = (ours(&t), tshark(path));
+    let (ours, theirs) = (ours(&t), tshark_convs(path));
     assert!(!theirs.is_empty(), "tshark listed no conversations");
     let tcp = theirs.keys().filter(|k| k.0 == 6).count();
     let udp = theirs.keys().filter(|k| k.0 == 17).count();

@@ -276,18 +276,28 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, bool, bool)> {
     Some((digits.parse().ok()?, pcapng, partial))
 }
 
+/// Whether `name` is a sidecar's file name (`000001.flows.parquet`, what
+/// [`super::sidecar_name`] makes of a segment's).
+pub fn is_sidecar_name(name: &str) -> bool {
+    name.strip_suffix(super::SIDECAR_SUFFIX)
+        .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// What [`scan_disk`] found.
 #[derive(Debug, Default)]
 pub struct Disk {
     /// Segment files that pass the naming rule, sorted by stream and sequence number.
     pub segments: Vec<DiskSegment>,
+    /// Flow-index sidecars (`STREAM/000001.flows.parquet`, regular files), sorted. They are
+    /// not segments: [`Disk::segments`] never lists them.
+    pub sidecars: Vec<String>,
     /// Links in the archive's top directory and segment files that break the rule.
     pub refused: Vec<PathError>,
 }
 
-/// Every segment file (finalized or `.partial`) in the archive's stream directories. A
-/// symbolic link is never followed: one in the archive's top directory, or a segment-named
-/// file that is one, is refused. Errors name the directory that could not be read.
+/// Every segment file (finalized or `.partial`) and sidecar in the archive's stream
+/// directories. A symbolic link is never followed: one in the archive's top directory, or a
+/// segment- or sidecar-named file that is one, is refused. Errors name the directory that could not be read.
 pub fn scan_disk(dir: &Path) -> io::Result<Disk> {
     let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     let mut out = Disk::default();
@@ -310,10 +320,27 @@ pub fn scan_disk(dir: &Path) -> io::Result<Disk> {
         for f in std::fs::read_dir(&sdir).map_err(|e| named(&sdir, e))? {
             let f = f.map_err(|e| named(&sdir, e))?;
             let name = f.file_name().to_string_lossy().into_owned();
+            let rel = format!("{stream}/{name}");
+            if is_sidecar_name(&name) && path::is_stream_name(&stream) {
+                match f.file_type() {
+                    Ok(t) if t.is_symlink() => out.refused.push(PathError {
+                        line: None,
+                        path: rel,
+                        why: Why::Symlink("the sidecar file".into()),
+                    }),
+                    Ok(t) if t.is_file() => out.sidecars.push(rel),
+                    Ok(_) => out.refused.push(PathError {
+                        line: None,
+                        path: rel,
+                        why: Why::Kind("the sidecar file".into(), "a regular file"),
+                    }),
+                    Err(e) => return Err(named(&f.path(), e)),
+                }
+                continue;
+            }
             let Some((seq, pcapng, partial)) = parse_segment_name(&name) else {
                 continue;
             };
-            let rel = format!("{stream}/{name}");
             match path::checked_disk_path(dir, &rel) {
                 Ok(_) => out.segments.push(DiskSegment {
                     rel,
@@ -328,6 +355,7 @@ pub fn scan_disk(dir: &Path) -> io::Result<Disk> {
     }
     out.segments
         .sort_by(|a, b| (&a.stream, a.seq, a.partial).cmp(&(&b.stream, b.seq, b.partial)));
+    out.sidecars.sort();
     Ok(out)
 }
 
@@ -443,13 +471,23 @@ mod tests {
         std::fs::write(out.join("000001.pcap.zst"), b"x").unwrap();
         std::fs::write(dir.join("s/000001.pcap.zst"), b"x").unwrap();
         std::fs::write(dir.join("s/000002.pcap.zst.partial"), b"x").unwrap();
+        std::fs::write(dir.join("s/000001.flows.parquet"), b"x").unwrap();
         symlink(out.join("000001.pcap.zst"), dir.join("s/000003.pcap.zst")).unwrap();
+        symlink(
+            out.join("000001.pcap.zst"),
+            dir.join("s/000003.flows.parquet"),
+        )
+        .unwrap();
         symlink(&out, dir.join("t")).unwrap();
         let d = scan_disk(&dir).unwrap();
         let found: Vec<_> = d.segments.iter().map(|s| s.rel.as_str()).collect();
         assert_eq!(found, ["s/000001.pcap.zst", "s/000002.pcap.zst.partial"]);
+        assert_eq!(d.sidecars, ["s/000001.flows.parquet"]);
         let mut refused: Vec<_> = d.refused.iter().map(|e| e.path.as_str()).collect();
         refused.sort();
-        assert_eq!(refused, ["s/000003.pcap.zst", "t"]);
+        assert_eq!(
+            refused,
+            ["s/000003.flows.parquet", "s/000003.pcap.zst", "t"]
+        );
     }
 }

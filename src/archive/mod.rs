@@ -4,6 +4,8 @@
 //! are untrusted input: every path one names about itself passes [`path::checked_path`].
 
 pub mod catalog;
+pub mod flowlist;
+pub mod flows;
 pub mod index;
 pub mod location;
 pub mod manifest;

@@ -206,6 +206,31 @@ fn check_parts(dir: &Path, rel: &str, partial_ok: bool) -> Result<PathBuf, PathE
     Ok(file)
 }
 
+/// Replaces `path` with `bytes` whole: written to `tmp` (created or truncated, never
+/// through a link), fsynced, renamed over `path` (a link there is replaced, not followed).
+/// A crash leaves the old file or the new one, never a torn one; the caller fsyncs the
+/// directory. The error names the file that failed; `tmp` does not outlive a failure.
+pub fn replace_file(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| named(tmp, e))
+        .and_then(|()| std::fs::rename(tmp, path).map_err(|e| named(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
 /// Opens a file for reading without following a symbolic link in its last component
 /// (`O_NOFOLLOW`: a link is refused with ELOOP).
 pub fn open_nofollow(path: &Path) -> io::Result<File> {

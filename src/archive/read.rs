@@ -4,15 +4,21 @@
 //! copied as they decompress, and with a time window only the frames the index says overlap
 //! it are decompressed, then only records inside it are kept. Several streams are merged by
 //! timestamp into one pcap (all pcap with one link type) or pcapng (one interface per stream
-//! and interface). Nothing here writes to the archive. An archive whose manifest names a
+//! and interface). With a filter ([`Filter`]) every packet read is checked by libpcap's
+//! program, and a segment's flow index ([`super::flowlist`]) narrows the frames read to those
+//! that can hold a match; frames declaring pcapng interfaces are read whatever the index says.
+//! Nothing here writes to the archive. An archive whose manifest names a
 //! path that breaks the naming rule ([`super::path`]) is refused whole, before anything in
 //! it is read.
 
 use super::catalog::{scan_disk, Catalog};
-use super::index::{FrameEntry, FRAME_HAS_IDB};
+use super::flowlist;
+use super::index::FRAME_HAS_IDB;
 use super::location::Location;
-use super::manifest::SegmentEntry;
+use super::manifest::{FlowsEntry, SegmentEntry};
 use super::segment::{Decoder, Parser, ReadStats, Rec, Segment};
+use crate::flow::filter::FlowFilter;
+use crate::rx::afpacket::OfflineFilters;
 use crate::stream::{pcap, pcapng, Format, UnitKind};
 use crate::units::human_bytes;
 use anyhow::{bail, Context};
@@ -25,7 +31,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 const OUT_BUF: usize = 1 << 20;
 
-fn rfc3339(ns: Option<i64>) -> String {
+pub(crate) fn rfc3339(ns: Option<i64>) -> String {
     match ns {
         None => "-".into(),
         Some(ns) => {
@@ -47,7 +53,7 @@ fn ratio(raw: u64, stored: u64) -> f64 {
     }
 }
 
-fn warn_chain(c: &Catalog) {
+pub(crate) fn warn_chain(c: &Catalog) {
     if let Err(e) = &c.chain {
         eprintln!("zcap: warning: {e}; run `zcap verify {}`", c.dir.display());
     }
@@ -76,13 +82,22 @@ struct Row {
     raw: Option<u64>,
     /// Kernel drops while the segment was open (live capture only).
     drops: Option<u64>,
+    /// Packets `--flow-cutoff` cut in the segment and their bytes not stored (from its
+    /// `flows` line; None without one).
+    cut: Option<(u64, u64)>,
     status: String,
     json: serde_json::Value,
 }
 
 /// The `ls` row of a segment: `status` for the table, `json_status` (and the archive that
-/// holds an evicted segment) for `--json`.
-fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<&str>) -> Row {
+/// holds an evicted segment) for `--json`; `flows` is its flow-index line, if any.
+fn segment_row(
+    e: &SegmentEntry,
+    flows: Option<&FlowsEntry>,
+    status: String,
+    json_status: &str,
+    url: Option<&str>,
+) -> Row {
     let mut json = serde_json::json!({
         "stream": e.stream,
         "seq": e.seq,
@@ -101,6 +116,9 @@ fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<
         "ratio": ratio(e.raw, e.bytes),
         "sha256": e.sha256,
         "drops": e.drops,
+        "flows": flows.map(|f| f.flows),
+        "cut_packets": flows.map(|f| f.cut_packets),
+        "cut_bytes": flows.map(|f| f.cut_bytes),
         "status": json_status,
     });
     if let Some(u) = url {
@@ -116,6 +134,7 @@ fn segment_row(e: &SegmentEntry, status: String, json_status: &str, url: Option<
         stored: e.bytes,
         raw: Some(e.raw),
         drops: e.drops,
+        cut: flows.map(|f| (f.cut_packets, f.cut_bytes)),
         status,
         json,
     }
@@ -147,15 +166,23 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     };
     let dir = a.loc.label();
     let mut rows = Vec::new();
+    let flows_of = |path: &str| c.flows.get(path).map(|(_, f)| f);
     for name in c.stream_names() {
         for e in c.stream_segments(&name) {
             let status = if e.repaired { "repaired" } else { "ok" };
-            rows.push(segment_row(e, status.into(), status, None));
+            rows.push(segment_row(
+                e,
+                flows_of(&e.path),
+                status.into(),
+                status,
+                None,
+            ));
         }
     }
     for (l, url) in &c.evicted {
         rows.push(segment_row(
             &l.entry,
+            flows_of(&l.entry.path),
             format!("evicted: in {url}"),
             "evicted",
             Some(url),
@@ -175,6 +202,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             stored: size,
             raw: None,
             drops: None,
+            cut: None,
             status: "partial".into(),
             json: serde_json::json!({
                 "stream": d.stream,
@@ -198,6 +226,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             stored: 0,
             raw: None,
             drops: None,
+            cut: None,
             status: format!("error: {err}"),
             json: serde_json::json!({
                 "stream": e.stream,
@@ -219,8 +248,11 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
         out.flush()?;
         return Ok(true);
     }
-    // Live-capture archives get a DROPS column (kernel drops while each segment was open).
+    // Live-capture archives get a DROPS column (kernel drops while each segment was open),
+    // and archives recorded with --flow-cutoff a CUT column (packets cut in each segment), so
+    // that a cut archive is never taken for a complete one.
     let drops = rows.iter().any(|r| r.drops.is_some());
+    let cut = rows.iter().any(|r| r.cut.is_some_and(|(p, _)| p > 0));
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -242,6 +274,9 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
                 },
                 r.status.clone(),
             ];
+            if cut {
+                c.insert(8, r.cut.map_or("-".into(), |(p, _)| p.to_string()));
+            }
             if drops {
                 c.insert(8, r.drops.map_or("-".into(), |d| d.to_string()));
             }
@@ -251,6 +286,9 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let mut head = vec![
         "STREAM", "SEQ", "FIRST", "LAST", "PACKETS", "STORED", "RAW", "RATIO", "STATUS",
     ];
+    if cut {
+        head.insert(8, "CUT");
+    }
     if drops {
         head.insert(8, "DROPS");
     }
@@ -263,7 +301,8 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let line = |out: &mut BufWriter<_>, c: &[&str]| -> io::Result<()> {
         let mut s = String::new();
         for (i, cell) in c.iter().enumerate() {
-            let right = matches!(i, 1 | 4 | 5 | 6 | 7) || (drops && i == 8);
+            // The counts, DROPS and CUT included, are right-aligned; STATUS is last.
+            let right = matches!(i, 1 | 4 | 5 | 6 | 7) || (i >= 8 && i + 1 < c.len());
             if i + 1 == c.len() {
                 s.push_str(cell);
             } else if right {
@@ -287,7 +326,7 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
     let errors = c.stream_ends.iter().filter(|e| e.error.is_some()).count();
     writeln!(
         out,
-        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}{}",
+        "total: {} segment(s) in {} stream(s), {packets} packets, {} stored, {} raw, ratio {:.2}{}{}{}{}{}{}",
         live.len(),
         c.stream_names().len(),
         human_bytes(stored),
@@ -314,6 +353,23 @@ pub fn ls(a: &LsOptions) -> anyhow::Result<bool> {
             ),
             None => String::new(),
         },
+        match live.iter().filter(|l| !c.flows.contains_key(&l.entry.path)).count() {
+            0 => String::new(),
+            n => format!(", {n} without a flow index (`zcap index` builds it)"),
+        },
+        {
+            let (p, b) = live
+                .iter()
+                .filter_map(|l| c.flows.get(&l.entry.path))
+                .fold((0u64, 0u64), |(p, b), (_, f)| {
+                    (p.saturating_add(f.cut_packets), b.saturating_add(f.cut_bytes))
+                });
+            if p > 0 {
+                format!("\nflow cutoff: {p} packets cut, {b} bytes not stored (the archive does not hold every packet in full)")
+            } else {
+                String::new()
+            }
+        },
     )?;
     out.flush()?;
     Ok(true)
@@ -329,19 +385,19 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn windowed(&self) -> bool {
+    pub(crate) fn windowed(&self) -> bool {
         self.from.is_some() || self.to.is_some()
     }
-    fn lo(&self) -> i64 {
+    pub(crate) fn lo(&self) -> i64 {
         self.from.unwrap_or(i64::MIN)
     }
-    fn hi(&self) -> i64 {
+    pub(crate) fn hi(&self) -> i64 {
         self.to.unwrap_or(i64::MAX)
     }
-    fn contains(&self, ts: i64) -> bool {
+    pub(crate) fn contains(&self, ts: i64) -> bool {
         ts >= self.lo() && ts <= self.hi()
     }
-    fn segment_overlaps(&self, e: &SegmentEntry) -> bool {
+    pub(crate) fn segment_overlaps(&self, e: &SegmentEntry) -> bool {
         match (e.first_ns, e.last_ns) {
             (Some(a), Some(b)) => b >= self.lo() && a <= self.hi(),
             _ => !self.windowed(),
@@ -354,6 +410,8 @@ impl Selection {
 pub struct CatOptions {
     pub loc: Location,
     pub sel: Selection,
+    /// Only packets this tcpdump filter expression accepts (None: every packet).
+    pub filter: Option<String>,
     /// Write to this file instead of stdout.
     pub write: Option<PathBuf>,
     /// Print to stderr how much was decompressed.
@@ -368,12 +426,15 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
             bail!("--from is after --to: the window is empty");
         }
     }
+    // Both halves of a filter are made before anything is read or written: a syntax error
+    // or a missing libpcap ends the command with no output.
+    let filter = a.filter.as_deref().map(Filter::new).transpose()?;
     let stats = match &a.write {
         Some(path) => {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::with_capacity(OUT_BUF, f);
-            let s = cat_to(&a.loc, sel, &mut w)?;
+            let s = cat_filtered(&a.loc, sel, filter, &mut w)?;
             w.flush()
                 .with_context(|| format!("writing {}", path.display()))?;
             s
@@ -381,7 +442,7 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         None => {
             let stdout = io::stdout();
             let mut w = BufWriter::with_capacity(OUT_BUF, stdout.lock());
-            let s = cat_to(&a.loc, sel, &mut w)?;
+            let s = cat_filtered(&a.loc, sel, filter, &mut w)?;
             w.flush().context("writing to stdout")?;
             s
         }
@@ -391,6 +452,13 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
         eprintln!("header frames decompressed: {}", stats.header_frames);
         eprintln!("segments read: {}", stats.segments);
         eprintln!("bytes decompressed: {}", stats.raw_bytes);
+        if a.filter.is_some() {
+            eprintln!("frames skipped by the flow index: {}", stats.index_skipped);
+            eprintln!("sidecars read: {}", stats.sidecars);
+            eprintln!("segments without a usable flow index: {}", stats.unindexed);
+            eprintln!("packets checked by the filter: {}", stats.packets_checked);
+            eprintln!("packets matched: {}", stats.packets_matched);
+        }
         if let Some(c) = a.loc.client() {
             use std::sync::atomic::Ordering::Relaxed;
             eprintln!("range requests: {}", c.fetched.requests.load(Relaxed));
@@ -403,74 +471,211 @@ pub fn cat(a: &CatOptions) -> anyhow::Result<bool> {
 /// Writes the selected packets of the archive at `dir` to `out` and returns how much work it
 /// took. One stream: its own format, byte for byte; several: merged by timestamp.
 pub fn cat_to<W: Write>(loc: &Location, sel: &Selection, out: &mut W) -> anyhow::Result<ReadStats> {
+    cat_filtered(loc, sel, None, out)
+}
+
+/// The two halves of a filtered read: the pruner that the flow index is asked with, and
+/// libpcap's program (per link type) that decides each packet read.
+pub struct Filter {
+    pub prune: FlowFilter,
+    exact: OfflineFilters,
+}
+
+impl Filter {
+    /// Parses `expr` for the pruner (a syntax error names its position) and loads libpcap
+    /// (its absence is an error saying how to install it). Nothing is compiled yet: each link
+    /// type is when the archive's segments are known ([`Filter::compile_for`]).
+    pub fn new(expr: &str) -> anyhow::Result<Filter> {
+        let prune = FlowFilter::parse(expr)?;
+        let exact = OfflineFilters::new("filtered cat", expr, pcap::MAX_CAPLEN)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Filter { prune, exact })
+    }
+
+    /// Compiles the program for every link type the segments declare, so that a filter that
+    /// does not apply to one of them (`vlan` on raw IP) fails before anything is written.
+    fn compile_for(&mut self, segs: &[&SegmentEntry]) -> anyhow::Result<()> {
+        for e in segs {
+            for &lt in &e.linktypes {
+                self.exact.get(lt).map_err(anyhow::Error::msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the packet unit `bytes` (parsed by `p`) passes the program.
+    fn matches(
+        &mut self,
+        p: &Parser,
+        bytes: &[u8],
+        ts_ns: i64,
+        stats: &mut ReadStats,
+    ) -> anyhow::Result<bool> {
+        let fmt = p
+            .format()
+            .ok_or_else(|| anyhow::anyhow!("a packet before the header"))?;
+        let pkt = packet_fields(fmt, bytes)?;
+        let linktype = match fmt {
+            Format::Pcap(fh) => fh.linktype,
+            Format::PcapNg { .. } => match p.framer().interfaces().get(pkt.iface as usize) {
+                Some(i) => u32::from(i.linktype),
+                None => bail!(
+                    "a packet block on interface {}, which no interface block declared",
+                    pkt.iface
+                ),
+            },
+        };
+        let caplen = pkt.data.len() as u32;
+        let ok = self
+            .exact
+            .matches(linktype, caplen, pkt.origlen, ts_ns, pkt.data)
+            .map_err(anyhow::Error::msg)?;
+        stats.packets_checked += 1;
+        stats.packets_matched += u64::from(ok);
+        Ok(ok)
+    }
+}
+
+/// What a read shares across streams and segments.
+struct Ctx<'a> {
+    loc: &'a Location,
+    c: &'a Catalog,
+    sel: &'a Selection,
+    dec: Decoder,
+    filter: Option<Filter>,
+}
+
+impl Ctx<'_> {
+    /// Whether a packet unit is written: inside the window and, with a filter, accepted by it.
+    fn keep(&mut self, p: &Parser, bytes: &[u8], ts_ns: i64) -> anyhow::Result<bool> {
+        if !self.sel.contains(ts_ns) {
+            return Ok(false);
+        }
+        match self.filter.as_mut() {
+            None => Ok(true),
+            Some(f) => f.matches(p, bytes, ts_ns, &mut self.dec.stats),
+        }
+    }
+}
+
+/// [`cat_to`] with a filter: only the packets it accepts, in the same formats.
+pub fn cat_filtered<W: Write>(
+    loc: &Location,
+    sel: &Selection,
+    filter: Option<Filter>,
+    out: &mut W,
+) -> anyhow::Result<ReadStats> {
     let c = loc.catalog()?;
     c.trusted()?;
     warn_chain(&c);
     note_evicted(&c);
     let dir = &c.dir;
-    let known = c.stream_names();
-    let streams: Vec<String> = if sel.streams.is_empty() {
-        known
-            .iter()
-            .filter(|n| !c.stream_segments(n).is_empty())
-            .cloned()
-            .collect()
-    } else {
-        for s in &sel.streams {
-            if !known.contains(s) {
-                bail!(
-                    "no stream named `{s}` in {}; its streams are: {}",
-                    dir.display(),
-                    if known.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-            }
-        }
-        let mut v = sel.streams.clone();
-        v.dedup();
-        v
+    let streams = selected_streams(&c, sel)?;
+    let mut cx = Ctx {
+        loc,
+        c: &c,
+        sel,
+        dec: Decoder::new(),
+        filter,
     };
-    let mut dec = Decoder::new();
+    if let Some(f) = cx.filter.as_mut() {
+        let segs: Vec<&SegmentEntry> = streams
+            .iter()
+            .flat_map(|s| c.stream_segments(s))
+            .filter(|e| sel.segment_overlaps(e))
+            .collect();
+        f.compile_for(&segs)?;
+    }
     match streams.len() {
         0 => {
             eprintln!("zcap: {} holds no segments", dir.display());
         }
-        1 => cat_one(loc, &c, &streams[0], sel, &mut dec, out)?,
-        _ => cat_merged(loc, &c, &streams, sel, &mut dec, out)?,
+        1 => cat_one(&mut cx, &streams[0], out)?,
+        _ => cat_merged(&mut cx, &streams, out)?,
     }
-    Ok(dec.stats)
+    Ok(cx.dec.stats)
 }
 
-/// Opens a segment and tells it which frames will be read: those overlapping the window,
-/// and in pcapng those declaring interfaces (a remote segment fetches just these).
-fn open_segment(
-    loc: &Location,
-    e: &SegmentEntry,
-    sel: &Selection,
-    dec: &mut Decoder,
-) -> anyhow::Result<Segment> {
-    dec.stats.segments += 1;
-    let mut seg = loc.open(e)?;
+/// The streams a selection names (all that have segments when it names none); a name the
+/// archive does not know is an error listing the ones it does.
+pub(crate) fn selected_streams(c: &Catalog, sel: &Selection) -> anyhow::Result<Vec<String>> {
+    let known = c.stream_names();
+    if sel.streams.is_empty() {
+        return Ok(known
+            .iter()
+            .filter(|n| !c.stream_segments(n).is_empty())
+            .cloned()
+            .collect());
+    }
+    for s in &sel.streams {
+        if !known.contains(s) {
+            bail!(
+                "no stream named `{s}` in {}; its streams are: {}",
+                c.dir.display(),
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
+    let mut v = sel.streams.clone();
+    v.dedup();
+    Ok(v)
+}
+
+/// Opens a segment and decides which data frames will be decompressed: those overlapping
+/// the window (with a filter, of those only the ones the flow index says can hold a match),
+/// and in pcapng those declaring interfaces, whatever they hold, so that the interface table
+/// stays whole. A remote segment fetches just these. Returns the segment and, per data
+/// frame, whether it is read.
+fn open_segment(cx: &mut Ctx, e: &SegmentEntry) -> anyhow::Result<(Segment, Vec<bool>)> {
+    cx.dec.stats.segments += 1;
+    let mut seg = cx.loc.open(e)?;
     let pcapng = e.format == "pcapng";
+    let sel = cx.sel;
     let (lo, hi, windowed) = (sel.lo(), sel.hi(), sel.windowed());
-    seg.plan(|f: &FrameEntry| {
-        !windowed || f.overlaps(lo, hi) || (pcapng && f.flags & FRAME_HAS_IDB != 0)
-    });
-    Ok(seg)
+    let frames = &seg.trailer.frames;
+    // The flow index, when there is a filter and the segment has a usable one.
+    let index = match cx.filter.as_ref() {
+        None => None,
+        Some(f) => match flowlist::load(cx.loc, cx.c, e) {
+            flowlist::Index::Rows(rows) => {
+                cx.dec.stats.sidecars += 1;
+                let want = flowlist::frames_that_may_match(&rows, frames.len(), &f.prune);
+                if want.is_none() {
+                    eprintln!(
+                        "zcap: warning: {}: its flow index names frames the segment does not have; reading all of them",
+                        seg.path().display()
+                    );
+                    cx.dec.stats.unindexed += 1;
+                }
+                want
+            }
+            flowlist::Index::Missing | flowlist::Index::Unusable => {
+                cx.dec.stats.unindexed += 1;
+                None
+            }
+        },
+    };
+    let mut read = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let window = !windowed || f.overlaps(lo, hi);
+        let indexed = index.as_ref().is_none_or(|x| x[i]);
+        let idb = pcapng && f.flags & FRAME_HAS_IDB != 0;
+        if window && !indexed && !idb {
+            cx.dec.stats.index_skipped += 1;
+        }
+        read.push((window && indexed) || idb);
+    }
+    seg.plan(|i, _| read[i]);
+    Ok((seg, read))
 }
 
 /// One stream in its own format.
-fn cat_one<W: Write>(
-    loc: &Location,
-    c: &Catalog,
-    stream: &str,
-    sel: &Selection,
-    dec: &mut Decoder,
-    out: &mut W,
-) -> anyhow::Result<()> {
+fn cat_one<W: Write>(cx: &mut Ctx, stream: &str, out: &mut W) -> anyhow::Result<()> {
+    let (c, sel) = (cx.c, cx.sel);
     let all = c.stream_segments(stream);
     let segs: Vec<&SegmentEntry> = all
         .iter()
@@ -481,19 +686,22 @@ fn cat_one<W: Write>(
     if segs.is_empty() {
         // Nothing in the window: still a valid, empty capture.
         if let Some(e) = all.first() {
-            let mut seg = open_segment(loc, e, sel, dec)?;
-            seg.plan(|_| false);
-            seg.read_header(dec, &mut buf)?;
+            cx.dec.stats.segments += 1;
+            let mut seg = cx.loc.open(e)?;
+            seg.plan(|_, _| false);
+            seg.read_header(&mut cx.dec, &mut buf)?;
             out.write_all(&buf).context("writing output")?;
         }
         return Ok(());
     }
-    let windowed = sel.windowed();
+    // Whole frames are copied unless records must be picked out of them.
+    let whole = !sel.windowed() && cx.filter.is_none();
+    let filtered = cx.filter.is_some();
     let mut prev_seq: Option<u64> = None;
     for e in segs {
-        let seg = open_segment(loc, e, sel, dec)?;
+        let (seg, read) = open_segment(cx, e)?;
         let pcapng = e.format == "pcapng";
-        let mut parser = seg.parser(dec, &mut buf)?;
+        let mut parser = seg.parser(&mut cx.dec, &mut buf)?;
         let gap = prev_seq.is_some_and(|p| p + 1 != e.seq);
         // pcap has one header; a pcapng header frame starts a section, which must be
         // repeated when the section changes or segments in between were skipped.
@@ -503,13 +711,12 @@ fn cat_one<W: Write>(
         }
         prev_seq = Some(e.seq);
         for (i, f) in seg.trailer.frames.iter().enumerate() {
-            let overlap = !windowed || f.overlaps(sel.lo(), sel.hi());
-            let idb = pcapng && f.flags & FRAME_HAS_IDB != 0;
-            if !overlap && !idb {
+            if !read[i] {
                 continue;
             }
-            seg.read_frame(i, dec, &mut buf)?;
-            if !windowed {
+            let overlap = !sel.windowed() || f.overlaps(sel.lo(), sel.hi());
+            seg.read_frame(i, &mut cx.dec, &mut buf)?;
+            if whole {
                 out.write_all(&buf).context("writing output")?;
                 continue;
             }
@@ -519,9 +726,18 @@ fn cat_one<W: Write>(
                 .map_err(|e| anyhow::anyhow!("{}: data frame {i}: {e}", seg.path().display()))?
             {
                 let keep = match r.kind {
-                    UnitKind::Packet { ts_ns } => overlap && sel.contains(ts_ns),
+                    UnitKind::Packet { ts_ns } => {
+                        overlap
+                            && cx
+                                .keep(&parser, &buf[r.range.clone()], ts_ns)
+                                .map_err(|e| {
+                                    anyhow::anyhow!("{}: data frame {i}: {e}", seg.path().display())
+                                })?
+                    }
                     UnitKind::Header | UnitKind::LateInterface => true,
-                    UnitKind::Other => overlap,
+                    // Statistics, name resolution and other blocks belong to packets a
+                    // filter may have left out: a filtered read keeps packets and interfaces.
+                    UnitKind::Other => overlap && !filtered,
                     UnitKind::Section => bail!(
                         "{}: data frame {i} holds a section header block",
                         seg.path().display()
@@ -544,6 +760,8 @@ struct Cursor<'a> {
     segs: Vec<&'a SegmentEntry>,
     next_seg: usize,
     seg: Option<Segment>,
+    /// Per data frame of `seg`, whether it is read.
+    read: Vec<bool>,
     parser: Option<Parser>,
     /// pcapng sections seen so far (a non-continuation segment starts one).
     section: u32,
@@ -555,25 +773,23 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    /// Moves to the next packet inside the window; false at the end of the stream.
-    fn advance(
-        &mut self,
-        loc: &Location,
-        sel: &Selection,
-        dec: &mut Decoder,
-    ) -> anyhow::Result<bool> {
+    /// Moves to the next packet inside the window (and accepted by the filter); false at the
+    /// end of the stream.
+    fn advance(&mut self, cx: &mut Ctx) -> anyhow::Result<bool> {
         loop {
             if let (Some(p), Some(seg)) = (self.parser.as_mut(), self.seg.as_ref()) {
-                let rec = p.next(&self.buf, &mut self.off).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: data frame {}: {e}",
-                        seg.path().display(),
-                        self.next_frame.saturating_sub(1)
-                    )
-                })?;
+                let frame = self.next_frame.saturating_sub(1);
+                let named = |e: &dyn std::fmt::Display| {
+                    anyhow::anyhow!("{}: data frame {frame}: {e}", seg.path().display())
+                };
+                let rec = p.next(&self.buf, &mut self.off).map_err(|e| named(&e))?;
                 if let Some(r) = rec {
                     match r.kind {
-                        UnitKind::Packet { ts_ns } if sel.contains(ts_ns) => {
+                        UnitKind::Packet { ts_ns }
+                            if cx
+                                .keep(p, &self.buf[r.range.clone()], ts_ns)
+                                .map_err(|e| named(&e))? =>
+                        {
                             self.cur = Some(r);
                             return Ok(true);
                         }
@@ -584,16 +800,13 @@ impl Cursor<'_> {
                         _ => continue,
                     }
                 }
-                // The frame is used up: load the next one that overlaps the window or
-                // declares interfaces.
-                let pcapng = matches!(p.format(), Some(Format::PcapNg { .. }));
-                let frames = &seg.trailer.frames;
+                // The frame is used up: load the next one to be read.
                 let mut loaded = false;
-                while self.next_frame < frames.len() && !loaded {
-                    let (i, f) = (self.next_frame, frames[self.next_frame]);
+                while self.next_frame < self.read.len() && !loaded {
+                    let i = self.next_frame;
                     self.next_frame += 1;
-                    if f.overlaps(sel.lo(), sel.hi()) || (pcapng && f.flags & FRAME_HAS_IDB != 0) {
-                        seg.read_frame(i, dec, &mut self.buf)?;
+                    if self.read[i] {
+                        seg.read_frame(i, &mut cx.dec, &mut self.buf)?;
                         self.off = 0;
                         loaded = true;
                     }
@@ -612,11 +825,12 @@ impl Cursor<'_> {
             if !e.cont {
                 self.section += 1;
             }
-            let seg = open_segment(loc, e, sel, dec)?;
-            let parser = seg.parser(dec, &mut self.buf)?;
+            let (seg, read) = open_segment(cx, e)?;
+            let parser = seg.parser(&mut cx.dec, &mut self.buf)?;
             self.off = self.buf.len();
             self.next_frame = 0;
             self.seg = Some(seg);
+            self.read = read;
             self.parser = Some(parser);
         }
     }
@@ -678,14 +892,8 @@ fn pcap_err(e: pcap_file::PcapError) -> anyhow::Error {
 }
 
 /// Several streams merged by timestamp.
-fn cat_merged<W: Write>(
-    loc: &Location,
-    c: &Catalog,
-    streams: &[String],
-    sel: &Selection,
-    dec: &mut Decoder,
-    out: &mut W,
-) -> anyhow::Result<()> {
+fn cat_merged<W: Write>(cx: &mut Ctx, streams: &[String], out: &mut W) -> anyhow::Result<()> {
+    let (c, sel) = (cx.c, cx.sel);
     let mut all_pcap = true;
     let mut linktypes: Vec<u32> = Vec::new();
     let mut nanos = false;
@@ -715,6 +923,7 @@ fn cat_merged<W: Write>(
                 .collect(),
             next_seg: 0,
             seg: None,
+            read: Vec::new(),
             parser: None,
             section: 0,
             next_frame: 0,
@@ -725,7 +934,7 @@ fn cat_merged<W: Write>(
         .collect();
     let mut heap = BinaryHeap::new();
     for cur in cursors.iter_mut() {
-        if cur.advance(loc, sel, dec)? {
+        if cur.advance(cx)? {
             heap.push(Reverse((cur.ts(), cur.index)));
         }
     }
@@ -772,7 +981,7 @@ fn cat_merged<W: Write>(
             rh[12..16].copy_from_slice(&p.origlen.to_le_bytes());
             out.write_all(&rh).context("writing output")?;
             out.write_all(p.data).context("writing output")?;
-            if cur.advance(loc, sel, dec)? {
+            if cur.advance(cx)? {
                 heap.push(Reverse((cur.ts(), i)));
             }
         }
@@ -833,7 +1042,7 @@ fn cat_merged<W: Write>(
             options: Vec::new(),
         };
         w.write_pcapng_block(epb).map_err(pcap_err)?;
-        if cur.advance(loc, sel, dec)? {
+        if cur.advance(cx)? {
             heap.push(Reverse((cur.ts(), i)));
         }
     }

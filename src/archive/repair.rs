@@ -2,7 +2,9 @@
 //! (docs/ARCHIVE.md, "Crash recovery"). It drops a torn last manifest line, recovers each
 //! `.partial` segment (the header frame and every following data frame that is whole,
 //! decompresses and parses as whole records; the rest is cut off), finalizes segments that
-//! were renamed but never logged, and records that interrupted streams ended. Every change is
+//! were renamed but never logged, rebuilds flow-index sidecars that are missing or damaged
+//! (and indexes the segments it finalized) from their segments through
+//! [`super::flows::index_segment`], and records that interrupted streams ended. Every change is
 //! logged in the manifest. It never rewrites a manifest line that belongs to the chain and
 //! never touches a segment the manifest already finalized. The caller holds the archive lock.
 //! An archive whose manifest names paths that break the naming rule ([`super::path`]) is
@@ -73,19 +75,8 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
                 .map(str::len)
                 .sum();
             let tmp = dir.join(format!("{}.repair-tmp", manifest::FILE));
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)
-                .and_then(|mut f| {
-                    f.write_all(&text.as_bytes()[..keep])?;
-                    f.sync_all()
-                })
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("replacing {}", path.display()))?;
+            super::path::replace_file(&tmp, &path, &text.as_bytes()[..keep])
+                .context("dropping the torn line")?;
             sync_dir(dir)?;
             dropped = Some(format!(
                 "dropped torn manifest line {line} ({reason}; {} bytes)",
@@ -109,6 +100,8 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
     let cat = Catalog::load(dir)?;
     let mut dec = Decoder::new();
     let disk = scan_disk(dir)?;
+    // Segments finalized here: their recorder's flow table died with it.
+    let mut finalized = Vec::new();
     for e in &disk.refused {
         eprintln!("zcap: verify --repair: leaving {e} alone");
     }
@@ -124,7 +117,8 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
             continue;
         }
         if d.partial {
-            let what = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
+            let (what, kept) = recover_partial(dir, &cat, &d, &mut dec, &mut w)?;
+            finalized.extend(kept);
             done.push(what);
         } else if cat.deleted.contains(&d.rel) {
             let path = dir.join(&d.rel);
@@ -135,9 +129,27 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
             done.push(what);
         } else if !cat.knows(&d.rel) {
             if let Some(what) = finalize_orphan(dir, &d, &mut dec, &mut w)? {
+                finalized.push(d.rel.clone());
                 done.push(what);
             }
         }
+    }
+    let cat = Catalog::load(dir)?;
+    done.extend(repair_flows(dir, &cat, &finalized, &mut w)?);
+    // Flow indexes of deleted segments (a crash between retention's two removals).
+    let named: std::collections::HashSet<String> =
+        cat.flows.keys().map(|p| super::sidecar_name(p)).collect();
+    for s in &disk.sidecars {
+        let deleted = cat.deleted.iter().any(|p| super::sidecar_name(p) == *s);
+        if named.contains(s) || !deleted {
+            continue;
+        }
+        let path = dir.join(s);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        sync_dir(path.parent().expect("sidecars live in stream directories"))?;
+        let what = format!("removed {s}: the flow index of a deleted segment");
+        w.append(&Entry::Repair { what: what.clone() })?;
+        done.push(what);
     }
 
     // Streams whose recorder died never got their `end` entry.
@@ -180,6 +192,53 @@ pub fn repair(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
+/// Rebuilds from its segment every sidecar a `flows` line names that is missing or does not
+/// check out (the new line supersedes the old one), and indexes the segments this repair
+/// finalized. A segment that cannot be read is left for `verify` to report.
+fn repair_flows(
+    dir: &Path,
+    cat: &Catalog,
+    finalized: &[String],
+    w: &mut manifest::Writer,
+) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let mut table = crate::flow::FlowTable::new();
+    let mut dec = Decoder::new();
+    for l in &cat.segments {
+        let e = &l.entry;
+        let rel = super::sidecar_name(&e.path);
+        let why = match cat.flows.get(&e.path) {
+            None if finalized.contains(&e.path) => "it had none".to_string(),
+            None => continue,
+            Some((line, f)) => match super::flows::read_sidecar(&dir.join(&rel)) {
+                Ok(None) => format!("{rel} was missing"),
+                Err(err) => {
+                    eprintln!("zcap: verify --repair: leaving {rel} alone: {err}");
+                    continue;
+                }
+                Ok(Some(bytes)) => match super::flows::check_sidecar(&bytes, *line, f, e) {
+                    Ok(_) => continue,
+                    Err(bad) => format!("{rel} was damaged: {bad}"),
+                },
+            },
+        };
+        match super::flows::index_segment(dir, e, &mut table, &mut dec) {
+            Ok(f) => {
+                let flows = f.flows;
+                w.append(&Entry::Flows(f))?;
+                let what = format!(
+                    "rebuilt the flow index of {} ({flows} flows) from the segment: {why}",
+                    e.path
+                );
+                w.append(&Entry::Repair { what: what.clone() })?;
+                done.push(what);
+            }
+            Err(err) => eprintln!("zcap: verify --repair: not indexing {}: {err:#}", e.path),
+        }
+    }
+    Ok(done)
+}
+
 /// The last live segment of a stream before `seq`, with its header bytes and header length
 /// if its file can be read.
 fn previous(
@@ -210,23 +269,24 @@ fn previous(
 }
 
 /// Recovers one `.partial` segment, or removes it when no data frame is complete. Returns
-/// what was done.
+/// what was done and the recovered segment's path.
 fn recover_partial(
     dir: &Path,
     cat: &Catalog,
     d: &DiskSegment,
     dec: &mut Decoder,
     w: &mut manifest::Writer,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<String>)> {
     let path = dir.join(&d.rel);
     let bytes = read_nofollow(&path)?;
-    let remove = |w: &mut manifest::Writer, why: &str| -> anyhow::Result<String> {
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        sync_dir(path.parent().expect("segments live in stream directories"))?;
-        let what = format!("removed {}: {why}", d.rel);
-        w.append(&Entry::Repair { what: what.clone() })?;
-        Ok(what)
-    };
+    let remove =
+        |w: &mut manifest::Writer, why: &str| -> anyhow::Result<(String, Option<String>)> {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            sync_dir(path.parent().expect("segments live in stream directories"))?;
+            let what = format!("removed {}: {why}", d.rel);
+            w.append(&Entry::Repair { what: what.clone() })?;
+            Ok((what, None))
+        };
 
     // The header frame.
     let Ok(hlen) = zstd_safe::find_frame_compressed_size(&bytes) else {
@@ -353,7 +413,7 @@ fn recover_partial(
         trailer.packets()
     );
     w.append(&Entry::Repair { what: what.clone() })?;
-    Ok(what)
+    Ok((what, Some(final_rel)))
 }
 
 /// Appends the `segment` line of the finalized segment at `rel`, every field read back from

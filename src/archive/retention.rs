@@ -384,6 +384,7 @@ mod tests {
             let p = format!("s/{i:06}.pcap.zst");
             std::fs::create_dir_all(dir.path().join("s")).unwrap();
             std::fs::write(dir.path().join(&p), vec![0u8; 100]).unwrap();
+            std::fs::write(dir.path().join(crate::archive::sidecar_name(&p)), b"PAR1").unwrap();
             live.add(p, 100, t);
         }
         assert_eq!(
@@ -391,6 +392,11 @@ mod tests {
             1
         );
         assert!(!dir.path().join("s/000001.pcap.zst").exists());
+        assert!(
+            !dir.path().join("s/000001.flows.parquet").exists(),
+            "the flow index goes with its segment"
+        );
+        assert!(dir.path().join("s/000003.flows.parquet").exists());
         assert_eq!(
             live.enforce(dir.path(), &mut m, None, Some(Duration::from_secs(60)))
                 .unwrap(),

@@ -49,6 +49,17 @@ pub struct ReadStats {
     pub raw_bytes: u64,
     /// Segments opened.
     pub segments: u64,
+    /// Data frames a filtered read did not decompress because the flow index showed that no
+    /// packet in them can match (of those the time window selected).
+    pub index_skipped: u64,
+    /// Flow-index sidecars read and used.
+    pub sidecars: u64,
+    /// Segments a filtered read found no usable sidecar for (none, or one that does not match
+    /// its manifest line): all their frames in the window were decompressed.
+    pub unindexed: u64,
+    /// Packets a filter was checked on, and those it matched.
+    pub packets_checked: u64,
+    pub packets_matched: u64,
 }
 
 /// Decompresses frames with one reusable zstd context and input buffer, counting its work.
@@ -261,16 +272,18 @@ impl Segment {
         })
     }
 
-    /// Announces which data frames will be read (the header frame always is), so that a
+    /// Announces which data frames will be read (`wanted` is asked with each one's index and
+    /// entry; the header frame always is), so that a
     /// remote segment fetches them in as few GETs as possible: neighbouring frames are one
     /// range, up to 16 MiB. A local segment ignores it.
-    pub fn plan(&mut self, wanted: impl Fn(&FrameEntry) -> bool) {
+    pub fn plan(&mut self, wanted: impl Fn(usize, &FrameEntry) -> bool) {
         let Blob::Remote(r) = &mut self.blob else {
             return;
         };
         let mut runs: Vec<Range<u64>> = Vec::new();
         runs.push(0..self.trailer.header_comp_len as u64);
-        for f in self.trailer.frames.iter().filter(|f| wanted(f)) {
+        let frames = self.trailer.frames.iter().enumerate();
+        for (_, f) in frames.filter(|(i, f)| wanted(*i, f)) {
             let (a, b) = (f.offset, f.offset + f.comp_len as u64);
             match runs.last_mut() {
                 Some(last) if last.end == a && b - last.start <= MAX_RUN => last.end = b,

@@ -1,6 +1,7 @@
 //! `zcap verify`: checks an archive end to end — the manifest's hash chain, every live
 //! segment's SHA-256, trailer, frames (each decompresses, zstd checksums included, and parses
-//! as whole records agreeing with the index) — and finds what a crash leaves behind
+//! as whole records agreeing with the index), every flow-index sidecar a `flows` line names
+//! ([`super::flows::check_sidecar`]) — and finds what a crash leaves behind
 //! (`.partial` segments, a torn manifest line, a finalized segment the manifest never heard
 //! of). `--repair` hands those to [`super::repair`] under the archive lock, then checks again.
 //! Altered data is reported, never "repaired". A manifest line whose path breaks the naming
@@ -50,6 +51,9 @@ pub struct Report {
     pub frames: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Sidecars (flow indexes) checked, and the flows they hold.
+    pub sidecars: usize,
+    pub flows: u64,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
 }
@@ -497,6 +501,7 @@ pub fn check_at(
         }
     }
     check_continuity(&c, &scanned, &mut r);
+    check_flows(loc, &c, fixable, &mut r);
     match loc {
         Location::Dir(dir) => check_disk(dir, &c, recorder_running, fixable, &mut r)?,
         Location::Remote(client) => {
@@ -550,6 +555,15 @@ fn check_disk(
             r.problem(format!("{e}; it was not read"), false);
         }
     }
+    let named: std::collections::HashSet<String> =
+        c.flows.keys().map(|p| super::sidecar_name(p)).collect();
+    for s in &disk.sidecars {
+        if !named.contains(s) {
+            r.notes.push(format!(
+                "{s}: a flow index that no flows line names (left by an interrupted `zcap index`, or its segment was deleted): not read"
+            ));
+        }
+    }
     for d in disk.segments {
         let ended = c.stream_ends.iter().find(|e| e.stream == d.stream);
         if let (Some(end), false) = (ended, c.knows(&d.rel) || c.deleted.contains(&d.rel)) {
@@ -601,6 +615,80 @@ fn check_disk(
         }
     }
     Ok(())
+}
+
+/// Each `flows` line's sidecar: there, as large and with the SHA-256 its line says, decodes,
+/// and agrees with its segment ([`super::flows::check_sidecar`]). A damaged or missing one
+/// is rebuilt from its segment by `--repair`; a `flows` line naming no segment is damage; a
+/// segment without an index is a note.
+fn check_flows(loc: &Location, c: &Catalog, fixable: bool, r: &mut Report) {
+    let mut lines: Vec<_> = c.flows.iter().collect();
+    lines.sort_by_key(|(_, (line, _))| *line);
+    for (path, (line, f)) in lines {
+        let Some(seg) = c.segments.iter().find(|s| s.entry.path == *path) else {
+            continue; // evicted from this copy: its index went with it
+        };
+        let rel = super::sidecar_name(path);
+        let got = match loc {
+            Location::Dir(dir) => {
+                super::flows::read_sidecar(&dir.join(&rel)).map_err(|e| e.to_string())
+            }
+            Location::Remote(client) => {
+                let mut bytes = Vec::new();
+                client
+                    .get_to(&rel, &mut bytes)
+                    .map(|found| found.map(|_| bytes))
+                    .map_err(|e| format!("{e:#}"))
+            }
+        };
+        let rebuild = if loc.dir().is_some() {
+            "; `zcap verify --repair` rebuilds it from the segment"
+        } else {
+            ""
+        };
+        match got {
+            Ok(None) => r.problem(
+                format!(
+                    "{rel}: missing: manifest line {line} names it as the flow index of {path}{rebuild}"
+                ),
+                fixable && loc.dir().is_some(),
+            ),
+            Err(e) => r.problem(format!("{rel}: cannot read it: {e}"), false),
+            Ok(Some(bytes)) => match super::flows::check_sidecar(&bytes, *line, f, &seg.entry) {
+                Ok(rows) => {
+                    r.sidecars += 1;
+                    r.flows += rows.len() as u64;
+                }
+                Err(why) => r.problem(
+                    format!("{rel}: {why} (the flow index of {path}){rebuild}"),
+                    fixable && loc.dir().is_some(),
+                ),
+            },
+        }
+    }
+    for (line, path) in &c.stray_flows {
+        r.problem(
+            format!(
+                "{} line {line}: a flows line for {path}, which no segment line before it names",
+                manifest::FILE
+            ),
+            false,
+        );
+    }
+    let unindexed: Vec<&str> = c
+        .segments
+        .iter()
+        .filter(|s| !c.flows.contains_key(&s.entry.path))
+        .map(|s| s.entry.path.as_str())
+        .collect();
+    if let Some(first) = unindexed.first() {
+        r.notes.push(format!(
+            "{} segment(s) have no flow index ({first}{}); `zcap index {}` builds it",
+            unindexed.len(),
+            if unindexed.len() > 1 { ", …" } else { "" },
+            loc.label().display()
+        ));
+    }
 }
 
 /// The chain proves nothing about lines cut off its end; a head kept elsewhere does: the
@@ -716,6 +804,13 @@ fn print_report(r: &Report, dir: &Path, repairs: &[String], json: bool) -> io::R
         r.packets,
         human_bytes(r.bytes)
     )?;
+    if r.sidecars > 0 {
+        writeln!(
+            out,
+            "flow index: {} sidecar(s) checked, {} flows",
+            r.sidecars, r.flows
+        )?;
+    }
     for n in &r.notes {
         writeln!(out, "note: {n}")?;
     }

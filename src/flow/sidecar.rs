@@ -5,7 +5,11 @@
 //! pruner ([`Row::facts`]) and `zcap flows`. A sidecar is input like any other: decode checks
 //! every column's type and every value's range and says in words what is wrong; it never
 //! panics on hostile bytes (the parquet crate asserts on some of its read paths, so a panic
-//! inside it is caught and reported as a file that does not decode).
+//! inside it is caught and reported as a file that does not decode). What a file claims is
+//! bounded before it is decoded: its rows ([`MAX_ROWS`]), the values its pages announce (one
+//! per row for plain columns, [`MAX_LIST_VALUES`] in all for `frames`), so a few hostile
+//! bytes cannot make it allocate gigabytes; [`encode`] refuses to write what decode would
+//! refuse.
 
 use super::filter::FlowFacts;
 use super::{Endpoint, FlowKey, FlowRow};
@@ -58,6 +62,11 @@ message flows {
 /// Most rows a sidecar may claim: more flows than any segment holds, and a bound on what a
 /// hostile file makes decode allocate.
 pub const MAX_ROWS: usize = 1 << 24;
+
+/// Most frame indices the `frames` lists of one sidecar may hold together (a bound on what
+/// a hostile file makes decode allocate; a flow in each of a segment's frames, for a
+/// million flows in a 64-frame segment, holds 64 Mi).
+pub const MAX_LIST_VALUES: usize = 1 << 26;
 
 /// What every row of a sidecar repeats: whose flows they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +196,15 @@ pub fn encode<'a>(
 ) -> Result<Vec<u8>, SidecarError> {
     let rows: Vec<FlowRow<'a>> = rows.collect();
     let n = rows.len();
+    let listed = rows
+        .iter()
+        .map(|r| r.frames.len())
+        .fold(0usize, usize::saturating_add);
+    if n > MAX_ROWS || listed > MAX_LIST_VALUES {
+        return Err(SidecarError::Encode(format!(
+            "{n} flows listing {listed} frames: more than a sidecar holds ({MAX_ROWS} flows, {MAX_LIST_VALUES} frames)"
+        )));
+    }
     let seq = signed("seq", 0, meta.seq)?;
     let mut c = Columns::default();
     for (i, r) in rows.iter().enumerate() {
@@ -495,6 +513,24 @@ fn column<T: DataType>(
     for g in 0..r.num_row_groups() {
         let rg = r.get_row_group(g).map_err(unreadable)?;
         let rows = usize::try_from(rg.metadata().num_rows()).unwrap_or(usize::MAX);
+        // What the pages claim, before anything is decoded: a run-length encoded page can
+        // claim billions of values in a few bytes.
+        let mut pages = rg.get_column_page_reader(idx).map_err(unreadable)?;
+        let mut claimed = 0usize;
+        while let Some(m) = pages.peek_next_page().map_err(unreadable)? {
+            claimed = claimed.saturating_add(m.num_levels.or(m.num_rows).unwrap_or(0));
+            pages.skip_next_page().map_err(unreadable)?;
+        }
+        let fits = if levels.1 == 0 {
+            claimed == rows
+        } else {
+            claimed <= MAX_LIST_VALUES
+        };
+        if !fits {
+            return Err(SidecarError::Unreadable(format!(
+                "column `{name}` of row group {g} claims {claimed} values for {rows} rows"
+            )));
+        }
         let cr: ColumnReader = rg.get_column_reader(idx).map_err(unreadable)?;
         let mut cr = T::get_column_reader(cr).ok_or_else(|| {
             SidecarError::Unreadable(format!("column `{name}` has no {} reader", want.0))
@@ -891,37 +927,47 @@ mod tests {
             e.to_string(),
             "column `proto` is required INT64, a flow index has required INT32"
         );
-        // A bad address text.
-        let t = table();
-        let good = encode(&META, t.rows()).unwrap();
-        let needle = b"192.168.1.2";
-        let at = good.windows(needle.len()).position(|w| w == needle);
-        if let Some(at) = at {
-            // Only when the page is stored uncompressed enough to find the text; zstd
-            // usually hides it, so this is a bonus check.
-            let mut b = good.clone();
-            b[at] = b'x';
-            assert!(decode(&b).is_err());
-        }
     }
 
     #[test]
     fn values_out_of_range_are_named() {
-        let bytes = custom(SCHEMA, |i, c| match COLUMNS[i] {
-            "stream" | "segment" => put_repeated_str(c, "x", 1).unwrap(),
-            "vlan" | "inner_vlan" => put::<Int32Type>(c, &[], Some(&[0]), None).unwrap(),
-            "addr_a" => put::<ByteArrayType>(c, &["10.0.0.300".into()], Some(&[1]), None).unwrap(),
-            "addr_b" => put::<ByteArrayType>(c, &["::1".into()], Some(&[1]), None).unwrap(),
-            "frames" => put::<Int32Type>(c, &[3, -1], Some(&[2, 2]), Some(&[0, 1])).unwrap(),
-            "malformed" | "irregular" => put::<BoolType>(c, &[false], None, None).unwrap(),
-            "port_a" => put::<Int32Type>(c, &[70000], None, None).unwrap(),
-            "ethertype" | "proto" | "port_b" => put::<Int32Type>(c, &[0], None, None).unwrap(),
-            _ => put::<Int64Type>(c, &[0], None, None).unwrap(),
-        });
-        let e = decode(&bytes).unwrap_err();
+        // One row, every column as given (`_` columns 0), through the same writer.
+        let one = |addr_a: &str, port_a: i32, vlans: (&[i32], &[i16], &[i16])| {
+            let addr_a = ByteArray::from(addr_a);
+            custom(SCHEMA, move |i, c| match COLUMNS[i] {
+                "stream" | "segment" => put_repeated_str(c, "x", 1).unwrap(),
+                "vlan" => put::<Int32Type>(c, vlans.0, Some(vlans.1), None).unwrap(),
+                "inner_vlan" => put::<Int32Type>(c, vlans.0, Some(vlans.2), None).unwrap(),
+                "addr_a" => {
+                    put::<ByteArrayType>(c, std::slice::from_ref(&addr_a), Some(&[1]), None)
+                        .unwrap()
+                }
+                "addr_b" => put::<ByteArrayType>(c, &["::1".into()], Some(&[1]), None).unwrap(),
+                "frames" => put::<Int32Type>(c, &[3, 4], Some(&[2, 2]), Some(&[0, 1])).unwrap(),
+                "malformed" | "irregular" => put::<BoolType>(c, &[false], None, None).unwrap(),
+                "port_a" => put::<Int32Type>(c, &[port_a], None, None).unwrap(),
+                "ethertype" | "proto" | "port_b" => put::<Int32Type>(c, &[0], None, None).unwrap(),
+                _ => put::<Int64Type>(c, &[0], None, None).unwrap(),
+            })
+        };
+        let untagged: (&[i32], &[i16], &[i16]) = (&[], &[0], &[0]);
+        let rows = decode(&one("10.0.0.1", 80, untagged)).unwrap();
+        assert_eq!(rows[0].frames, [3, 4]);
+        assert_eq!(rows[0].key.ends.unwrap()[0].port, 80);
+        let e = decode(&one("10.0.0.1", 70000, untagged)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "row 0, column `port_a`: 70000 is not a port (0..=65535)"
+        );
+        let e = decode(&one("10.0.0.300", 80, untagged)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "row 0, column `addr_a`: \"10.0.0.300\" is not an IPv4 or IPv6 address"
+        );
+        let e = decode(&one("10.0.0.1", 80, (&[7], &[0], &[1]))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "row 0, column `inner_vlan`: an inner VLAN without an outer one"
         );
     }
 

@@ -1541,37 +1541,22 @@ impl StreamState {
     /// segment is complete either way, and `zcap index` builds what is missing).
     fn write_flows(&mut self, rel: &str, seq: u64, cx: &mut Ctx) -> Option<manifest::FlowsEntry> {
         let fl = self.flows.as_deref_mut()?;
-        let (mut cut_packets, mut cut_bytes) = (0, 0);
-        for r in fl.segment.rows() {
-            cut_packets += r.cut_packets;
-            cut_bytes += r.cut_bytes;
-        }
-        let flows = fl.segment.len() as u64;
         let meta = crate::flow::sidecar::Meta {
             stream: &self.name,
             segment: rel,
             seq,
         };
-        let encoded = crate::flow::sidecar::encode(&meta, fl.segment.rows());
-        fl.segment.clear();
-        let path = cx.cfg.dir.join(archive::sidecar_name(rel));
-        let written = encoded
+        let written = crate::flow::sidecar::encode(&meta, fl.segment.rows())
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|bytes| {
-                space::persist(cx, Step::Segment, bytes.len() as u64, |_| {
-                    segment::write_durably(&path, &bytes)
+                space::persist(cx, Step::Segment, bytes.len() as u64, |cx| {
+                    archive::flows::write_sidecar(&cx.cfg.dir, rel, &bytes)
                 })
-                .map(|()| bytes)
+                .map(|_| archive::flows::flows_entry(rel, &bytes, &fl.segment))
             });
+        fl.segment.clear();
         match written {
-            Ok(bytes) => Some(manifest::FlowsEntry {
-                segment: rel.to_string(),
-                bytes: bytes.len() as u64,
-                sha256: manifest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
-                flows,
-                cut_packets,
-                cut_bytes,
-            }),
+            Ok(entry) => Some(entry),
             Err(e) => {
                 eprintln!(
                     "zcap: stream {}: the flow index of {rel} was not written ({e}); the segment is complete, and `zcap index {}` builds its index",

@@ -128,6 +128,22 @@ pub fn need_tool(name: &str) -> bool {
     which(name).is_some() || skip(&format!("{name} not installed (CI installs it)"))
 }
 
+/// True when `python3 -c 'import NAME'` works (e.g. `duckdb`, which CI installs from PyPI).
+/// Otherwise prints `SKIP <test>: ...` and returns false — or panics if `CI` is set.
+pub fn need_python_module(name: &str) -> bool {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(format!("import {name}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || skip(&format!(
+        "python3 module {name} not installed (CI installs it: python3 -m pip install {name})"
+    ))
+}
+
 /// True when running as root (euid 0). Otherwise prints `SKIP <test>: needs root` and
 /// returns false — or panics if the `CI` environment variable is set.
 pub fn need_root() -> bool {
@@ -445,4 +461,67 @@ pub fn pki(dir: &Path) {
         "rogue.pem",
     ]);
     openssl(&rogue, dir);
+}
+
+/// TCP and UDP conversations: (protocol, lower endpoint, higher endpoint) → (packets
+/// lower→higher, higher→lower).
+pub type Convs =
+    std::collections::BTreeMap<(u8, (std::net::IpAddr, u16), (std::net::IpAddr, u16)), (u64, u64)>;
+
+fn endpoint(s: &str) -> (std::net::IpAddr, u16) {
+    let (a, p) = s.rsplit_once(':').unwrap();
+    (a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// tshark's TCP and UDP conversations of a capture (`tshark -q -z conv,tcp` and `conv,udp`:
+/// lines `A <-> B  frames(B→A) bytes unit  frames(A→B) bytes unit …`).
+pub fn tshark_convs(path: &Path) -> Convs {
+    let mut c = Convs::new();
+    for (proto, name) in [(6u8, "conv,tcp"), (17, "conv,udp")] {
+        let out = run_ok(
+            Command::new("tshark")
+                .arg("-r")
+                .arg(path)
+                .args(["-q", "-z", name]),
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let tok: Vec<&str> = line.split_whitespace().collect();
+            if tok.get(1) != Some(&"<->") {
+                continue;
+            }
+            assert!(tok.len() >= 10, "unexpected tshark line: {line}");
+            let (a, b) = (endpoint(tok[0]), endpoint(tok[2]));
+            let b_to_a: u64 = tok[3].parse().unwrap();
+            let a_to_b: u64 = tok[6].parse().unwrap();
+            let (key, v) = if a <= b {
+                ((proto, a, b), (a_to_b, b_to_a))
+            } else {
+                ((proto, b, a), (b_to_a, a_to_b))
+            };
+            let e = c.entry(key).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+        }
+    }
+    c
+}
+
+/// The s3s-fs binary: on PATH, or where `cargo install` puts it.
+pub fn s3s_fs() -> Option<PathBuf> {
+    which("s3s-fs").or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        let p = home.join("bin/s3s-fs");
+        p.is_file().then_some(p)
+    })
+}
+
+/// [`s3s_fs`], or a skip (a failure under CI) when it is not installed.
+pub fn need_s3s_fs() -> Option<PathBuf> {
+    let p = s3s_fs();
+    if p.is_none() {
+        need_tool("s3s-fs");
+    }
+    p
 }

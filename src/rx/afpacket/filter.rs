@@ -333,9 +333,10 @@ impl OfflineFilters {
     /// Nothing is compiled yet: each link type is on first use, so that a filter which only
     /// applies to some link types (`wlan addr1 …`) serves an archive of those. A caller that
     /// knows its link types up front calls [`get`](Self::get) for each, to fail before
-    /// reading anything. Fails only when libpcap cannot be loaded.
-    pub fn new(expr: &str, snaplen: u32) -> Result<OfflineFilters, String> {
-        Lib::open("a packet filter").map_err(|e| e.to_string())?;
+    /// reading anything. Fails only when libpcap cannot be loaded; the error says that
+    /// `purpose` ("filtered cat") needs it and how to install it.
+    pub fn new(purpose: &str, expr: &str, snaplen: u32) -> Result<OfflineFilters, String> {
+        Lib::open(purpose).map_err(|e| e.to_string())?;
         Ok(OfflineFilters {
             expr: expr.to_string(),
             snaplen,
@@ -475,12 +476,12 @@ mod tests {
         assert!(e.starts_with("filter `vlan` does not compile: "), "{e}");
         assert!(e.ends_with("(link type 101)"), "{e}");
         // Raw IP (101): the same filter, compiled for that link type.
-        let mut set = OfflineFilters::new("udp and host 10.0.0.1", 65535).unwrap();
+        let mut set = OfflineFilters::new("a test", "udp and host 10.0.0.1", 65535).unwrap();
         assert!(set.matches(1, n, n, 0, &f).unwrap());
         assert!(set.matches(101, n - 14, n - 14, 0, &f[14..]).unwrap());
         assert!(!set.matches(101, n, n, 0, &f).unwrap());
         assert_eq!(set.get(101).unwrap().linktype(), 101);
-        let mut vlan = OfflineFilters::new("vlan", 0).unwrap();
+        let mut vlan = OfflineFilters::new("a test", "vlan", 0).unwrap();
         assert!(vlan.get(101).is_err());
         assert!(!vlan.matches(1, n, n, 0, &f).unwrap());
         assert_eq!(vlan.expr(), "vlan");
