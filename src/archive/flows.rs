@@ -336,20 +336,10 @@ pub fn index_missing(dir: &Path, c: &Catalog, w: &mut manifest::Writer) -> anyho
 /// be read.
 pub fn run(o: &Options) -> anyhow::Result<bool> {
     let dir = &o.dir;
-    if !dir.join(manifest::FILE).is_file() {
-        anyhow::bail!(
-            "{}: no {} here: not a zcap archive",
-            dir.display(),
-            manifest::FILE
-        );
-    }
-    let Some(_lock) = super::lock(dir)? else {
-        anyhow::bail!(
-            "a recorder is writing {} (it holds {}/.lock) and indexes its segments itself; run `zcap index` when it has stopped",
-            dir.display(),
-            dir.display()
-        );
-    };
+    let _lock = super::lock_offline(
+        dir,
+        " and indexes its segments itself; run `zcap index` when it has stopped",
+    )?;
     let c = Catalog::load(dir)?;
     c.trusted()?;
     let mut w = manifest::Writer::open(dir, super::create_entry)?;

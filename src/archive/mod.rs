@@ -100,6 +100,32 @@ pub fn create_entry() -> manifest::Entry {
     }
 }
 
+/// Refuses a directory that holds no manifest: not a zcap archive.
+pub fn existing(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join(manifest::FILE).is_file() {
+        anyhow::bail!(
+            "{}: no {} here: not a zcap archive",
+            dir.display(),
+            manifest::FILE
+        );
+    }
+    Ok(())
+}
+
+/// An existing archive's lock, for a command that writes it offline; while a recorder holds
+/// the lock, an error: "a recorder is writing DIR (it holds DIR/.lock)" and `then`.
+pub fn lock_offline(dir: &Path, then: &str) -> anyhow::Result<std::fs::File> {
+    existing(dir)?;
+    match lock(dir)? {
+        Some(l) => Ok(l),
+        None => anyhow::bail!(
+            "a recorder is writing {} (it holds {}/.lock){then}",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
 /// Takes the archive's writer lock (`.lock`, flock exclusive, non-blocking). `None` when
 /// another recorder holds it. Errors name the lock file; a link there is refused.
 pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {

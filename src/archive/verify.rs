@@ -868,23 +868,11 @@ pub fn run(a: &Options) -> anyhow::Result<bool> {
         print_report(&r, &a.loc.label(), &[], a.json)?;
         return Ok(r.ok());
     };
-    if !dir.join(manifest::FILE).is_file() {
-        anyhow::bail!(
-            "{}: no {} here: not a zcap archive",
-            dir.display(),
-            manifest::FILE
-        );
-    }
+    super::existing(dir)?;
     let mut repairs = Vec::new();
     let recorder_running;
     let _lock = if a.repair {
-        let Some(lock) = super::lock(dir)? else {
-            anyhow::bail!(
-                "a recorder is writing {} (it holds {}/.lock); stop it before `zcap verify --repair`",
-                dir.display(),
-                dir.display()
-            );
-        };
+        let lock = super::lock_offline(dir, "; stop it before `zcap verify --repair`")?;
         recorder_running = false;
         repairs = super::repair::repair(dir)?;
         Some(lock)

@@ -1062,21 +1062,10 @@ pub struct Options {
 /// local one (Ok(false) when the store kept failing or a segment could not be uploaded).
 pub fn run(o: &Options) -> anyhow::Result<bool> {
     let dir = &o.dir;
-    if !dir.join(manifest::FILE).is_file() {
-        anyhow::bail!(
-            "{}: no {} here: not a zcap archive",
-            dir.display(),
-            manifest::FILE
-        );
-    }
-    let Some(_lock) = crate::archive::lock(dir)? else {
-        anyhow::bail!(
-            "a recorder is writing {} (it holds {}/.lock): give the recorder `--upload {}` instead",
-            dir.display(),
-            dir.display(),
-            o.cfg.url
-        );
-    };
+    let _lock = crate::archive::lock_offline(
+        dir,
+        &format!(": give the recorder `--upload {}` instead", o.cfg.url),
+    )?;
     let manifest =
         manifest::Writer::open_signed(dir, crate::archive::create_entry, o.sign.clone())?;
     let mut live = crate::archive::retention::Live::load(dir)?;
