@@ -166,21 +166,33 @@ impl FlowTable {
     /// of the data frame it is in.
     pub fn add(&mut self, h: &Headers, ts_ns: i64, wire_len: u32, frame: u32) {
         let (key, reverse) = FlowKey::of(h);
+        self.add_keyed(key, reverse, ts_ns, wire_len, frame);
+    }
+
+    /// [`FlowTable::add`] with the packet's [`FlowKey::of`] already in hand.
+    pub fn add_keyed(
+        &mut self,
+        key: FlowKey,
+        reverse: bool,
+        ts_ns: i64,
+        wire_len: u32,
+        frame: u32,
+    ) {
         let i = self.flow(key, ts_ns);
         self.count(i, reverse, ts_ns, wire_len, Some(frame));
     }
 
-    /// Counts one packet that `--flow-cutoff` cut: `cut` of its bytes were not stored, and
-    /// what was (its headers, with `--cutoff-keep-headers`) is in data frame `frame`.
+    /// Counts one packet of flow `key` that `--flow-cutoff` cut: `cut` of its bytes were not
+    /// stored, and what was (its headers, with `--cutoff-keep-headers`) is in data frame
+    /// `frame`.
     pub fn add_cut(
         &mut self,
-        h: &Headers,
+        (key, reverse): (FlowKey, bool),
         ts_ns: i64,
         wire_len: u32,
         cut: u32,
         frame: Option<u32>,
     ) {
-        let (key, reverse) = FlowKey::of(h);
         let i = self.flow(key, ts_ns);
         self.count(i, reverse, ts_ns, wire_len, frame);
         let f = &mut self.flows[i];
@@ -457,11 +469,11 @@ mod tests {
         frame.clear();
         // The next frame holds only a cut packet of the flow (dropped, nothing stored) and
         // a stored packet of another.
-        frame.add_cut(&ab, 30, 1500, 1500, None);
+        frame.add_cut(FlowKey::of(&ab), 30, 1500, 1500, None);
         frame.add(&v4_tcp(1, 2, false), 40, 60, 0);
         seg.absorb(&frame, 1);
         frame.clear();
-        frame.add_cut(&ba, 50, 1500, 1400, Some(0));
+        frame.add_cut(FlowKey::of(&ba), 50, 1500, 1400, Some(0));
         seg.absorb(&frame, 2);
         let rows: Vec<_> = seg.rows().collect();
         assert_eq!(rows.len(), 2);

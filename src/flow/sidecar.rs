@@ -829,9 +829,9 @@ mod tests {
         t.add(&qinq, 20, 90, 1);
         t.add(&lldp, 30, 64, 1);
         t.add(&bad, 40, 54, 2);
-        t.add_cut(&v4, 50, 1514, 1514, None);
+        t.add_cut(crate::flow::FlowKey::of(&v4), 50, 1514, 1514, None);
         let only_cut = parse(1, &eth(&[], 0x0800, &ipv4(17, &[], 0, &udp(9, 9))));
-        t.add_cut(&only_cut, 60, 100, 100, None);
+        t.add_cut(crate::flow::FlowKey::of(&only_cut), 60, 100, 100, None);
         t
     }
 
@@ -1033,7 +1033,7 @@ mod tests {
             for ((bytes, _), ts, len, frame, cut) in &pkts {
                 let h = parse(1, bytes);
                 if *cut {
-                    t.add_cut(&h, *ts, *len, *len / 2, (frame % 2 == 0).then_some(*frame));
+                    t.add_cut(crate::flow::FlowKey::of(&h), *ts, *len, *len / 2, (frame % 2 == 0).then_some(*frame));
                 } else {
                     t.add(&h, *ts, *len, *frame);
                 }

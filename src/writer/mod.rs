@@ -802,9 +802,9 @@ impl StreamState {
             fl.frame.add(&h, ts_ns, p.wire_len, 0);
             return false;
         };
-        let (key, _) = crate::flow::FlowKey::of(&h);
+        let (key, reverse) = crate::flow::FlowKey::of(&h);
         if fl.budget.admit(&key, caplen as u64, c.bytes) {
-            fl.frame.add(&h, ts_ns, p.wire_len, 0);
+            fl.frame.add_keyed(key, reverse, ts_ns, p.wire_len, 0);
             return false;
         }
         // Cut. With `keep_headers`, a pcap record or an EPB is kept truncated to its headers.
@@ -827,7 +827,7 @@ impl StreamState {
         self.cut_packets += 1;
         self.dropped += u64::from(!truncated);
         fl.frame.add_cut(
-            &h,
+            (key, reverse),
             ts_ns,
             p.wire_len,
             (u.len as usize - stored) as u32,
