@@ -10,16 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn verify(arch: &Path, extra: &[&str]) -> Output {
-    zcap()
-        .arg("verify")
-        .arg(arch)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run zcap verify")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -9,7 +9,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// A generated capture of mixed IPv4/IPv6 traffic (some with extension headers) in an
 /// 802.1Q tag, recorded into 64 KiB segments of 16 KiB frames. Returns the input and the
@@ -108,16 +108,6 @@ fn stdout(o: &Output) -> String {
 
 fn index(arch: &Path) -> String {
     stdout(&run_ok(zcap().arg("index").arg(arch)))
-}
-
-fn verify(arch: &Path, extra: &[&str]) -> Output {
-    zcap()
-        .arg("verify")
-        .arg(arch)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run zcap verify")
 }
 
 /// The manifest's lines with the given op.

@@ -525,3 +525,14 @@ pub fn need_s3s_fs() -> Option<PathBuf> {
     }
     p
 }
+
+/// `zcap verify ARCH EXTRA…`, its output whatever the exit status.
+pub fn verify(arch: &Path, extra: &[&str]) -> Output {
+    zcap()
+        .arg("verify")
+        .arg(arch)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zcap verify")
+}
